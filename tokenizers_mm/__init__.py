@@ -1,0 +1,22 @@
+"""Modality tokenizers: text bytes, RGB pixels and audio codes in one id space and one sequence layout.
+
+Data flows file -> tokenizer -> ids -> (model) -> ids -> tokenizer -> media; see ``tokenizers_mm.vocab`` for
+the id ranges and layout.
+"""
+
+from tokenizers_mm.errors import TokenizerError
+from tokenizers_mm.text import TextTokenizer
+from tokenizers_mm.vocab import (
+    AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_OFFSET, BOS, EOS, FEATURE_SIZES, IMAGE_BEGIN,
+    IMAGE_END, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET, NUM_VALUES, PAD, PIXEL_OFFSET, SEP,
+    SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET, VOCAB_SIZE, FeatureTracker, ParsedSequence, Vocabulary,
+    allowed_range, build_sequence, modality_of, position_features, split_sequence, token_name,
+)  # fmt: skip
+
+__all__ = [
+    "TextTokenizer", "Vocabulary", "ParsedSequence", "FeatureTracker", "TokenizerError",
+    "build_sequence", "split_sequence", "position_features", "allowed_range", "modality_of", "token_name",
+    "TEXT_OFFSET", "PIXEL_OFFSET", "AUDIO_OFFSET", "AUDIO_CODES", "NUM_OFFSET", "NUM_VALUES", "SPECIAL_OFFSET",
+    "PAD", "BOS", "EOS", "TEXT_BEGIN", "TEXT_END", "IMAGE_BEGIN", "IMAGE_END", "AUDIO_BEGIN", "AUDIO_END", "SEP",
+    "VOCAB_SIZE", "N_FEATURES", "FEATURE_SIZES", "AUDIO_FREQ_BANDS", "MAX_IMAGE_SIDE", "MAX_AUDIO_TOKENS",
+]  # fmt: skip
