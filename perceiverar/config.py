@@ -1,0 +1,88 @@
+"""Model configuration and named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from tokenizers_mm.vocab import FEATURE_SIZES, VOCAB_SIZE
+
+
+@dataclass(kw_only=True)
+class PerceiverARConfig:
+    """Sizes of a Perceiver AR model.
+
+    The model reads up to ``context_len`` (L) tokens; the last ``n_latents`` (N) of them
+    become latents that cross-attend into the whole context and then run through
+    ``n_layers`` causal self-attention blocks. Cost grows with N * L for the single
+    cross-attention and with N^2 * n_layers for the stack, so L can be large.
+    """
+
+    vocab_size: int = VOCAB_SIZE
+    width: int = 256  # residual stream width (C)
+    n_heads: int = 4
+    head_dim: int = 64
+    n_layers: int = 6  # latent self-attention blocks after the cross-attention
+    context_len: int = 65_536  # L: longest input the model reads
+    n_latents: int = 1_024  # N: trained number of latents (can be changed at inference)
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    # Fraction of the prefix (non-latent) positions dropped from the cross-attention's
+    # keys during training, as in the paper: cheaper steps and a regulariser.
+    context_dropout: float = 0.0
+    # RoPE base: the classic 10,000 wraps its slowest frequency after ~63K positions;
+    # 500,000 (as long-context LLMs use) keeps every position of a 65K context distinct.
+    rope_base: float = 500_000.0
+    feature_sizes: tuple[int, ...] = field(default_factory=lambda: tuple(FEATURE_SIZES))
+    z_loss: float = 0.0  # weight of the mean squared log-partition (PaLM's z-loss); 0 disables
+    norm_eps: float = 1e-5
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.feature_sizes = tuple(int(s) for s in self.feature_sizes)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if not 1 <= self.n_latents <= self.context_len:
+            raise ValueError(f"need 1 <= n_latents <= context_len, got N={self.n_latents}, L={self.context_len}")
+        for name in ("width", "n_heads", "n_layers", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.context_dropout < 1.0:
+            raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
+
+    @property
+    def attn_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.mlp_ratio * self.width)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["feature_sizes"] = list(self.feature_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PerceiverARConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "PerceiverARConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: dict[str, dict] = {
+    # Runs on a CPU in seconds: for tests and CI.
+    "debug": dict(width=64, n_heads=2, head_dim=32, n_layers=2, context_len=256, n_latents=32),
+    # The demo checkpoints: ~8.4 M parameters (17 MB in bf16), 65,536-token context, trainable on a CPU.
+    "small": dict(width=256, n_heads=4, head_dim=64, n_layers=6, context_len=65_536, n_latents=1_024),
+    # A GPU model: ~217 M parameters, L = 65,536, N = 2,048.
+    "base": dict(width=1_024, n_heads=16, head_dim=64, n_layers=16, context_len=65_536, n_latents=2_048),
+}

@@ -1,0 +1,65 @@
+"""Small building blocks: rotary positions, MLP, embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of rotary angles for integer positions (T,) -> two (T, head_dim // 2) fp32 tensors.
+
+    Rotary positions rather than a learned table: they are relative (a crop that starts
+    anywhere in a long sequence looks the same to the model, which is what random-crop
+    training and the strided generation cache rely on) and they cost no parameters,
+    where a learned table over 65,536 positions would be larger than the `small` model.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim))
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, D/2), fp64 so 65K positions stay exact
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by angles (T, D/2) using the split-halves convention."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, D/2) each
+    cos, sin = cos[None, None], sin[None, None]
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class MLP(nn.Module):
+    """Squared-ReLU MLP (Primer): as good as GELU/SwiGLU at this scale and one matmul cheaper than SwiGLU."""
+
+    def __init__(self, width: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.up = nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        return self.dropout(self.down(F.relu(self.up(x)).square()))
+
+
+class TokenEmbedding(nn.Module):
+    """Token embedding plus the tokenizers' per-token position features.
+
+    features: (B, T, F) int64, one column per slot of ``feature_sizes`` (e.g. image row,
+    column and channel); 0 means "no feature" and is embedded as a zero vector.
+    """
+
+    def __init__(self, vocab_size: int, width: int, feature_sizes: tuple[int, ...]):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, width)
+        self.features = nn.ModuleList(nn.Embedding(n, width, padding_idx=0) for n in feature_sizes)
+
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.tokens(tokens)  # (B, T, C)
+        if features is not None:
+            if features.shape != (*tokens.shape, len(self.features)):
+                raise ValueError(
+                    f"features must have shape {(*tokens.shape, len(self.features))}, got {tuple(features.shape)}"
+                )
+            for slot, emb in enumerate(self.features):
+                x = x + emb(features[..., slot])
+        return x
