@@ -5,6 +5,7 @@ the id ranges and layout.
 """
 
 from tokenizers_mm.errors import TokenizerError
+from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.text import TextTokenizer
 from tokenizers_mm.vocab import (
     AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_OFFSET, BOS, EOS, FEATURE_SIZES, IMAGE_BEGIN,
@@ -14,7 +15,7 @@ from tokenizers_mm.vocab import (
 )  # fmt: skip
 
 __all__ = [
-    "TextTokenizer", "Vocabulary", "ParsedSequence", "FeatureTracker", "TokenizerError",
+    "TextTokenizer", "ImageTokenizer", "Vocabulary", "ParsedSequence", "FeatureTracker", "TokenizerError",
     "build_sequence", "split_sequence", "position_features", "allowed_range", "modality_of", "token_name",
     "TEXT_OFFSET", "PIXEL_OFFSET", "AUDIO_OFFSET", "AUDIO_CODES", "NUM_OFFSET", "NUM_VALUES", "SPECIAL_OFFSET",
     "PAD", "BOS", "EOS", "TEXT_BEGIN", "TEXT_END", "IMAGE_BEGIN", "IMAGE_END", "AUDIO_BEGIN", "AUDIO_END", "SEP",

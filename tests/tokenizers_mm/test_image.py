@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tokenizers_mm import ImageTokenizer, TokenizerError
+
+EMOJI = Path(__file__).resolve().parents[3] / "shared" / "data" / "emoji"
+if not EMOJI.is_dir():
+    EMOJI = Path("/work/shared/data/emoji")
+
+
+def _emoji_files(n=6):
+    if not EMOJI.is_dir():
+        pytest.skip(f"emoji data not found at {EMOJI}")
+    files = sorted((EMOJI / "google").glob("*.png"))[::600][: n // 2] + sorted((EMOJI / "twitter").glob("*.png"))[::600][: n // 2]
+    return files
+
+
+def test_emoji_round_trip_pixel_exact():
+    tok = ImageTokenizer(64, 64)
+    for f in _emoji_files():
+        ids = tok.encode(f)
+        assert len(ids) == tok.n_tokens == 12288 and min(ids) >= 256 and max(ids) < 512
+        src = Image.open(f).convert("RGBA")
+        expected = Image.alpha_composite(Image.new("RGBA", src.size, (255, 255, 255, 255)), src).convert("RGB")
+        assert np.array_equal(np.asarray(tok.decode(ids)), np.asarray(expected)), f
+
+
+def test_random_round_trip_awkward_size():
+    a = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    tok = ImageTokenizer(5, 7)
+    ids = tok.encode(Image.fromarray(a))
+    assert ids[:3] == (a[0, 0].astype(int) + 256).tolist() and ids[3:6] == (a[0, 1].astype(int) + 256).tolist()  # raster, RGB
+    assert np.array_equal(np.asarray(tok.decode(ids)), a)
+
+
+def test_rgba_composited_on_white_and_modes():
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red
+    rgba[0, 1] = (0, 0, 0, 0)  # transparent -> white
+    rgba[1, 0] = (0, 0, 0, 128)  # half black -> grey
+    tok = ImageTokenizer(2, 2)
+    out = np.asarray(tok.decode(tok.encode(Image.fromarray(rgba, "RGBA"))))
+    assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[0, 1]) == (255, 255, 255)
+    assert 125 <= out[1, 0, 0] <= 128
+    for mode in ("L", "P", "CMYK", "LA", "I;16"):
+        assert len(tok.encode(Image.new(mode, (2, 2)))) == 12
+
+
+@pytest.mark.parametrize("policy", ["fit", "crop", "stretch"])
+def test_resize_policy(policy):
+    # a 40x20 (w x h) image: left half red, right half blue
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, :20] = (255, 0, 0)
+    a[:, 20:] = (0, 0, 255)
+    out = np.asarray(ImageTokenizer(8, 8, resize=policy).preprocess(Image.fromarray(a))).astype(int)
+    assert out.shape == (8, 8, 3)
+    if policy == "fit":  # 8x4 band in the middle, white padding above and below
+        assert (out[0] == 255).all() and (out[-1] == 255).all() and tuple(out[4, 0]) == (255, 0, 0)
+    elif policy == "crop":  # centre 20x20 of the original: left red, right blue, no white
+        assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[0, -1]) == (0, 0, 255) and (out < 250).any(-1).all()
+    else:
+        assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[-1, -1]) == (0, 0, 255)
+
+
+def test_partial_decode():
+    tok = ImageTokenizer(4, 4)
+    ids = [256] * (4 * 3 + 2)  # one black row + 2/3 of a pixel
+    out = np.asarray(tok.decode(ids))
+    assert (out[0] == 0).all() and tuple(out[1, 0]) == (0, 0, 255) and (out[2:] == 255).all()
+    with pytest.raises(TokenizerError, match="expected 48"):
+        tok.decode(ids, partial_ok=False)
+    assert np.asarray(tok.decode([])).min() == 255
+
+
+def test_errors(tmp_path):
+    tok = ImageTokenizer(4, 4)
+    with pytest.raises(TokenizerError, match=r"id 600 .*position 1"):
+        tok.decode([256, 600])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(TokenizerError, match="broken.png"):
+        tok.encode(bad)
+    with pytest.raises(TokenizerError, match="missing.png"):
+        tok.encode(tmp_path / "missing.png")
+    with pytest.raises(TokenizerError, match="257"):
+        ImageTokenizer(257, 4)
+    ImageTokenizer(32, 32).check_fits(4096)
+    with pytest.raises(TokenizerError, match=r"64x64 image needs 12297 .* holds 8192"):
+        ImageTokenizer(64, 64).check_fits(8192)
