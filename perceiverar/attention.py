@@ -26,8 +26,8 @@ class CrossAttentionBlock(nn.Module):
         self.cfg = cfg
         self.q_norm = nn.RMSNorm(cfg.width, eps=cfg.norm_eps)
         self.kv_norm = nn.RMSNorm(cfg.width, eps=cfg.norm_eps)
-        self.wq = nn.Linear(cfg.width, cfg.attn_dim, bias=False)
-        self.wkv = nn.Linear(cfg.width, 2 * cfg.attn_dim, bias=False)
+        self.wq = nn.Linear(cfg.width, cfg.attn_dim, bias=cfg.attn_bias)
+        self.wkv = nn.Linear(cfg.width, 2 * cfg.attn_dim, bias=cfg.attn_bias)
         self.wo = nn.Linear(cfg.attn_dim, cfg.width, bias=False)
         self.mlp_norm = nn.RMSNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.dropout)
@@ -68,7 +68,7 @@ class SelfAttentionBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.attn_norm = nn.RMSNorm(cfg.width, eps=cfg.norm_eps)
-        self.wqkv = nn.Linear(cfg.width, 3 * cfg.attn_dim, bias=False)
+        self.wqkv = nn.Linear(cfg.width, 3 * cfg.attn_dim, bias=cfg.attn_bias)
         self.wo = nn.Linear(cfg.attn_dim, cfg.width, bias=False)
         self.mlp_norm = nn.RMSNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.dropout)

@@ -36,6 +36,11 @@ class PerceiverARConfig:
     feature_sizes: tuple[int, ...] = field(default_factory=lambda: tuple(FEATURE_SIZES))
     z_loss: float = 0.0  # weight of the mean squared log-partition (PaLM's z-loss); 0 disables
     norm_eps: float = 1e-5
+    # Biases on the q/k/v projections. With rotary positions, a query bias and a key bias
+    # give every head a content-independent, purely relative-position attention pattern
+    # (look back exactly d tokens), which the copy task and image rows (look one row up)
+    # need and which weights alone only learn after a long plateau.
+    attn_bias: bool = True
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:

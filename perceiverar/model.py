@@ -36,6 +36,8 @@ class PerceiverAR(nn.Module):
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
             if p.dim() < 2:
+                if name.endswith(".bias"):
+                    nn.init.zeros_(p)
                 continue  # norm weights keep their ones
             std = 0.02
             if name.endswith(("wo.weight", "mlp.down.weight")):

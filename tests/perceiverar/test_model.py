@@ -15,6 +15,9 @@ def debug_model(**overrides) -> PerceiverAR:
     model = PerceiverAR(PerceiverARConfig.preset("debug", **overrides))
     # The output projection starts at zero; give it weights so that logits depend on the input.
     torch.nn.init.normal_(model.head.weight, std=0.02)
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):  # zero at init; make them matter
+            torch.nn.init.normal_(p, std=0.1)
     return model.eval()
 
 
@@ -71,12 +74,13 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
     kv_in = _rms(x, c.kv_norm.weight, eps)
     q_in = _rms(x[T - n :], c.q_norm.weight, eps)
     wk, wv = c.wkv.weight[: H * D], c.wkv.weight[H * D :]
+    bk, bv = c.wkv.bias[: H * D], c.wkv.bias[H * D :]
     heads = []
     for h in range(H):
         sl = slice(h * D, (h + 1) * D)
-        ks = [_rot(kv_in[j] @ wk[sl].T, j, base) for j in range(T)]
-        vs = [kv_in[j] @ wv[sl].T for j in range(T)]
-        qs = [_rot(q_in[i] @ c.wq.weight[sl].T, T - n + i, base) for i in range(n)]
+        ks = [_rot(kv_in[j] @ wk[sl].T + bk[sl], j, base) for j in range(T)]
+        vs = [kv_in[j] @ wv[sl].T + bv[sl] for j in range(T)]
+        qs = [_rot(q_in[i] @ c.wq.weight[sl].T + c.wq.bias[sl], T - n + i, base) for i in range(n)]
         heads.append(_attend(qs, ks, vs, lambda i, j: j <= T - n + i))
     att = torch.stack([torch.cat([heads[h][i] for h in range(H)]) for i in range(n)])
     lat = x[T - n :] + att @ c.wo.weight.T
@@ -84,12 +88,13 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
     for blk in model.blocks:
         a_in = _rms(lat, blk.attn_norm.weight, eps)
         wq, wk, wv = blk.wqkv.weight.split(H * D)
+        bq, bk, bv = blk.wqkv.bias.split(H * D)
         heads = []
         for h in range(H):
             sl = slice(h * D, (h + 1) * D)
-            qs = [_rot(a_in[i] @ wq[sl].T, T - n + i, base) for i in range(n)]
-            ks = [_rot(a_in[i] @ wk[sl].T, T - n + i, base) for i in range(n)]
-            vs = [a_in[i] @ wv[sl].T for i in range(n)]
+            qs = [_rot(a_in[i] @ wq[sl].T + bq[sl], T - n + i, base) for i in range(n)]
+            ks = [_rot(a_in[i] @ wk[sl].T + bk[sl], T - n + i, base) for i in range(n)]
+            vs = [a_in[i] @ wv[sl].T + bv[sl] for i in range(n)]
             heads.append(_attend(qs, ks, vs, lambda i, j: j <= i))
         att = torch.stack([torch.cat([heads[h][i] for h in range(H)]) for i in range(n)])
         lat = lat + att @ blk.wo.weight.T
