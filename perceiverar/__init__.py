@@ -2,6 +2,7 @@
 
 from perceiverar.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from perceiverar.config import PRESETS, PerceiverARConfig
+from perceiverar.generation import generate
 from perceiverar.model import PerceiverAR
 
 __all__ = [

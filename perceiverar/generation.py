@@ -1,0 +1,413 @@
+"""Exact strided KV-cached generation (gpt-fast style: small functions over preallocated caches).
+
+The window schedule
+-------------------
+Generation imitates training crops. A window (s, a) (see ``perceiverar.cache``) says: the
+logits for the token after position p are those of the full forward pass over
+``tokens[s : p + 1]`` with ``n_latents = p - a + 1`` (its last row). For a prompt of length P:
+
+* first window: s = max(0, P - L), so the prompt's tail fits the context L, and
+  a = max(s, P - N'), so the prompt's last N' positions are latents: the first new token
+  already sees a full latent stack (N' = ``n_latents`` or the trained N);
+* each new token appends one latent (p grows, the window stays);
+* when p - a + 1 would exceed N', a advances by ``stride`` (default N'/2): the latent stack
+  is recomputed for positions a..p, reusing the cross-attention outputs (they depend on s,
+  not on a);
+* when p - s + 1 would exceed L, s advances by ``stride`` too (never past a) and the
+  cross-attention K/V of the new window are recomputed (their rotary positions are pos - s).
+
+So a slide costs one latent prefill every ``stride`` tokens (plus one context refill per
+``stride`` tokens once the sequence is longer than L), and every token's logits equal a full
+forward pass over its crop. ``use_cache=False`` runs exactly those full forward passes,
+with the same windows: the reference the tests compare against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from perceiverar.cache import DecodeCache, Window
+from perceiverar.model import PerceiverAR
+from perceiverar.sampling import ModalityConstraint, check_sampling_args, guide, sample
+from tokenizers_mm.vocab import TEXT_BEGIN, TEXT_SIZE, FeatureTracker
+
+# Context positions embedded and projected at once when (re)filling the cross K/V: bounds
+# the temporary (B, chunk, C) activations for a 65,536-token window.
+CONTEXT_CHUNK = 8_192
+
+
+@dataclass(frozen=True)
+class Schedule:
+    context_len: int  # L
+    n_latents: int  # N': latents per window at most
+    stride: int  # how far a (and s) move on a slide
+
+    def window(self, prev: Window | None, length: int) -> Window:
+        """The window that predicts the token after position ``length - 1``."""
+        p = length - 1
+        if prev is None:
+            s = max(0, length - self.context_len)
+            return Window(s, max(s, length - self.n_latents))
+        s, a = prev.start, prev.first_latent
+        if p - a + 1 > self.n_latents:
+            a += self.stride * math.ceil((p - a + 1 - self.n_latents) / self.stride)
+        if p - s + 1 > self.context_len:
+            s += self.stride * math.ceil((p - s + 1 - self.context_len) / self.stride)
+            a = max(a, s)
+        return Window(s, a)
+
+
+def make_schedule(model: PerceiverAR, n_latents: int | None = None, stride: int | None = None) -> Schedule:
+    L = model.cfg.context_len
+    n = model.cfg.n_latents if n_latents is None else int(n_latents)
+    if not 1 <= n <= L:
+        raise ValueError(f"n_latents must be in 1..{L} (the context), got {n}")
+    st = max(1, n // 2) if stride is None else int(stride)
+    if not 1 <= st <= n:
+        raise ValueError(f"stride must be in 1..n_latents={n}, got {st}")
+    return Schedule(L, n, st)
+
+
+@dataclass
+class Stream:
+    """Rows that share positions (one prompt, several samples): ids, features, caches, window."""
+
+    tokens: torch.Tensor  # (B, capacity) int64; positions [0, length) are valid
+    features: torch.Tensor  # (B, capacity, F) int64, computed causally on the whole sequence
+    trackers: list[FeatureTracker]  # one per row: features of the next ids
+    length: int
+    cache: DecodeCache | None  # None: uncached reference path
+    window: Window | None = None
+
+
+def new_stream(
+    model: PerceiverAR, prompt: list[int], batch: int, max_new_tokens: int, *, schedule: Schedule, use_cache: bool
+) -> Stream:
+    p = next(model.parameters())
+    P, capacity = len(prompt), len(prompt) + max_new_tokens
+    tracker = FeatureTracker()
+    feats = torch.from_numpy(tracker.extend(prompt))  # (P, F), on the whole prompt, never on a crop
+    tokens = torch.zeros(batch, capacity, dtype=torch.long, device=p.device)
+    features = torch.zeros(batch, capacity, feats.shape[1], dtype=torch.long, device=p.device)
+    tokens[:, :P] = torch.tensor(prompt, dtype=torch.long, device=p.device)
+    features[:, :P] = feats.to(p.device)
+    cache = None
+    if use_cache:
+        cache = DecodeCache(
+            model.cfg,
+            batch,
+            context_capacity=min(schedule.context_len, capacity),
+            latent_capacity=min(schedule.n_latents, capacity),
+            device=p.device,
+            dtype=p.dtype,
+        )
+    return Stream(tokens, features, [copy.deepcopy(tracker) for _ in range(batch)], P, cache)
+
+
+def append(stream: Stream, ids: torch.Tensor) -> None:
+    """Write ids (B,) at position ``length`` with their position features."""
+    t = stream.length
+    stream.tokens[:, t] = ids.to(stream.tokens.device)
+    feats = np.stack([tr.push(int(i)) for tr, i in zip(stream.trackers, ids.tolist())])  # (B, F)
+    stream.features[:, t] = torch.from_numpy(feats).to(stream.features.device)
+    stream.length = t + 1
+
+
+def _embed(model: PerceiverAR, stream: Stream, lo: int, hi: int) -> torch.Tensor:
+    return model.embed(stream.tokens[:, lo:hi], stream.features[:, lo:hi])  # (B, hi - lo, C)
+
+
+def _rope(model: PerceiverAR, lo: int, hi: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return model.rope(torch.arange(lo, hi, device=device))
+
+
+def _head(model: PerceiverAR, h: torch.Tensor) -> torch.Tensor:
+    return model.head(model.norm(h)).float()  # (B, V)
+
+
+def fill_context(model: PerceiverAR, stream: Stream, end: int) -> None:
+    """Cross-attention K/V of positions [start + cross_len, end) into the cache, in chunks."""
+    c = stream.cache
+    s = c.start
+    dev = stream.tokens.device
+    for lo in range(s + c.cross_len, end, CONTEXT_CHUNK):
+        hi = min(end, lo + CONTEXT_CHUNK)
+        k, v = model.cross.kv(_embed(model, stream, lo, hi), _rope(model, lo - s, hi - s, dev))  # (B, H, hi-lo, D)
+        c.cross_k[:, :, lo - s : hi - s] = k
+        c.cross_v[:, :, lo - s : hi - s] = v
+    c.cross_len = max(c.cross_len, end - s)
+
+
+def cross_latents(model: PerceiverAR, stream: Stream, lo: int, hi: int) -> torch.Tensor:
+    """Cross-attention outputs (B, hi - lo, C) of positions [lo, hi); the context must hold [start, hi)."""
+    c = stream.cache
+    s = c.start
+    x = _embed(model, stream, lo, hi)
+    return model.cross(x, _rope(model, lo - s, hi - s, x.device), c.cross_k, c.cross_v, cache_len=hi - s)
+
+
+def prefill(model: PerceiverAR, stream: Stream, window: Window) -> torch.Tensor:
+    """(Re)fill the caches for ``window`` over positions [s, length); logits (B, V) of the last position."""
+    c = stream.cache
+    s, a, end = window.start, window.first_latent, stream.length
+    if c.start != s:
+        c.reset(s)  # new rotary positions: the context K/V and everything after must be recomputed
+    fill_context(model, stream, end)
+    have = a  # cross outputs of positions [a, have) are already in the cache
+    if c.first_latent is not None:
+        old_a = c.first_latent
+        keep = old_a + c.n_latents - a
+        if keep > 0:
+            if a > old_a:
+                c.cross_out[:, :keep] = c.cross_out[:, a - old_a : a - old_a + keep].clone()
+            have = a + keep
+    if have < end:
+        c.cross_out[:, have - a : end - a] = cross_latents(model, stream, have, end)
+    c.first_latent, c.n_latents = a, end - a
+    h = c.cross_out[:, : end - a]  # (B, M, C)
+    rope = _rope(model, a - s, end - s, h.device)
+    for block, kv in zip(model.blocks, c.layers):
+        h = block(h, rope, cache=kv, cache_pos=0)
+    return _head(model, h[:, -1])
+
+
+def decode_one_token(model: PerceiverAR, stream: Stream) -> torch.Tensor:
+    """The newest position p = length - 1 joins the context and becomes one more latent; logits (B, V)."""
+    c = stream.cache
+    p = stream.length - 1
+    s, a = c.start, c.first_latent
+    if c.cross_len != p - s or c.n_latents != p - a:
+        raise RuntimeError(f"cache out of step: position {p}, window ({s}, {a}), {c.cross_len} context / {c.n_latents} latents")
+    x = _embed(model, stream, p, p + 1)  # (B, 1, C)
+    rope = _rope(model, p - s, p - s + 1, x.device)
+    k, v = model.cross.kv(x, rope)  # (B, H, 1, D)
+    c.cross_k[:, :, p - s] = k[:, :, 0]
+    c.cross_v[:, :, p - s] = v[:, :, 0]
+    c.cross_len += 1
+    h = model.cross(x, rope, c.cross_k, c.cross_v, cache_len=p - s + 1)  # (B, 1, C)
+    c.cross_out[:, p - a] = h[:, 0]
+    c.n_latents += 1
+    for block, kv in zip(model.blocks, c.layers):
+        h = block(h, rope, cache=kv, cache_pos=p - a)
+    return _head(model, h[:, -1])
+
+
+def forward_window(model: PerceiverAR, stream: Stream, window: Window) -> torch.Tensor:
+    """The uncached reference: a full forward pass over the window's crop; logits (B, V) of its last position."""
+    s, a, end = window.start, window.first_latent, stream.length
+    logits = model(stream.tokens[:, s:end], stream.features[:, s:end], n_latents=end - a)  # (B, n, V)
+    return logits[:, -1].float()
+
+
+def next_logits(model: PerceiverAR, stream: Stream, schedule: Schedule) -> torch.Tensor:
+    """Logits (B, V) for the token after the stream's last position, sliding the window when due."""
+    window = schedule.window(stream.window, stream.length)
+    moved, stream.window = window != stream.window, window
+    if stream.cache is None:
+        return forward_window(model, stream, window)
+    if moved:
+        return prefill(model, stream, window)
+    return decode_one_token(model, stream)
+
+
+def decode_n(
+    model: PerceiverAR,
+    streams: list[Stream],
+    n: int,
+    *,
+    schedule: Schedule,
+    pick: Callable[[torch.Tensor], torch.Tensor],
+    cfg_scale: float = 1.0,
+    constraint: ModalityConstraint | None = None,
+    on_token: Callable[[int, torch.Tensor], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> torch.Tensor:
+    """Up to n new ids (B, n_done): streams[0] is conditional, an optional streams[1] the unconditional one.
+
+    Stops early when ``stop_event`` is set (between tokens) or the constraint has finished every row.
+    """
+    out: list[torch.Tensor] = []
+    for step in range(n):
+        if stop_event is not None and stop_event.is_set():
+            break
+        logits = next_logits(model, streams[0], schedule)
+        if len(streams) > 1:
+            logits = guide(logits, next_logits(model, streams[1], schedule), cfg_scale)
+        if constraint is not None:
+            logits = constraint.apply(logits)
+        ids = pick(logits).cpu()  # (B,)
+        if constraint is not None:
+            constraint.update(ids)
+        for st in streams:
+            append(st, ids)  # the guided sample continues both sequences
+        out.append(ids)
+        if on_token is not None:
+            on_token(step, ids)
+        if constraint is not None and constraint.done:
+            break
+    if not out:
+        return torch.zeros(streams[0].tokens.shape[0], 0, dtype=torch.long)
+    return torch.stack(out, dim=1)
+
+
+# ---------------------------------------------------------------------------------------- generate()
+
+
+def _as_ids(ids, name: str, vocab_size: int) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() == 2 and ids.shape[0] == 1:
+            ids = ids[0]
+        if ids.dim() != 1:
+            raise ValueError(f"{name} must be one sequence of ids (1-D), got shape {tuple(ids.shape)}")
+        ids = ids.tolist()
+    elif isinstance(ids, np.ndarray):
+        ids = ids.reshape(-1).tolist()
+    elif isinstance(ids, (str, bytes)):
+        raise ValueError(f"{name} must be token ids; build them with tokenizers_mm.build_sequence(...)")
+    out = [int(t) for t in ids]
+    if not out:
+        raise ValueError(f"empty prompt: {name} holds no ids (even an unconditional prompt starts with BOS)")
+    for i, t in enumerate(out):
+        if not 0 <= t < vocab_size:
+            raise ValueError(f"{name} id {t} at position {i} is outside the vocabulary 0..{vocab_size - 1}")
+    return out
+
+
+def _condition_span(prompt: list[int]) -> tuple[int, int]:
+    """[i, j): the condition bytes right after the first TEXT_BEGIN (empty span if there is none)."""
+    try:
+        i = prompt.index(TEXT_BEGIN) + 1
+    except ValueError:
+        return 0, 0
+    j = i
+    while j < len(prompt) and 0 <= prompt[j] < TEXT_SIZE:
+        j += 1
+    return i, j
+
+
+def unconditional_prompt(prompt: list[int]) -> list[int]:
+    """The same layout with an empty condition (what prompt dropout trains): drop the prompt bytes."""
+    i, j = _condition_span(prompt)
+    if i == 0:
+        raise ValueError("cannot derive the unconditional prompt (no TEXT_BEGIN); pass uncond_prompt_ids")
+    return prompt[:i] + prompt[j:]
+
+
+def fit_context(prompt: list[int], max_new_tokens: int, context_len: int, overflow: str) -> list[int]:
+    """Apply the overflow policy when prompt + output exceed the context L."""
+    total = len(prompt) + max_new_tokens
+    if total <= context_len:
+        return prompt
+    what = f"prompt of {len(prompt)} tokens + max_new_tokens={max_new_tokens} = {total} tokens"
+    if overflow == "error":
+        raise ValueError(
+            f"{what} exceeds the model's context of {context_len} tokens; shorten the prompt, ask for fewer "
+            "tokens, or pass overflow='truncate' (drops the oldest condition tokens)"
+        )
+    i, j = _condition_span(prompt)
+    drop = min(total - context_len, j - i)
+    prompt = prompt[:i] + prompt[i + drop :]
+    msg = f"{what} exceed the model's context of {context_len}: dropped the {drop} oldest condition tokens"
+    if len(prompt) + max_new_tokens > context_len:
+        msg += "; the window will still slide, so the oldest tokens leave the context as generation proceeds"
+    warnings.warn(msg, stacklevel=3)
+    return prompt
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def generate(
+    model: PerceiverAR,
+    prompt_ids,
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cfg_scale: float = 1.0,
+    uncond_prompt_ids=None,
+    seed: int | None = None,
+    n_latents: int | None = None,
+    stride: int | None = None,
+    num_samples: int = 1,
+    use_cache: bool = True,
+    on_token: Callable[[int, torch.Tensor], None] | None = None,
+    constraint: ModalityConstraint | None = None,
+    overflow: str = "error",
+    stop_event: threading.Event | None = None,
+) -> torch.Tensor:
+    """Sample up to ``max_new_tokens`` ids after ``prompt_ids``; returns (num_samples, n_generated) int64 on CPU.
+
+    temperature 0 or top_k 1 is greedy. ``seed`` makes the samples reproducible. ``cfg_scale`` != 1
+    runs classifier-free guidance against ``uncond_prompt_ids`` (default: the prompt with its
+    condition bytes removed), each group with its own caches and windows. ``n_latents`` below the
+    trained N is faster and coarser; ``stride`` is how far the window slides (default n_latents // 2).
+    ``use_cache=False`` recomputes a full forward pass per token over the same windows (slow; the
+    reference). ``on_token(step, ids)`` streams each step's ids (num_samples,); ``stop_event`` cancels
+    between tokens (what was generated so far is returned). ``constraint`` (a ModalityConstraint) forces a
+    well-formed section and may stop early. ``overflow`` ("error" | "truncate") decides what happens when
+    prompt + output exceed the context.
+    """
+    cfg = model.cfg
+    prompt = _as_ids(prompt_ids, "prompt_ids", cfg.vocab_size)
+    if int(max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if overflow not in ("error", "truncate"):
+        raise ValueError(f"overflow must be 'error' or 'truncate', got {overflow!r}")
+    if not math.isfinite(float(cfg_scale)):
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+    check_sampling_args(temperature, top_k, top_p)
+    max_new_tokens, num_samples = int(max_new_tokens), int(num_samples)
+    schedule = make_schedule(model, n_latents, stride)
+    prompt = fit_context(prompt, max_new_tokens, cfg.context_len, overflow)
+    prompts = [prompt]
+    if float(cfg_scale) != 1.0:
+        uncond = unconditional_prompt(prompt) if uncond_prompt_ids is None else _as_ids(uncond_prompt_ids, "uncond_prompt_ids", cfg.vocab_size)
+        prompts.append(fit_context(uncond, max_new_tokens, cfg.context_len, overflow))
+    if constraint is not None:
+        constraint.begin(prompt, num_samples, max_new_tokens)
+        need = constraint.tokens_needed()
+        if need > max_new_tokens:
+            raise ValueError(f"the requested {constraint.modality} needs {need} more tokens but max_new_tokens={max_new_tokens}")
+
+    device = next(model.parameters()).device
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(seed))
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        return sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+
+    with torch.inference_mode(), _eval_mode(model):
+        streams = [new_stream(model, p, num_samples, max_new_tokens, schedule=schedule, use_cache=use_cache) for p in prompts]
+        return decode_n(
+            model,
+            streams,
+            max_new_tokens,
+            schedule=schedule,
+            pick=pick,
+            cfg_scale=float(cfg_scale),
+            constraint=constraint,
+            on_token=on_token,
+            stop_event=stop_event,
+        )

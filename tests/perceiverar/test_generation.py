@@ -1,0 +1,278 @@
+"""Generation: cached logits equal full forward passes over the same crops, sampling, constraints, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from perceiverar import PerceiverAR, PerceiverARConfig, generate
+from perceiverar.cache import Window
+from perceiverar.generation import Schedule, append, make_schedule, new_stream, next_logits, unconditional_prompt
+from perceiverar.sampling import ModalityConstraint, guide, sample
+from tokenizers_mm.vocab import (
+    AUDIO_END, EOS, IMAGE_BEGIN, IMAGE_END, NUM_OFFSET, PAD, SEP, TEXT_END, build_sequence, position_features,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Decoding is many tiny matmuls: on a shared 2-core machine, intra-op threads only add
+    # spin-wait contention (25x slower under load), so these tests run single-threaded.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def debug_model(**overrides) -> PerceiverAR:
+    torch.manual_seed(0)
+    model = PerceiverAR(PerceiverARConfig.preset("debug", **overrides))
+    # The output projection starts at zero; give it (and the biases) weights so logits depend on the input.
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            torch.nn.init.normal_(p, std=0.02)
+    return model.eval()
+
+
+def image_prompt(n_tokens: int, side: int = 16) -> list[int]:
+    """A partial image sequence of n_tokens ids: the header, then random pixels (so features are non-zero)."""
+    ids = build_sequence("a red square", "image", height=side, width=side, complete=False)
+    g = torch.Generator().manual_seed(1)
+    return ids + torch.randint(256, 512, (n_tokens - len(ids),), generator=g).tolist()
+
+
+# ---------------------------------------------------------------------------------------- the schedule
+
+
+def test_schedule_first_window_and_slides():
+    sch = Schedule(context_len=10, n_latents=4, stride=2)
+    w = sch.window(None, 3)  # a short prompt: everything fits
+    assert w == Window(0, 0)
+    w = sch.window(None, 25)  # the prompt's tail fits; its last 4 positions are latents
+    assert w == Window(15, 21)
+    assert sch.window(w, 26) == Window(17, 23)  # p=25: 5 latents > 4 -> a += 2; 11 positions > 10 -> s += 2
+    w = Window(0, 6)
+    assert sch.window(w, 10) == w  # p=9: 4 latents, 10 positions: fits
+    assert sch.window(w, 11) == Window(2, 8)  # both slide by the stride
+    with pytest.raises(ValueError):
+        make_schedule(debug_model(), n_latents=1000)
+    with pytest.raises(ValueError):
+        make_schedule(debug_model(), n_latents=8, stride=9)
+
+
+# ------------------------------------------------------------------------------ exactness of the cache
+
+
+CASES = [
+    # (config overrides, prompt length, steps, n_latents, stride)
+    pytest.param({}, 40, 70, None, None, id="short-prompt"),  # L=256, N=32: a slides 4 times
+    pytest.param({}, 300, 60, None, None, id="prompt-longer-than-context"),  # s and a slide together
+    pytest.param(dict(context_len=48, n_latents=16), 30, 80, None, 5, id="small-context-odd-stride"),
+    pytest.param({}, 100, 40, 8, None, id="fewer-latents"),
+]
+
+
+@pytest.mark.parametrize("overrides,P,steps,n_latents,stride", CASES)
+def test_cached_logits_equal_full_forward(overrides, P, steps, n_latents, stride):
+    model = debug_model(**overrides)
+    prompt = image_prompt(P)
+    sch = make_schedule(model, n_latents, stride)
+    g = torch.Generator().manual_seed(2)
+    starts, firsts = set(), set()
+    with torch.inference_mode():
+        cached = new_stream(model, prompt, 2, steps, schedule=sch, use_cache=True)
+        ref = new_stream(model, prompt, 2, steps, schedule=sch, use_cache=False)
+        for _ in range(steps):
+            got, want = next_logits(model, cached, sch), next_logits(model, ref, sch)
+            s, a = cached.window.start, cached.window.first_latent
+            # The reference is by definition the full forward over the crop, last row.
+            p = cached.length
+            full = model(cached.tokens[:, s:p], cached.features[:, s:p], n_latents=p - a)[:, -1]
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got, full, atol=1e-4, rtol=1e-4)
+            starts.add(s)
+            firsts.add(a)
+            ids = torch.randint(256, 512, (2,), generator=g)  # teacher-forced: both paths see the same ids
+            append(cached, ids)
+            append(ref, ids)
+    assert len(firsts) >= 3, "the latent window should have slid several times"
+    if P + steps > model.cfg.context_len:
+        assert len(starts) >= 2, "the context window should have slid"
+    # Features were computed on the whole sequence, never on a crop.
+    torch.testing.assert_close(cached.features[0, : cached.length], torch.from_numpy(position_features(cached.tokens[0, : cached.length].tolist())))
+
+
+@pytest.mark.parametrize("P", [20, 300])
+def test_greedy_identical_with_and_without_cache(P):
+    model = debug_model()
+    prompt = image_prompt(P)
+    kw = dict(top_k=1, num_samples=2, overflow="truncate")
+    with pytest.warns(UserWarning) if P + 60 > 256 else _nullcontext():
+        a = generate(model, prompt, 60, use_cache=True, **kw)
+    with pytest.warns(UserWarning) if P + 60 > 256 else _nullcontext():
+        b = generate(model, prompt, 60, use_cache=False, **kw)
+    assert a.shape == (2, 60)
+    assert torch.equal(a, b)
+
+
+def test_guidance_cached_equals_uncached_and_first_step():
+    model = debug_model()
+    prompt = build_sequence("a big blue circle on grey", "image", height=8, width=8, complete=False)
+    uncond = build_sequence("", "image", height=8, width=8, complete=False)
+    assert unconditional_prompt(prompt) == uncond
+    kw = dict(top_k=1, cfg_scale=3.0, uncond_prompt_ids=uncond)
+    a = generate(model, prompt, 70, **kw)
+    b = generate(model, prompt, 70, use_cache=False, **kw)
+    assert torch.equal(a, b)  # cond and uncond groups keep their own windows over 2+ slides
+    with torch.inference_mode():
+        pf = torch.from_numpy(position_features(prompt))[None]
+        uf = torch.from_numpy(position_features(uncond))[None]
+        first = guide(model(torch.tensor([prompt]), pf)[:, -1], model(torch.tensor([uncond]), uf)[:, -1], 3.0)
+    assert a[0, 0] == first.argmax(-1)[0]
+    c = generate(model, prompt, 5, top_k=1, cfg_scale=1.0)
+    d = generate(model, prompt, 5, top_k=1)
+    assert torch.equal(c, d)
+
+
+# -------------------------------------------------------------------------------------------- sampling
+
+
+def test_sample_top_k_top_p_temperature():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    ids = sample(logits, top_k=2, generator=g)
+    assert set(ids.tolist()) == {2, 3}
+    # top_p=0.5: p(3) = 0.64 >= 0.5, so only id 3 survives
+    assert set(sample(logits, top_p=0.5, generator=g).tolist()) == {3}
+    assert set(sample(logits, top_p=0.85, generator=g).tolist()) == {2, 3}  # 0.64 + 0.24 = 0.88 covers 0.85
+    assert set(sample(logits, top_p=0.9, generator=g).tolist()) == {1, 2, 3}
+    assert torch.equal(sample(logits, temperature=0), torch.full((2000,), 3))
+    hot = sample(logits, temperature=100.0, generator=g)
+    assert len(set(hot.tolist())) == 4
+
+
+def test_seed_reproducible_and_samples_differ():
+    model = debug_model()
+    prompt = image_prompt(20)
+    a = generate(model, prompt, 12, seed=7, num_samples=3, temperature=5.0)
+    b = generate(model, prompt, 12, seed=7, num_samples=3, temperature=5.0)
+    c = generate(model, prompt, 12, seed=8, num_samples=3, temperature=5.0)
+    assert a.shape == (3, 12) and a.dtype == torch.long
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a[0], a[1])
+
+
+# ------------------------------------------------------------------------------- constrained decoding
+
+
+def test_image_constraint_exact_pixels_then_end():
+    model = debug_model()
+    prompt = build_sequence("cat", "image", height=4, width=5, complete=False)
+    con = ModalityConstraint("image", height=4, width=5)
+    out = generate(model, prompt, 200, constraint=con, seed=0, num_samples=2)
+    assert out.shape == (2, 4 * 5 * 3 + 2)  # stops once every row is finished
+    assert ((out[:, :-2] >= 256) & (out[:, :-2] < 512)).all()
+    assert (out[:, -2] == IMAGE_END).all() and (out[:, -1] == EOS).all()
+
+
+def test_image_constraint_forces_missing_header_and_counts_partial_content():
+    model = debug_model()
+    prompt = build_sequence("cat", "image", height=2, width=2, complete=False)[:-3]  # ends with SEP
+    assert prompt[-1] == SEP
+    out = generate(model, prompt, 50, constraint=ModalityConstraint("image", height=2, width=2), seed=0)[0].tolist()
+    assert out[:3] == [IMAGE_BEGIN, NUM_OFFSET + 2, NUM_OFFSET + 2] and len(out) == 3 + 12 + 2
+    partial = build_sequence("cat", "image", [300] * 5, height=2, width=2, complete=False)
+    out = generate(model, partial, 50, constraint=ModalityConstraint("image", height=2, width=2), seed=0)[0]
+    assert len(out) == 7 + 2
+    with pytest.raises(ValueError, match="header"):
+        generate(model, partial, 50, constraint=ModalityConstraint("image", height=3, width=2))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, prompt, 10, constraint=ModalityConstraint("image", height=2, width=2))
+
+
+def test_audio_and_text_constraints():
+    model = debug_model()
+    prompt = build_sequence("drums", "audio", n_audio_tokens=7, complete=False)
+    out = generate(model, prompt, 20, constraint=ModalityConstraint("audio", n_audio_tokens=7), seed=0)[0]
+    assert len(out) == 9 and ((out[:7] >= 512) & (out[:7] < 4608)).all() and out[7] == AUDIO_END and out[8] == EOS
+
+    text = build_sequence("Once upon", "text", complete=False)
+    out = generate(model, text, 40, constraint=ModalityConstraint("text", max_bytes=6), seed=0, num_samples=3, temperature=3.0)
+    for row in out.tolist():
+        end = row.index(TEXT_END)
+        assert end <= 6 and all(0 <= t < 256 for t in row[:end]) and row[end + 1] == EOS
+        assert all(t == PAD for t in row[end + 2 :])
+    # TEXT_END may come early (then EOS is forced); without max_bytes, max_new_tokens bounds the bytes.
+    con = ModalityConstraint("text")
+    con.begin(text, 2, max_new_tokens=10)
+    assert con.tokens_needed() == 10
+    con.update(torch.tensor([TEXT_END, 65]))
+    allowed = con.allowed(model.cfg.vocab_size)
+    assert allowed[0].nonzero().flatten().tolist() == [EOS]
+    assert allowed[1, :256].all() and allowed[1, TEXT_END] and allowed[1].sum() == 257
+    with pytest.raises(ValueError, match="open text section"):
+        ModalityConstraint("text").begin(build_sequence("hi", "text"), 1, 10)
+
+
+# ---------------------------------------------------------------------------------- streaming, cancel
+
+
+def test_on_token_streams_and_stop_event_cancels():
+    model = debug_model()
+    seen = []
+    stop = threading.Event()
+
+    def on_token(step, ids):
+        seen.append((step, ids.clone()))
+        if step == 2:
+            stop.set()
+
+    out = generate(model, image_prompt(20), 50, on_token=on_token, stop_event=stop, seed=0, num_samples=2)
+    assert out.shape == (2, 3)
+    assert [s for s, _ in seen] == [0, 1, 2]
+    assert torch.equal(torch.stack([i for _, i in seen], 1), out)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_clear_errors():
+    model = debug_model()
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(model, [], 5)
+    with pytest.raises(ValueError, match="id 99999 at position 1"):
+        generate(model, [5633, 99999], 5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, [5633], 0)
+    with pytest.raises(ValueError, match="n_latents"):
+        generate(model, [5633], 5, n_latents=10_000)
+    with pytest.raises(ValueError, match="overflow"):
+        generate(model, [5633], 5, overflow="drop")
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, [5633], 5, top_p=1.5)
+    long = build_sequence("x" * 200, "image", height=4, width=4, complete=False)  # 207 tokens
+    with pytest.raises(ValueError, match=r"207 tokens \+ max_new_tokens=100 = 307 tokens exceeds the model's context of 256"):
+        generate(model, long, 100)
+
+
+def test_truncate_drops_oldest_condition_tokens():
+    model = debug_model()
+    long = build_sequence(b"A" * 100 + b"B" * 100, "image", height=4, width=4, complete=False)  # 207 tokens
+    with pytest.warns(UserWarning, match="dropped the 51 oldest condition tokens"):
+        out = generate(model, long, 100, overflow="truncate", top_k=1)
+    assert out.shape == (1, 100)
+    # The kept prompt is the layout with its newest 149 condition bytes: compare with generating from it.
+    kept = build_sequence(b"A" * 49 + b"B" * 100, "image", height=4, width=4, complete=False)
+    assert torch.equal(out, generate(model, kept, 100, top_k=1))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
