@@ -38,8 +38,7 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 # Test/debug knob: force this many key splits in the forward and the dq pass (None: heuristic).
 FORCE_NUM_SPLITS: int | None = None
 
-_LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
+_LOG2E = 1.4426950408889634  # the kernels spell out log2(e) and ln(2) as literals (globals must be constexpr)
 # Split boundaries are multiples of this many keys, so any BLOCK_N in the configs divides them.
 _SPLIT_ALIGN = 16 if INTERPRET else 128
 # Don't split the keys finer than this (the combine step then costs more than it buys).
@@ -480,7 +479,8 @@ def _launch_forward(q, k, v, scale, splits, split_size, kernel, grid_m, **meta):
     if splits > 1:
         block_m = 16 if INTERPRET else 32
         _combine_kernel[(triton.cdiv(N, block_m), B * H)](
-            o_buf, l_buf, out, lse, splits, o_buf.stride(0), l_buf.stride(0), *_strides4(out), H, N, HEAD_DIM=D, BLOCK_M=block_m,
+            o_buf, l_buf, out, lse, splits, o_buf.stride(0), l_buf.stride(0), *_strides4(out), H, N,
+            HEAD_DIM=D, BLOCK_M=block_m,
         )
     return out, lse
 

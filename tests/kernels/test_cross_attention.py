@@ -60,20 +60,24 @@ def _check_against_reference(q, k, v, do, ref_fn=causal_cross_attention_ref, **k
         _assert_close(name, g, g32, gl, q.dtype)
 
 
+def _shape_id(s):
+    return "B{}H{}N{}T{}".format(*s)
+
+
 # (B, H, N, T): N and T not multiples of the block (16 in the interpreter), N = 1, B*H = 1, T == N.
 SHAPES = [(1, 1, 1, 40), (1, 2, 17, 40), (2, 1, 17, 130), (1, 1, 40, 77), (1, 2, 40, 40)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("D", [64, 128])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}N{}T{}".format(*s))
+@pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
 def test_matches_reference(shape, D, dtype):
     _check_against_reference(*_inputs(*shape, D, dtype), num_splits=1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("splits", [2, 5])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 77), (2, 1, 17, 130), (1, 1, 40, 40)], ids=lambda s: "B{}H{}N{}T{}".format(*s))
+@pytest.mark.parametrize("shape", [(1, 1, 1, 77), (2, 1, 17, 130), (1, 1, 40, 40)], ids=_shape_id)
 def test_split_kv_matches_reference(shape, splits, dtype):
     # Forced splits: some are wholly above the diagonal for early query blocks (empty, lse = -inf).
     _check_against_reference(*_inputs(*shape, 64, dtype, seed=1), num_splits=splits)
@@ -87,7 +91,7 @@ def test_module_knob_forces_split(monkeypatch, splits):
 
 
 @pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 40), (2, 1, 17, 130), (1, 2, 40, 40)], ids=lambda s: "B{}H{}N{}T{}".format(*s))
+@pytest.mark.parametrize("shape", [(1, 1, 1, 40), (2, 1, 17, 130), (1, 2, 40, 40)], ids=_shape_id)
 def test_lse_matches_reference(shape, splits):
     q, k, v, _ = _inputs(*shape, 64, torch.float32, seed=3)
     out, lse = ca.causal_cross_attention_lse(q, k, v, num_splits=splits)
@@ -178,7 +182,7 @@ def test_backward_is_deterministic():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("shape", [(1, 2, 256, 4100), (2, 3, 333, 1000), (1, 2, 1, 3000), (2, 2, 500, 500)],
-                         ids=lambda s: "B{}H{}N{}T{}".format(*s))
+                         ids=_shape_id)
 def test_gpu_matches_reference(shape, D, dtype, splits):
     _check_against_reference(*_inputs(*shape, D, dtype, device="cuda"), num_splits=splits)
 
