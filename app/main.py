@@ -1,0 +1,93 @@
+"""``perceiverar-app``: start the web UI on the checkpoints found in ``checkpoints/`` (and ``--checkpoint-dir``).
+
+    perceiverar-app                      # http://127.0.0.1:7860, local only
+    perceiverar-app --host 0.0.0.0 --port 8080 --checkpoint-dir ~/my-checkpoints
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+# Before gradio is imported: no analytics, no version check, nothing leaves the machine unless --share.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from app.service import BUNDLED_CHECKPOINTS, Service  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="perceiverar-app",
+        description="Web UI for generating images, music and text from long text prompts with Perceiver AR.",
+    )
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    p.add_argument("--share", action="store_true",
+                   help="also open a temporary public gradio.live link (off by default; sends traffic through Gradio's servers)")
+    p.add_argument("--checkpoint-dir", action="append", default=[], metavar="DIR",
+                   help="extra folder to scan for checkpoints (a checkpoint itself or a folder of them); repeatable")
+    p.add_argument("--no-bundled", action="store_true", help=f"do not scan the bundled {BUNDLED_CHECKPOINTS}")
+    p.add_argument("--demo", action="store_true",
+                   help="also offer the small randomly initialised demo model (always offered when no checkpoint is found)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="generations that run at once; the rest wait in a queue (default: 1 on CPU, 2 on GPU)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests that may wait in the queue (default 64)")
+    p.add_argument("--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--max-upload-kb", type=int, default=512, help="largest prompt file accepted, in KB (default 512)")
+    p.add_argument("--quiet", action="store_true", help="less logging")
+    args = p.parse_args(argv)  # fmt: skip
+    if args.concurrency is not None and args.concurrency < 1:
+        p.error("--concurrency must be at least 1")
+    if args.max_upload_kb < 1:
+        p.error("--max-upload-kb must be at least 1")
+    return args
+
+
+def default_concurrency(device: str) -> int:
+    import torch
+
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return 2 if on_gpu else 1
+
+
+def create_app(service: Service, *, concurrency: int = 1, max_queue: int = 64):
+    """The queued Blocks, ready for ``launch``."""
+    from app.ui import build_ui
+
+    demo = build_ui(service, concurrency=concurrency)
+    demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
+    return demo
+
+
+def launch(demo, service: Service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           block: bool = True, quiet: bool = False):  # fmt: skip
+    """Serve ``demo``; ``block=False`` returns at once (tests)."""
+    import gradio as gr
+
+    from app.ui import CSS
+
+    return demo.launch(
+        server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
+        max_file_size=f"{service.max_upload_bytes // 1024}kb", allowed_paths=[str(service.output_dir)],
+        theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="slate"), css=CSS, footer_links=["api"],
+        show_error=True, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
+    )  # fmt: skip
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    folders = ([] if args.no_bundled else [BUNDLED_CHECKPOINTS]) + args.checkpoint_dir
+    service = Service(folders, device=args.device, max_upload_kb=args.max_upload_kb, demo=True if args.demo else "auto")
+    names = ", ".join(service.names)
+    logging.getLogger("perceiverar.app").info("checkpoints: %s", names)
+    concurrency = args.concurrency or default_concurrency(args.device)
+    demo = create_app(service, concurrency=concurrency, max_queue=args.max_queue)
+    launch(demo, service, host=args.host, port=args.port, share=args.share, quiet=args.quiet)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,363 @@
+"""The Gradio Blocks of the Perceiver AR app: Image, Music and Text tabs over ``app.service.Service``.
+
+API (``gradio_client``)
+-----------------------
+Every generation function has a stable ``api_name``. Parameters can be passed by keyword; any left out take the
+default shown (the default checkpoint's defaults at start-up). Calls queue behind a shared concurrency limit.
+
+``/generate_image`` (prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents)
+    prompt (str): description of the image; required; at most the context budget in tokens (UTF-8 bytes).
+    checkpoint (str): a checkpoint name as listed in the app (``view_api()`` shows the choices).
+    size (str): "HEIGHTxWIDTH", e.g. "32x32", one of the sizes the checkpoint supports.
+    num_samples (int): 1..4 images from one request.
+    seed (int): -1 picks a random seed; the seed used is recorded in the result.
+    temperature (float): 0 = greedy; 1 = the model's distribution.  top_k (int): 0 = off.
+    top_p (float): nucleus sampling, 1 = off.  cfg_scale (float): classifier-free guidance, 1 = off.
+    n_latents (int): latents at inference: fewer is faster, the trained number is the best quality.
+    Returns (gallery, files, status): gallery = list of images; files = one PNG per sample whose text chunks
+    "prompt" and "parameters" (JSON: prompt, checkpoint, seed and every setting) record how it was made;
+    status = a Markdown summary.
+
+``/generate_music`` (prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
+n_latents)
+    seconds (float): length of the audio. Other parameters as above.
+    Returns (audio, files, status): audio = the first sample as a WAV file; files = a WAV and a sidecar JSON
+    (prompt and settings) per sample; status = Markdown.
+
+``/generate_text`` (prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale,
+n_latents)
+    prompt (str): the text to continue; required.  max_new_bytes (int): length of the continuation (UTF-8 bytes).
+    Returns (text, files, status): text = the continuation (several samples are separated by a
+    "── sample k ──" line); files = a TXT and a sidecar JSON per sample; status = Markdown.
+
+Errors (empty prompt, prompt over the context, unknown or missing checkpoint, out of memory, bad settings)
+come back as ``gradio_client`` exceptions carrying the message shown in the UI.
+
+Example::
+
+    from gradio_client import Client
+    c = Client("http://127.0.0.1:7860/")
+    gallery, files, status = c.predict("a red bird on a branch", api_name="/generate_image")
+"""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from app.service import MAX_SAMPLES, Capabilities, Service, device_of, size_label
+
+TITLE = "Perceiver AR"
+
+CSS = """
+.pa-header h1 { margin-bottom: 0.1em; }
+.pa-header p { color: var(--body-text-color-subdued); margin-top: 0; }
+.pa-notice { border-left: 4px solid #f59e0b; background: rgba(245, 158, 11, 0.10); padding: 0.4em 0.9em;
+             border-radius: 6px; }
+.pa-count { font-size: 0.92em; min-height: 1.6em; }
+.pa-status { font-size: 0.92em; min-height: 1.6em; }
+.pa-gallery img { image-rendering: pixelated; }
+footer { display: none !important; }
+"""
+
+IMAGE_EXAMPLES = [
+    ["A red apple on a white kitchen table, seen from above, soft morning light."],
+    ["A small green frog sitting on a lily pad in the rain."],
+    [
+        "A detailed description for a long prompt: a lighthouse on a rocky coast at dusk. The sky fades from deep "
+        "orange at the horizon to violet overhead; the sea is dark blue with white foam where the waves break on "
+        "the rocks. The lighthouse is white with a red band, its lamp just lit. Two gulls glide to the left."
+    ],
+]
+MUSIC_EXAMPLES = [
+    ["A four-part Bach chorale in G major for organ, slow and solemn."],
+    ["A bright chorale in D major, sung by a choir, moderate tempo."],
+    ["A quiet minor-key chorale for strings, ending on a major chord."],
+]
+TEXT_EXAMPLES = [
+    ["Once upon a time, in a village at the edge of a great forest, "],
+    ["The Perceiver AR architecture maps a long input to a small set of latents, "],
+    ["Dear diary,\nToday I finally "],
+]
+
+
+def _md_checkpoint(caps: Capabilities, service: Service) -> str:
+    pipe = service.pipeline(caps.name)
+    params = pipe.model.num_params()
+    device = device_of(pipe)
+    mods = ", ".join({"image": "images", "audio": "music", "text": "text"}[m] for m in caps.modalities)
+    return (
+        f"Context **{caps.context_len:,}** tokens · **{caps.n_latents:,}** latents · "
+        f"{params / 1e6:,.1f} M parameters · makes {mods} · on `{device}`"
+    )
+
+
+def _sampling_controls(caps: Capabilities, modality: str) -> dict:
+    d = caps.modality_defaults(modality)
+    c = {}
+    with gr.Row():
+        c["num_samples"] = gr.Slider(1, MAX_SAMPLES, value=int(d.get("num_samples", 1)), step=1,
+                                     label="Samples", info="How many to make from one prompt")  # fmt: skip
+        c["seed"] = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random; the seed used is shown")
+    with gr.Row():
+        c["temperature"] = gr.Slider(0.0, 2.0, value=float(d.get("temperature", 1.0)), step=0.05,
+                                     label="Temperature", info="0 = always the likeliest token")  # fmt: skip
+        c["top_k"] = gr.Slider(0, 256, value=int(d.get("top_k") or 0), step=1, label="Top-k", info="0 = off")
+    with gr.Row():
+        c["top_p"] = gr.Slider(0.05, 1.0, value=float(d.get("top_p") or 1.0), step=0.01, label="Top-p",
+                               info="1 = off")  # fmt: skip
+        c["cfg_scale"] = gr.Slider(0.0, 10.0, value=float(d.get("cfg_scale", 1.0)), step=0.1,
+                                   label="Guidance scale", info="Classifier-free guidance; 1 = off")  # fmt: skip
+    c["n_latents"] = gr.Slider(
+        1, min(caps.context_len, 2 * caps.n_latents), value=caps.n_latents, step=1, label="Latents",
+        info=f"Compute vs quality: fewer is faster; trained with {caps.n_latents:,}",
+    )  # fmt: skip
+    return c
+
+
+def _sampling_updates(caps: Capabilities, modality: str) -> list:
+    d = caps.modality_defaults(modality)
+    return [
+        gr.update(value=int(d.get("num_samples", 1))),
+        gr.update(),
+        gr.update(value=float(d.get("temperature", 1.0))),
+        gr.update(value=int(d.get("top_k") or 0)),
+        gr.update(value=float(d.get("top_p") or 1.0)),
+        gr.update(value=float(d.get("cfg_scale", 1.0))),
+        gr.update(maximum=min(caps.context_len, 2 * caps.n_latents), value=caps.n_latents,
+                  info=f"Compute vs quality: fewer is faster; trained with {caps.n_latents:,}"),  # fmt: skip
+    ]
+
+
+SAMPLING_KEYS = ["num_samples", "seed", "temperature", "top_k", "top_p", "cfg_scale", "n_latents"]
+
+
+def _prompt_box(label: str, placeholder: str, service: Service):
+    prompt = gr.Textbox(label=label, placeholder=placeholder, lines=6, max_lines=16, autoscroll=False)
+    with gr.Row(equal_height=True):
+        count = gr.Markdown("", elem_classes="pa-count")
+        upload = gr.UploadButton(
+            f"Upload .txt / .md (≤ {service.max_upload_bytes // 1024:,} KB)", file_types=[".txt", ".md"],
+            file_count="single", type="filepath", size="sm", variant="secondary", scale=0, min_width=220,
+        )  # fmt: skip
+    upload.upload(service.read_prompt_file, upload, prompt, api_visibility="private", queue=False)
+    return prompt, count
+
+
+def _status(kind: str, t0: float, fraction: float | None = None, settings: dict | None = None, n: int = 0) -> str:
+    dt = time.perf_counter() - t0
+    if kind == "progress":
+        return f"⏳ Generating… **{100 * (fraction or 0):.0f}%** · {dt:.1f} s"
+    what = {"image": "image", "audio": "clip", "text": "text"}[settings["modality"]]
+    extra = {
+        "image": lambda s: f" · {s['height']}x{s['width']}",
+        "audio": lambda s: f" · {s['seconds']:g} s",
+        "text": lambda s: f" · {s['max_new_bytes']:,} bytes",
+    }[settings["modality"]](settings)
+    demo = " · ⚠️ untrained demo model" if settings.get("untrained_demo") else ""
+    return f"✅ {n} {what}{'s' if n != 1 else ''} in {dt:.1f} s · seed **{settings['seed']}**{extra}{demo}"
+
+
+def _join_texts(texts) -> str:
+    texts = [str(t) for t in (texts or [])]
+    if len(texts) <= 1:
+        return texts[0] if texts else ""
+    return "\n\n".join(f"── sample {i + 1} ──\n{t}" for i, t in enumerate(texts))
+
+
+def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
+    """The app's Blocks. ``concurrency``: generations that may run at once (all tabs share the limit)."""
+    if service.default_name is None:
+        raise ValueError("no checkpoints to serve")
+    caps0 = service.capabilities(service.default_name)  # load the default checkpoint now, not on the first click
+    gen = dict(concurrency_limit=concurrency, concurrency_id="generate")
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            f"# {TITLE}\nGenerate images, music and text from long text prompts: a Perceiver AR reads up to "
+            "its whole context (65,536 tokens for the largest model) and decodes with an exact key/value cache.",
+            elem_classes="pa-header",
+        )
+        notice = gr.Markdown(caps0.notice, visible=bool(caps0.notice), elem_classes="pa-notice")
+        with gr.Row(equal_height=True):
+            ckpt = gr.Dropdown(service.names, value=service.default_name, label="Checkpoint", scale=1,
+                               interactive=len(service.names) > 1, filterable=False)  # fmt: skip
+            ckpt_info = gr.Markdown(_md_checkpoint(caps0, service))
+
+        # ------------------------------------------------------------------------------------------ image
+        with gr.Tab("Image", id="image"):
+            with gr.Row():
+                with gr.Column(scale=5):
+                    img_prompt, img_count = _prompt_box(
+                        "Prompt", "Describe the image… paste a long description or upload a text file", service
+                    )
+                    with gr.Row():
+                        img_go = gr.Button("Generate image", variant="primary", scale=3)
+                        img_stop = gr.Button("Stop", variant="stop", scale=1)
+                    img_size = gr.Dropdown(
+                        [size_label(*s) for s in caps0.image_sizes],
+                        value=size_label(*caps0.default_image_size) if caps0.default_image_size else None,
+                        label="Image size (height x width)", allow_custom_value=True,
+                    )  # fmt: skip
+                    with gr.Accordion("Sampling settings", open=False):
+                        img_ctl = _sampling_controls(caps0, "image")
+                    gr.Examples(IMAGE_EXAMPLES, inputs=[img_prompt], label="Examples (click to use)")
+                with gr.Column(scale=4):
+                    img_out = gr.Gallery(label="Image", columns=2, height=420, format="png", object_fit="contain",
+                                         preview=False, elem_classes="pa-gallery", interactive=False)  # fmt: skip
+                    img_status = gr.Markdown("", elem_classes="pa-status")
+                    img_files = gr.File(label="Downloads (PNG with prompt and settings embedded)", file_count="multiple",
+                                        interactive=False)  # fmt: skip
+
+        # ------------------------------------------------------------------------------------------ music
+        with gr.Tab("Music", id="music"):
+            with gr.Row():
+                with gr.Column(scale=5):
+                    mus_prompt, mus_count = _prompt_box("Prompt", "Describe the music…", service)
+                    with gr.Row():
+                        mus_go = gr.Button("Generate music", variant="primary", scale=3)
+                        mus_stop = gr.Button("Stop", variant="stop", scale=1)
+                    mus_seconds = gr.Slider(0.5, max(caps0.max_seconds, 0.5), value=caps0.default_seconds or 0.5,
+                                            step=0.5, label="Length (seconds)")  # fmt: skip
+                    with gr.Accordion("Sampling settings", open=False):
+                        mus_ctl = _sampling_controls(caps0, "audio")
+                    gr.Examples(MUSIC_EXAMPLES, inputs=[mus_prompt], label="Examples (click to use)")
+                with gr.Column(scale=4):
+                    mus_out = gr.Audio(label="Music (sample 1)", type="filepath", interactive=False)
+                    mus_status = gr.Markdown("", elem_classes="pa-status")
+                    mus_files = gr.File(label="Downloads (WAV + JSON with prompt and settings)", file_count="multiple",
+                                        interactive=False)  # fmt: skip
+
+        # ------------------------------------------------------------------------------------------- text
+        with gr.Tab("Text", id="text"):
+            with gr.Row():
+                with gr.Column(scale=5):
+                    txt_prompt, txt_count = _prompt_box("Text to continue", "Paste or type the beginning…", service)
+                    with gr.Row():
+                        txt_go = gr.Button("Continue text", variant="primary", scale=3)
+                        txt_stop = gr.Button("Stop", variant="stop", scale=1)
+                    txt_len = gr.Slider(1, max(caps0.max_text_bytes, 1), value=caps0.default_text_bytes or 1, step=1,
+                                        label="Length of the continuation (bytes)")  # fmt: skip
+                    with gr.Accordion("Sampling settings", open=False):
+                        txt_ctl = _sampling_controls(caps0, "text")
+                    gr.Examples(TEXT_EXAMPLES, inputs=[txt_prompt], label="Examples (click to use)")
+                with gr.Column(scale=4):
+                    txt_out = gr.Textbox(label="Continuation", lines=14, max_lines=30, interactive=False,
+                                         buttons=["copy"])  # fmt: skip
+                    txt_status = gr.Markdown("", elem_classes="pa-status")
+                    txt_files = gr.File(label="Downloads (TXT + JSON with prompt and settings)", file_count="multiple",
+                                        interactive=False)  # fmt: skip
+
+        # --------------------------------------------------------------------------------- live token counts
+        count_kw = dict(show_progress="hidden", queue=False, api_visibility="private", trigger_mode="always_last")
+
+        def count_image(prompt, name, size):
+            return service.token_count("image", prompt, name, size=size)
+
+        def count_music(prompt, name, seconds):
+            return service.token_count("audio", prompt, name, seconds=seconds)
+
+        def count_text(prompt, name, n):
+            return service.token_count("text", prompt, name, max_new_bytes=n)
+
+        for fn, inputs, out in (
+            (count_image, [img_prompt, ckpt, img_size], img_count),
+            (count_music, [mus_prompt, ckpt, mus_seconds], mus_count),
+            (count_text, [txt_prompt, ckpt, txt_len], txt_count),
+        ):
+            gr.on([inputs[0].change, inputs[2].change], fn, inputs, out, **count_kw)
+            demo.load(fn, inputs, out, **count_kw)
+
+        # --------------------------------------------------------------------------------------- generation
+        def generate_image(prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale,
+                           n_latents, request: gr.Request):  # fmt: skip
+            t0 = time.perf_counter()
+            run = service.generate_image(prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p,
+                                         cfg_scale, n_latents, session=_session(request))  # fmt: skip
+            yield [], None, "⏳ Starting…"
+            for kind, *rest in run:
+                if kind == "progress":
+                    fraction, partial = rest
+                    yield (list(partial) if partial else gr.skip()), gr.skip(), _status(kind, t0, fraction)
+                else:
+                    images, files, settings = rest
+                    yield images, files, _status(kind, t0, settings=settings, n=len(images))
+
+        def generate_music(prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
+                           n_latents, request: gr.Request, progress=gr.Progress()):  # fmt: skip
+            t0 = time.perf_counter()
+            run = service.generate_music(prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p,
+                                         cfg_scale, n_latents, session=_session(request))  # fmt: skip
+            progress(0.0, desc="Generating audio tokens")
+            yield None, None, "⏳ Starting…"
+            for kind, *rest in run:
+                if kind == "progress":
+                    progress(rest[0], desc="Generating audio tokens")
+                    yield gr.skip(), gr.skip(), _status(kind, t0, rest[0])
+                else:
+                    wavs, files, settings = rest
+                    yield (wavs[0] if wavs else None), files, _status(kind, t0, settings=settings, n=len(wavs))
+
+        def generate_text(prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale,
+                          n_latents, request: gr.Request):  # fmt: skip
+            t0 = time.perf_counter()
+            run = service.generate_text(prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k,
+                                        top_p, cfg_scale, n_latents, session=_session(request))  # fmt: skip
+            yield "", None, "⏳ Starting…"
+            for kind, *rest in run:
+                if kind == "progress":
+                    fraction, partial = rest
+                    yield (_join_texts(partial) if partial else gr.skip()), gr.skip(), _status(kind, t0, fraction)
+                else:
+                    texts, files, settings = rest
+                    yield _join_texts(texts), files, _status(kind, t0, settings=settings, n=len(texts))
+
+        def stop(request: gr.Request):
+            service.stop(_session(request))
+
+        events = {}
+        for name, fn, go, stop_btn, prompt, size_in, ctl, outs in (
+            ("generate_image", generate_image, img_go, img_stop, img_prompt, img_size, img_ctl,
+             [img_out, img_files, img_status]),
+            ("generate_music", generate_music, mus_go, mus_stop, mus_prompt, mus_seconds, mus_ctl,
+             [mus_out, mus_files, mus_status]),
+            ("generate_text", generate_text, txt_go, txt_stop, txt_prompt, txt_len, txt_ctl,
+             [txt_out, txt_files, txt_status]),
+        ):  # fmt: skip
+            inputs = [prompt, ckpt, size_in] + [ctl[k] for k in SAMPLING_KEYS]
+            ev = go.click(fn, inputs, outs, api_name=name, show_progress="minimal", **gen)
+            stop_btn.click(stop, None, None, cancels=[ev], queue=False, api_visibility="private")
+            events[name] = ev
+
+        # ------------------------------------------------------------------------------- checkpoint changes
+        def on_checkpoint(name):
+            caps = service.capabilities(name)
+            sizes = [size_label(*s) for s in caps.image_sizes]
+            return [
+                gr.update(value=caps.notice, visible=bool(caps.notice)),
+                _md_checkpoint(caps, service),
+                gr.update(choices=sizes, value=size_label(*caps.default_image_size) if caps.default_image_size else None),
+                gr.update(maximum=max(caps.max_seconds, 0.5), value=caps.default_seconds or 0.5),
+                gr.update(maximum=max(caps.max_text_bytes, 1), value=caps.default_text_bytes or 1),
+                *(gr.update(interactive=m in caps.modalities) for m in ("image", "audio", "text")),
+                *_sampling_updates(caps, "image"),
+                *_sampling_updates(caps, "audio"),
+                *_sampling_updates(caps, "text"),
+            ]
+
+        ckpt.change(
+            on_checkpoint, ckpt,
+            [notice, ckpt_info, img_size, mus_seconds, txt_len, img_go, mus_go, txt_go]
+            + [img_ctl[k] for k in SAMPLING_KEYS] + [mus_ctl[k] for k in SAMPLING_KEYS]
+            + [txt_ctl[k] for k in SAMPLING_KEYS],
+            api_visibility="private",
+        )  # fmt: skip
+        for m, btn in (("image", img_go), ("audio", mus_go), ("text", txt_go)):
+            if m not in caps0.modalities:
+                btn.interactive = False
+    return demo
+
+
+def _session(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
