@@ -4,6 +4,7 @@ from perceiverar.checkpoint import Checkpoint, CheckpointError, load_checkpoint,
 from perceiverar.config import PRESETS, PerceiverARConfig
 from perceiverar.generation import generate
 from perceiverar.model import PerceiverAR
+from perceiverar.pipeline import Pipeline
 
 __all__ = [
     "PRESETS",
@@ -11,6 +12,8 @@ __all__ = [
     "CheckpointError",
     "PerceiverAR",
     "PerceiverARConfig",
+    "Pipeline",
+    "generate",
     "load_checkpoint",
     "save_checkpoint",
 ]

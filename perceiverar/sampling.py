@@ -77,7 +77,9 @@ class ModalityConstraint:
         width: int | None = None,
         n_audio_tokens: int | None = None,
         max_bytes: int | None = None,
+        content_range: tuple[int, int] | None = None,
     ):
+        """content_range narrows the content ids (e.g. an audio codebook smaller than the vocabulary's room)."""
         if modality not in ("image", "audio", "text"):
             raise ValueError(f"unknown modality {modality!r}; expected image, audio or text")
         self.modality = modality
@@ -99,6 +101,11 @@ class ModalityConstraint:
             self.header = []
             self.n_content = None if max_bytes is None else int(max_bytes)
         self.lo, self.hi = allowed_range(modality)
+        if content_range is not None:
+            lo, hi = (int(v) for v in content_range)
+            if not self.lo <= lo < hi <= self.hi:
+                raise ValueError(f"content_range {content_range} is not inside the {modality} range {self.lo}..{self.hi - 1}")
+            self.lo, self.hi = lo, hi
         self.pre: list[int] = []
         self.end: list[int] = [TEXT_END, EOS] if modality == "text" else [_END[modality], EOS]
         self._stage: list[int] = []

@@ -1,0 +1,356 @@
+"""Prompt text in, images / audio / text out: a checkpoint's model plus its tokenizers around ``generate``.
+
+The checkpoint's tokenizer config (``config.json["tokenizer"]``, written by the trainer with
+:func:`make_tokenizer_config`)::
+
+    {"vocab": Vocabulary().to_dict(),
+     "modalities": ["image", "audio", "text"],            # the subset the model was trained on
+     "image": {"height": h, "width": w},                  # when image
+     "audio": {"dir": "audio_tokenizer", "seconds": s},   # when audio; AudioTokenizer.save(ckpt / dir)
+     "defaults": {"temperature": 1.0, "top_k": null, "top_p": 0.95, "cfg_scale": 1.0, ...}}
+
+Empty prompts: for image and audio an empty prompt is unconditional generation (the empty
+condition that prompt dropout trains); a text continuation needs a non-empty prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from perceiverar.checkpoint import load_checkpoint
+from perceiverar.generation import generate
+from perceiverar.model import PerceiverAR
+from perceiverar.sampling import ModalityConstraint
+from tokenizers_mm.image import ImageTokenizer
+from tokenizers_mm.text import TextTokenizer
+from tokenizers_mm.vocab import AUDIO_OFFSET, PIXEL_OFFSET, TEXT_END, Vocabulary, build_sequence
+
+MODALITIES = ("image", "audio", "text")
+DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "cfg_scale": 1.0, "n_latents": None}
+_END_TOKENS = 2  # the section's end marker, then EOS
+
+Progress = Callable[[float, list], None]
+
+
+def make_tokenizer_config(
+    modalities,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    audio_seconds: float | None = None,
+    audio_dir: str = "audio_tokenizer",
+    defaults: dict | None = None,
+) -> dict:
+    """The tokenizer section of a checkpoint's config.json (see the module docstring)."""
+    mods = [m for m in MODALITIES if m in set(modalities)]
+    unknown = sorted(set(modalities) - set(MODALITIES))
+    if unknown or not mods:
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {list(modalities)}")
+    cfg: dict = {"vocab": Vocabulary().to_dict(), "modalities": mods}
+    if "image" in mods:
+        if height is None or width is None:
+            raise ValueError("an image checkpoint needs its image height and width")
+        cfg["image"] = {"height": int(height), "width": int(width)}
+    if "audio" in mods:
+        cfg["audio"] = {"dir": audio_dir, "seconds": float(audio_seconds if audio_seconds is not None else 10.0)}
+    cfg["defaults"] = {**DEFAULTS, **(defaults or {})}
+    return cfg
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        model: PerceiverAR,
+        tokenizer_config: dict,
+        checkpoint_dir: str | os.PathLike | None = None,
+        *,
+        audio_tokenizer=None,
+    ):
+        mods = list(tokenizer_config.get("modalities") or [])
+        if not mods or any(m not in MODALITIES for m in mods):
+            raise ValueError(f"tokenizer config lists modalities {mods}; expected a non-empty subset of {MODALITIES}")
+        if "vocab" in tokenizer_config:
+            Vocabulary.from_dict(tokenizer_config["vocab"])  # raises if the id layout differs from this code's
+        self.model = model.eval()
+        self.config = tokenizer_config
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.text_tokenizer = TextTokenizer()
+        self._audio = audio_tokenizer
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | os.PathLike, device: str | torch.device = "auto") -> "Pipeline":
+        ckpt = load_checkpoint(checkpoint_dir, device=resolve_device(device))
+        return cls(ckpt.model, ckpt.tokenizer, ckpt.path)
+
+    # ------------------------------------------------------------------------------ what it offers
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.config["modalities"])
+
+    @property
+    def defaults(self) -> dict:
+        return {**DEFAULTS, **self.config.get("defaults", {})}
+
+    @property
+    def context_len(self) -> int:
+        return self.model.cfg.context_len
+
+    @property
+    def audio_tokenizer(self):
+        if self._audio is None:
+            from tokenizers_mm.audio import AudioTokenizer  # noqa: PLC0415 (torchaudio only when audio is used)
+
+            if self.checkpoint_dir is None:
+                raise ValueError("no audio tokenizer: pass audio_tokenizer= or load a checkpoint that has one")
+            self._audio = AudioTokenizer.load(self.checkpoint_dir / self.config["audio"].get("dir", "audio_tokenizer"))
+        return self._audio
+
+    def _check_modality(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise ValueError(f"this checkpoint generates {', '.join(self.modalities)}; it was not trained on {modality!r}")
+
+    def _image_size(self, height, width) -> tuple[int, int]:
+        img = self.config.get("image", {})
+        h, w = height if height is not None else img.get("height"), width if width is not None else img.get("width")
+        if h is None or w is None:
+            raise ValueError("this checkpoint has no default image size: pass height and width")
+        return int(h), int(w)
+
+    def _audio_tokens(self, seconds) -> int:
+        s = seconds if seconds is not None else self.config.get("audio", {}).get("seconds", 10.0)
+        if not float(s) > 0:
+            raise ValueError(f"seconds must be positive, got {s}")
+        return self.audio_tokenizer.n_tokens(float(s))
+
+    @staticmethod
+    def _prompt_bytes(prompt) -> bytes:
+        if isinstance(prompt, str):
+            return prompt.encode("utf-8")
+        if isinstance(prompt, (bytes, bytearray)):
+            return bytes(prompt)
+        raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
+
+    def _layout(self, prompt, modality: str, *, height=None, width=None, seconds=None, max_new_bytes=None):
+        """(prompt ids, new tokens to generate, build_sequence keyword arguments) for a request."""
+        self._check_modality(modality)
+        data = self._prompt_bytes(prompt)
+        if modality == "image":
+            h, w = self._image_size(height, width)
+            kw = dict(height=h, width=w)
+            n_new = h * w * 3 + _END_TOKENS
+        elif modality == "audio":
+            n = self._audio_tokens(seconds)
+            kw = dict(n_audio_tokens=n)
+            n_new = n + _END_TOKENS
+        else:
+            n_bytes = 256 if max_new_bytes is None else int(max_new_bytes)
+            if n_bytes < 1:
+                raise ValueError(f"max_new_bytes must be >= 1, got {max_new_bytes}")
+            kw = {}
+            n_new = n_bytes + _END_TOKENS
+        return build_sequence(data, modality, complete=False, **kw), n_new, kw
+
+    def count_prompt_tokens(self, prompt: str, modality: str, **size) -> int:
+        """Tokens of the generation prefix (markers + prompt bytes + header) for this prompt."""
+        ids, _, _ = self._layout(prompt, modality, **size)
+        return len(ids)
+
+    def context_budget(self, modality: str, **size) -> int:
+        """The most prompt bytes that fit in the context next to the requested output (0 if none)."""
+        ids, n_new, _ = self._layout("", modality, **size)
+        return max(0, self.context_len - len(ids) - n_new)
+
+    # ------------------------------------------------------------------------------ generation
+
+    def _run(self, modality, prompt, n_new, kw, constraint, *, num_samples, seed, temperature, top_k, top_p,
+             cfg_scale, n_latents, overflow, stop_event, on_token):  # fmt: skip
+        ids, d = prompt, self.defaults
+        total = len(ids) + n_new
+        if total > self.context_len and overflow == "error":
+            n_bytes = len(ids) - len(build_sequence("", modality, complete=False, **kw))
+            fit = n_bytes - (total - self.context_len)
+            hint = f"at most {fit} prompt bytes fit" if fit >= 0 else f"the {n_new} output tokens alone do not fit; ask for less"
+            raise ValueError(
+                f"prompt too long: {n_bytes} prompt bytes ({len(ids)} tokens with markers) + {n_new} {modality} tokens "
+                f"= {total} tokens, but the model's context holds {self.context_len}; {hint}, or pass "
+                "overflow='truncate' (drops the oldest prompt bytes, then slides the window)"
+            )
+        cfg_scale = d["cfg_scale"] if cfg_scale is None else cfg_scale
+        uncond = build_sequence("", modality, complete=False, **kw) if float(cfg_scale) != 1.0 else None
+        top_k = d["top_k"] if top_k is None else top_k
+        top_p = d["top_p"] if top_p is None else top_p
+        return generate(
+            self.model,
+            ids,
+            n_new,
+            temperature=d["temperature"] if temperature is None else temperature,
+            top_k=top_k or None,
+            top_p=None if top_p is None or float(top_p) >= 1.0 else float(top_p),
+            cfg_scale=float(cfg_scale),
+            uncond_prompt_ids=uncond,
+            seed=seed,
+            n_latents=d.get("n_latents") if n_latents is None else n_latents,
+            num_samples=num_samples,
+            on_token=on_token,
+            constraint=constraint,
+            overflow=overflow,
+            stop_event=stop_event,
+        )
+
+    def generate_image(
+        self,
+        prompt: str,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        num_samples: int = 1,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float | None = None,
+        n_latents: int | None = None,
+        on_progress: Progress | None = None,
+        stop_event: threading.Event | None = None,
+        overflow: str = "error",
+    ) -> list[Image.Image]:
+        """``num_samples`` RGB images. on_progress(fraction, partial_images) is called every few pixel rows.
+
+        Sampling options left at None take the checkpoint's ``defaults`` (top_k=0 / top_p=1 disable them).
+        A cancelled run (``stop_event``) returns the partial images (unfinished pixels white).
+        """
+        ids, n_new, kw = self._layout(prompt, "image", height=height, width=width)
+        h, w = kw["height"], kw["width"]
+        tok = ImageTokenizer(h, w)
+        n_px = h * w * 3
+        every = max(1, h // 16) * w * 3  # report every few rows: at most ~16 partial images
+        steps: list[torch.Tensor] = []
+
+        def pixels(out: torch.Tensor) -> list[Image.Image]:
+            rows = []
+            for r in out.tolist():
+                px = [t for t in r[:n_px] if PIXEL_OFFSET <= t < PIXEL_OFFSET + 256]
+                rows.append(tok.decode(px))
+            return rows
+
+        def on_token(step: int, new: torch.Tensor) -> None:
+            steps.append(new)
+            done = step + 1
+            if on_progress is not None and (done % every == 0 or done == n_px):
+                on_progress(min(1.0, done / n_px), pixels(torch.stack(steps, 1)))
+
+        out = self._run("image", ids, n_new, kw, ModalityConstraint("image", height=h, width=w),
+                        num_samples=num_samples, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                        cfg_scale=cfg_scale, n_latents=n_latents, overflow=overflow, stop_event=stop_event,
+                        on_token=on_token)  # fmt: skip
+        return pixels(out)
+
+    def generate_audio(
+        self,
+        prompt: str,
+        *,
+        seconds: float | None = None,
+        num_samples: int = 1,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float | None = None,
+        n_latents: int | None = None,
+        on_progress: Progress | None = None,
+        stop_event: threading.Event | None = None,
+        overflow: str = "error",
+        partial_audio: bool = True,
+    ) -> list[tuple[np.ndarray, int]]:
+        """``num_samples`` (float32 mono waveform, sample_rate).
+
+        on_progress(fraction, partial_audio) every 10%; the partial audio (a list of (waveform, rate))
+        costs a vocoder pass each time, so ``partial_audio=False`` passes None instead (a progress bar).
+        """
+        ids, n_new, kw = self._layout(prompt, "audio", seconds=seconds)
+        n = kw["n_audio_tokens"]
+        at = self.audio_tokenizer
+        hi = AUDIO_OFFSET + at.codebook_size
+        constraint = ModalityConstraint("audio", n_audio_tokens=n, content_range=(AUDIO_OFFSET, hi))
+        every = max(1, n // 10)
+        steps: list[torch.Tensor] = []
+
+        def audio(out: torch.Tensor) -> list[tuple[np.ndarray, int]]:
+            rows = []
+            for r in out.tolist():
+                codes = [t for t in r[:n] if AUDIO_OFFSET <= t < hi]
+                # under two frames there is no waveform to speak of (and the vocoder needs two)
+                rows.append(at.decode(codes) if len(codes) > 1 else (np.zeros(0, np.float32), at.sample_rate))
+            return rows
+
+        def on_token(step: int, new: torch.Tensor) -> None:
+            steps.append(new)
+            done = step + 1
+            if on_progress is not None and (done % every == 0 or done == n):
+                on_progress(min(1.0, done / n), audio(torch.stack(steps, 1)) if partial_audio else None)
+
+        out = self._run("audio", ids, n_new, kw, constraint, num_samples=num_samples, seed=seed,
+                        temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, n_latents=n_latents,
+                        overflow=overflow, stop_event=stop_event, on_token=on_token)  # fmt: skip
+        return audio(out)
+
+    def generate_text(
+        self,
+        prompt: str,
+        *,
+        max_new_bytes: int = 256,
+        num_samples: int = 1,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        cfg_scale: float | None = None,
+        n_latents: int | None = None,
+        on_progress: Progress | None = None,
+        stop_event: threading.Event | None = None,
+        overflow: str = "error",
+    ) -> list[str]:
+        """``num_samples`` continuations of ``prompt`` (the new text only, up to ``max_new_bytes`` UTF-8 bytes).
+
+        on_progress(fraction, partial_texts) every 16 bytes.
+        """
+        if not self._prompt_bytes(prompt):
+            raise ValueError("empty prompt: text generation continues a prompt; give it at least one character")
+        ids, n_new, kw = self._layout(prompt, "text", max_new_bytes=max_new_bytes)
+        n_bytes = n_new - _END_TOKENS
+        steps: list[torch.Tensor] = []
+
+        def texts(out: torch.Tensor) -> list[str]:
+            rows = []
+            for r in out.tolist():
+                r = r[: r.index(TEXT_END)] if TEXT_END in r else r
+                rows.append(self.text_tokenizer.decode([t for t in r if 0 <= t < 256], strict=False))
+            return rows
+
+        def on_token(step: int, new: torch.Tensor) -> None:
+            steps.append(new)
+            if on_progress is not None and (step + 1) % 16 == 0:
+                on_progress(min(1.0, (step + 1) / n_bytes), texts(torch.stack(steps, 1)))
+
+        out = self._run("text", ids, n_new, kw, ModalityConstraint("text", max_bytes=n_bytes),
+                        num_samples=num_samples, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                        cfg_scale=cfg_scale, n_latents=n_latents, overflow=overflow, stop_event=stop_event,
+                        on_token=on_token)  # fmt: skip
+        result = texts(out)
+        if on_progress is not None:
+            on_progress(1.0, result)
+        return result

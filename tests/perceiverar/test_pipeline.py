@@ -1,0 +1,141 @@
+"""Pipeline (prompt -> media) and the perceiverar-generate CLI on a random debug model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import wave
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from perceiverar import PerceiverAR, PerceiverARConfig, Pipeline, save_checkpoint
+from perceiverar.generate_cli import main as cli_main
+from perceiverar.pipeline import make_tokenizer_config
+from tokenizers_mm.vocab import Vocabulary
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add contention on a shared machine
+    yield
+    torch.set_num_threads(n)
+
+
+def debug_model() -> PerceiverAR:
+    torch.manual_seed(0)
+    model = PerceiverAR(PerceiverARConfig.preset("debug"))
+    torch.nn.init.normal_(model.head.weight, std=0.02)
+    return model.eval()
+
+
+def tiny_audio_tokenizer():
+    from tokenizers_mm.audio import AudioConfig, AudioTokenizer
+
+    g = torch.Generator().manual_seed(0)
+    return AudioTokenizer(AudioConfig(codebook_size=16, griffin_lim_iters=2, nnls_iters=2), torch.randn(16, 80, generator=g) * 10 - 30)
+
+
+@pytest.fixture
+def image_text_pipe() -> Pipeline:
+    return Pipeline(debug_model(), make_tokenizer_config(["image", "text"], height=4, width=5))
+
+
+def test_make_tokenizer_config_format():
+    cfg = make_tokenizer_config(["text", "audio", "image"], height=32, width=24, audio_seconds=5, defaults={"top_p": 0.9})
+    assert cfg["vocab"] == Vocabulary().to_dict()
+    assert cfg["modalities"] == ["image", "audio", "text"]
+    assert cfg["image"] == {"height": 32, "width": 24}
+    assert cfg["audio"] == {"dir": "audio_tokenizer", "seconds": 5.0}
+    assert cfg["defaults"]["top_p"] == 0.9 and cfg["defaults"]["temperature"] == 1.0
+    json.dumps(cfg)  # it goes into config.json
+    with pytest.raises(ValueError):
+        make_tokenizer_config(["video"])
+    with pytest.raises(ValueError, match="height"):
+        make_tokenizer_config(["image"])
+
+
+def test_generate_image_streams_and_is_reproducible(image_text_pipe):
+    pipe = image_text_pipe
+    assert pipe.modalities == ["image", "text"]
+    progress = []
+    imgs = pipe.generate_image("a cat", num_samples=2, seed=3, on_progress=lambda f, p: progress.append((f, p)))
+    assert len(imgs) == 2 and all(isinstance(i, Image.Image) and i.size == (5, 4) and i.mode == "RGB" for i in imgs)
+    assert progress and progress[-1][0] == 1.0 and len(progress[0][1]) == 2
+    assert [f for f, _ in progress] == sorted(f for f, _ in progress)
+    assert np.array_equal(np.asarray(progress[-1][1][0]), np.asarray(imgs[0]))
+    again = pipe.generate_image("a cat", num_samples=2, seed=3)
+    assert np.array_equal(np.asarray(again[1]), np.asarray(imgs[1]))
+    # guidance, other sizes and unconditional (empty prompt) generation
+    big = pipe.generate_image("", height=6, width=2, cfg_scale=2.0, seed=0, top_k=1)
+    assert big[0].size == (2, 6)
+
+
+def test_generate_image_cancel_returns_partial(image_text_pipe):
+    stop = threading.Event()
+    stop.set()
+    img = image_text_pipe.generate_image("a cat", stop_event=stop)[0]
+    assert np.all(np.asarray(img) == 255)  # nothing generated: all background
+
+
+def test_generate_text(image_text_pipe):
+    pipe = image_text_pipe
+    partial = []
+    texts = pipe.generate_text("Hello", max_new_bytes=20, num_samples=2, seed=0, temperature=2.0, on_progress=lambda f, t: partial.append(t))
+    assert len(texts) == 2 and all(isinstance(t, str) and len(t.encode("utf-8", "surrogatepass")) <= 3 * 20 for t in texts)
+    assert partial[-1] == texts
+    with pytest.raises(ValueError, match="empty prompt"):
+        pipe.generate_text("", max_new_bytes=5)
+
+
+def test_errors_and_budget(image_text_pipe):
+    pipe = image_text_pipe
+    with pytest.raises(ValueError, match="not trained on 'audio'"):
+        pipe.generate_audio("drums", seconds=1)
+    budget = pipe.context_budget("image")
+    assert budget == 256 - 7 - (4 * 5 * 3 + 2)
+    assert pipe.count_prompt_tokens("ab", "image") == 9
+    pipe.generate_image("x" * budget, seed=0)
+    with pytest.raises(ValueError, match=rf"prompt too long: {budget + 1} prompt bytes .* at most {budget} prompt bytes fit"):
+        pipe.generate_image("x" * (budget + 1))
+    with pytest.warns(UserWarning, match="dropped the 1 oldest"):
+        pipe.generate_image("x" * (budget + 1), overflow="truncate", seed=0)
+    with pytest.raises(ValueError, match="prompt must be a str"):
+        pipe.generate_image(123)
+
+
+def test_load_checkpoint_with_audio_and_cli(tmp_path):
+    at = tiny_audio_tokenizer()
+    cfg = make_tokenizer_config(["image", "audio"], height=3, width=3, audio_seconds=0.1)
+    ckpt = save_checkpoint(tmp_path / "ckpt", debug_model(), cfg, extra_files=lambda d: at.save(d / "audio_tokenizer"))
+    pipe = Pipeline.load(ckpt, device="auto")
+    assert pipe.modalities == ["image", "audio"] and pipe.checkpoint_dir == ckpt
+    (y, sr), = pipe.generate_audio("drums", seed=0)
+    assert sr == 22050 and y.dtype == np.float32 and y.ndim == 1 and y.size > 0
+    partial = []
+    pipe.generate_audio("drums", seed=0, on_progress=lambda f, p: partial.append((f, p)))
+    assert partial[-1][0] == 1.0 and np.array_equal(partial[-1][1][0][0], y)
+
+    out = tmp_path / "out" / "a.wav"
+    assert cli_main(["--checkpoint", str(ckpt), "--prompt", "drums", "--modality", "audio", "--out", str(out), "--seed", "1"]) == 0
+    with wave.open(str(out)) as w:
+        assert w.getframerate() == 22050 and w.getnframes() > 0
+    png = tmp_path / "i.png"
+    assert cli_main(["--checkpoint", str(ckpt), "--prompt", "sun", "--modality", "image", "--out", str(png), "--top-k", "4"]) == 0
+    assert Image.open(png).size == (3, 3)
+    assert cli_main(["--checkpoint", str(ckpt), "--prompt", "x", "--modality", "text", "--out", str(tmp_path / "t.txt")]) == 2
+    assert cli_main(["--checkpoint", str(tmp_path / "nope"), "--prompt", "x", "--modality", "image", "--out", str(png)]) == 2
+
+
+def test_cli_random_init(tmp_path, capsys):
+    prompt_file = tmp_path / "p.txt"
+    prompt_file.write_text("a tiny story")
+    out = tmp_path / "s.txt"
+    rc = cli_main(["--random-init", "--preset", "debug", "--prompt-file", str(prompt_file), "--modality", "text",
+                   "--out", str(out), "--max-new-bytes", "12", "--seed", "0"])  # fmt: skip
+    assert rc == 0 and out.is_file()
+    assert "random" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".s.txt*"))  # the temp file was renamed into place
