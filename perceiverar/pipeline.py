@@ -287,14 +287,15 @@ class Pipeline:
         hi = AUDIO_OFFSET + at.codebook_size
         constraint = ModalityConstraint("audio", n_audio_tokens=n, content_range=(AUDIO_OFFSET, hi))
         every = max(1, n // 10)
+        min_codes = getattr(at.config, "n_fft", 0) // getattr(at.config, "hop_length", 1) + 1
         steps: list[torch.Tensor] = []
 
         def audio(out: torch.Tensor) -> list[tuple[np.ndarray, int]]:
             rows = []
             for r in out.tolist():
                 codes = [t for t in r[:n] if AUDIO_OFFSET <= t < hi]
-                # under two frames there is no waveform to speak of (and the vocoder needs two)
-                rows.append(at.decode(codes) if len(codes) > 1 else (np.zeros(0, np.float32), at.sample_rate))
+                # the vocoder's STFT needs more than n_fft / 2 samples: a clip shorter than that is empty so far
+                rows.append(at.decode(codes) if len(codes) > min_codes else (np.zeros(0, np.float32), at.sample_rate))
             return rows
 
         def on_token(step: int, new: torch.Tensor) -> None:
