@@ -3,7 +3,8 @@
     python -m kernels.bench              # every case of issue 5 (GPU only)
     python -m kernels.bench --quick      # a handful of cases, for a smoke run
     python -m kernels.bench --ops cross_fwd,decode --impls ours,sdpa --out /tmp/k.json
-    python -m kernels.bench --ops cross_bwd,self_bwd --append --budget-s 500   # split a long run
+    python -m kernels.bench --append --budget-s 500   # repeat until done: resumes where it stopped
+    python -m kernels.bench --quick --impls ours --splits 4 --out /tmp/s4.json  # tune split-KV
 
 Cases: N in {1024, 2048}, T in {8K, 16K, 32K, 64K}, H = 16, D in {64, 128}, bf16, B in {1, 4};
 ops cross_fwd, cross_bwd, self_fwd, self_bwd (T = N) and decode (M = 1 query against a cache of
@@ -88,6 +89,7 @@ def _flex(N: int, T: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # noqa: PLC0415
 
     if _FLEX is None:
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
         _FLEX = torch.compile(flex_attention)  # dynamic after the first recompile: one compile per op
     offset = T - N
 
@@ -145,7 +147,8 @@ def time_attention(op: str, impl: str, B: int, H: int, N: int, T: int, D: int, d
     return dict(ms=ms, tflops=flops / ms / 1e9, gbps=nbytes / ms / 1e6)
 
 
-def time_decode(impl: str, B: int, H: int, M: int, L: int, D: int, dtype: torch.dtype, S: int = 65536) -> dict:
+def time_decode(impl: str, B: int, H: int, M: int, L: int, D: int, dtype: torch.dtype, S: int = 65536,
+                splits: int | None = None) -> dict:
     """M new queries against the first L entries of a preallocated (B, H, S, D) cache."""
     device = torch.device("cuda")
     g = torch.Generator(device=device).manual_seed(0)
@@ -156,7 +159,7 @@ def time_decode(impl: str, B: int, H: int, M: int, L: int, D: int, dtype: torch.
         from kernels import triton_ops  # noqa: PLC0415
 
         def run():
-            return triton_ops.decode_attention(q, k_cache, v_cache, L)
+            return triton_ops.decode_attention(q, k_cache, v_cache, L, num_splits=splits)
     else:
         fn = _impl(impl, "decode", M, L, device)
         k, v = k_cache[:, :, :L], v_cache[:, :, :L]
@@ -219,15 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=int, default=16, help="number of heads H")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop starting new cases after this many seconds (the report is still written)")
+    parser.add_argument("--splits", type=int, default=None,
+                        help="force our number of key splits (split-KV forward, dq pass, decode) instead of the "
+                             "SM-count heuristic; recorded as 'splits' in each 'ours' record")
+    parser.add_argument("--list", action="store_true", help="print the planned cases and exit (works on CPU)")
     parser.add_argument("--append", action="store_true",
-                        help="merge into an existing --out file (run the full set in several calls, e.g. by --ops)")
+                        help="merge into an existing --out file, skipping the cases it already has (so a run "
+                             "cut short by --budget-s is resumed by running the same command again)")
     args = parser.parse_args(argv)
-
-    if not torch.cuda.is_available():
-        print("kernels.bench needs a CUDA GPU (the Triton kernels are compiled for it); nothing to do on CPU.",
-              file=sys.stderr)
-        return 2
-    import triton  # noqa: PLC0415
 
     ops = [o for o in args.ops.split(",") if o]
     impls = [i for i in args.impls.split(",") if i]
@@ -235,16 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = sorted(set(given) - set(allowed))
         if bad:
             parser.error(f"unknown {name}(s): {', '.join(bad)}")
-    device = torch.cuda.get_device_name()
-    out_path = args.out or _default_out(device)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    report = dict(device=device, torch=torch.__version__, triton=triton.__version__,
-                  date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), results=[])
-    if args.append and out_path.exists():
-        report["results"] = json.loads(out_path.read_text()).get("results", [])
     dtype, H = torch.bfloat16, args.heads
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-
     plan: list[tuple[str, dict]] = []
     seen_self = set()
     for case in attention_cases(args.quick):
@@ -256,10 +249,32 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append((op, dict(case, T=case["N"])))
     if "decode" in ops:
         plan += [("decode", c) for c in decode_cases(args.quick)]
+    if args.list:
+        for op, case in plan:
+            print(op, case)
+        print(f"{len(plan)} cases x {len(impls)} impls")
+        return 0
+    if not torch.cuda.is_available():
+        print("kernels.bench needs a CUDA GPU (the Triton kernels are compiled for it); nothing to do on CPU.",
+              file=sys.stderr)
+        return 2
+    import triton  # noqa: PLC0415
+
+    from kernels import cross_attention  # noqa: PLC0415
+
+    cross_attention.FORCE_NUM_SPLITS = args.splits
+    device = torch.cuda.get_device_name()
+    out_path = args.out or _default_out(device)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    report = dict(device=device, torch=torch.__version__, triton=triton.__version__,
+                  date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), results=[])
+    if args.append and out_path.exists():
+        report["results"] = json.loads(out_path.read_text()).get("results", [])
 
     def key(r):
-        return (r["op"], r["impl"], r["B"], r["H"], r["N"], r["T"], r["D"], r["dtype"])
+        return (r["op"], r["impl"], r["B"], r["H"], r["N"], r["T"], r["D"], r["dtype"], r.get("splits"))
 
+    done = {key(r) for r in report["results"] if r.get("ms") is not None}  # --append resumes a cut-short run
     t0 = time.time()
     for op, case in plan:
         if args.budget_s is not None and time.time() - t0 > args.budget_s:
@@ -270,9 +285,13 @@ def main(argv: list[str] | None = None) -> int:
             N, T = (case["M"], case["L"]) if op == "decode" else (case["N"], case["T"])
             rec = dict(op=op, impl=impl, B=B, H=H, N=N, T=T, D=D, dtype=str(dtype).replace("torch.", ""),
                        ms=None, tflops=None, gbps=None)
+            if impl == "ours" and args.splits is not None:
+                rec["splits"] = args.splits
+            if key(rec) in done:
+                continue
             try:
                 if op == "decode":
-                    rec.update(time_decode(impl, B, H, N, T, D, dtype))
+                    rec.update(time_decode(impl, B, H, N, T, D, dtype, splits=args.splits))
                 else:
                     rec.update(time_attention(op, impl, B, H, N, T, D, dtype))
             except Exception as exc:  # noqa: BLE001  (OOM, unsupported backend, compile failure: record, go on)

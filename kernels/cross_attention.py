@@ -432,7 +432,8 @@ def _split_plan(bh: int, n_query_blocks: int, T: int, device: torch.device, num_
     """(splits, split_size): how many programs share one query block's key range, and keys per split.
 
     Split only when the plain grid would not fill the GPU: B*H*ceil(N/128) programs next to the SM
-    count. Forced by ``num_splits`` or the module knob ``FORCE_NUM_SPLITS`` (used by the tests).
+    count. Forced by ``num_splits`` or the module knob ``FORCE_NUM_SPLITS`` (tests, ``bench --splits``).
+    The thresholds are a first guess, to be tuned on the GPU with ``python -m kernels.bench --splits``.
     """
     forced = num_splits if num_splits is not None else FORCE_NUM_SPLITS
     if forced is not None:
@@ -442,7 +443,12 @@ def _split_plan(bh: int, n_query_blocks: int, T: int, device: torch.device, num_
     else:
         sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
         programs = bh * n_query_blocks
-        splits = 1 if programs >= 2 * sms else min(triton.cdiv(4 * sms, programs), max(1, T // _MIN_KEYS_PER_SPLIT))
+        # A 128-row program holds one SM's shared memory (the FA2 regime), so ~one program per SM is a
+        # full GPU; below that, split the keys to get back to about one wave.
+        if programs >= 0.75 * sms:
+            splits = 1
+        else:
+            splits = min(max(1, round(sms / programs)), max(1, T // _MIN_KEYS_PER_SPLIT))
     split_size = triton.cdiv(triton.cdiv(T, splits), _SPLIT_ALIGN) * _SPLIT_ALIGN
     return triton.cdiv(T, split_size), split_size
 
