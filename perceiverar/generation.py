@@ -6,9 +6,12 @@ Generation imitates training crops. A window (s, a) (see ``perceiverar.cache``) 
 logits for the token after position p are those of the full forward pass over
 ``tokens[s : p + 1]`` with ``n_latents = p - a + 1`` (its last row). For a prompt of length P:
 
-* first window: s = max(0, P - L), so the prompt's tail fits the context L, and
-  a = max(s, P - N'), so the prompt's last N' positions are latents: the first new token
-  already sees a full latent stack (N' = ``n_latents`` or the trained N);
+* first window: the one a slide would have produced, so the first ``stride`` tokens run
+  without another prefill (no second prefill right after the first token) and the first
+  prefill computes about half the latents: the prompt's last N' - stride + 1 positions are
+  latents, a = max(s, P - (N' - stride + 1)); the context is the whole prompt when it fits
+  (s = 0 for P <= L), else its last L - stride + 1 positions, s = P - (L - stride + 1).
+  (N' = ``n_latents`` or the trained N.) Any choice is exact; this one is the steady state;
 * each new token appends one latent (p grows, the window stays);
 * when p - a + 1 would exceed N', a advances by ``stride`` (default N'/2): the latent stack
   is recomputed for positions a..p, reusing the cross-attention outputs (they depend on s,
@@ -54,9 +57,9 @@ class Schedule:
     def window(self, prev: Window | None, length: int) -> Window:
         """The window that predicts the token after position ``length - 1``."""
         p = length - 1
-        if prev is None:
-            s = max(0, length - self.context_len)
-            return Window(s, max(s, length - self.n_latents))
+        if prev is None:  # as if a slide had just happened: see the module docstring
+            s = 0 if length <= self.context_len else length - (self.context_len - self.stride + 1)
+            return Window(s, max(s, length - (self.n_latents - self.stride + 1)))
         s, a = prev.start, prev.first_latent
         if p - a + 1 > self.n_latents:
             a += self.stride * math.ceil((p - a + 1 - self.n_latents) / self.stride)

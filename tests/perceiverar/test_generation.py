@@ -51,9 +51,10 @@ def test_schedule_first_window_and_slides():
     sch = Schedule(context_len=10, n_latents=4, stride=2)
     w = sch.window(None, 3)  # a short prompt: everything fits
     assert w == Window(0, 0)
-    w = sch.window(None, 25)  # the prompt's tail fits; its last 4 positions are latents
-    assert w == Window(15, 21)
-    assert sch.window(w, 26) == Window(17, 23)  # p=25: 5 latents > 4 -> a += 2; 11 positions > 10 -> s += 2
+    w = sch.window(None, 25)  # as if just slid: context = the last 10 - 2 + 1, latents = the last 4 - 2 + 1
+    assert w == Window(16, 22)
+    assert sch.window(w, 26) == w  # 4 latents, 10 positions: still fits
+    assert sch.window(w, 27) == Window(18, 24)  # p=26: 5 latents > 4 -> a += 2; 11 positions > 10 -> s += 2
     w = Window(0, 6)
     assert sch.window(w, 10) == w  # p=9: 4 latents, 10 positions: fits
     assert sch.window(w, 11) == Window(2, 8)  # both slide by the stride
