@@ -152,6 +152,7 @@ class Service:
         demo: bool | str = "auto",
         pipelines: dict[str, Any] | None = None,
         output_dir: str | Path | None = None,
+        default: str | None = None,
     ):
         self.device = device
         self.max_upload_bytes = int(max_upload_kb) * 1024
@@ -162,6 +163,7 @@ class Service:
             self._factories[name] = p if callable(p) and not hasattr(p, "generate_image") else (lambda p=p: p)
         if demo is True or (demo == "auto" and not self.entries):
             self.entries[DEMO_NAME] = CheckpointEntry(name=DEMO_NAME, path=None, demo=True)
+        self._default = default
         self._loaded: dict[str, Any] = {}
         self._caps: dict[str, Capabilities] = {}
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -179,7 +181,18 @@ class Service:
 
     @property
     def default_name(self) -> str | None:
-        return self.names[0] if self.entries else None
+        """The checkpoint selected when the page opens: the requested default, else the first that loads."""
+        if self._default in self.entries:
+            return self._default
+        for name in self.names:
+            try:
+                self.capabilities(name)
+            except gr.Error as e:
+                log.warning("%s", e.message)
+                continue
+            self._default = name
+            return name
+        return None
 
     def _lock_for(self, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -233,6 +246,32 @@ class Service:
         caps = _capabilities(name, pipe, demo=self.entries[name].demo)
         self._caps[name] = caps
         return caps
+
+    def envelope(self) -> tuple[int, float]:
+        """(largest context, longest audio in seconds) over all checkpoints, read from their config files.
+
+        The UI's sliders use these as their static limits, so an API client may ask any checkpoint for what it
+        supports; each request is then checked against its own checkpoint's limits.
+        """
+        contexts, seconds = [], []
+        for caps in list(self._caps.values()):
+            contexts.append(caps.context_len)
+            seconds.append(caps.max_seconds)
+        for entry in self.entries.values():
+            if entry.path is None:
+                continue
+            try:
+                meta = json.loads((entry.path / "config.json").read_text())
+                ctx = int(meta["model"]["context_len"])
+                contexts.append(ctx)
+                tok = meta.get("tokenizer", {})
+                if "audio" in tok.get("modalities", []):
+                    a = json.loads((entry.path / tok["audio"].get("dir", "audio_tokenizer") / "audio_tokenizer.json")
+                                   .read_text())  # fmt: skip
+                    seconds.append(ctx * a["hop_length"] * a.get("patch_frames", 1) / a["sample_rate"])
+            except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+                continue  # an unreadable checkpoint says so when it is picked
+        return max(contexts, default=1), max(seconds, default=0.5)
 
     # ---- prompts ----
 
@@ -346,7 +385,7 @@ class Service:
     def _run(self, call: Callable[..., Any], session: str | None) -> Iterator[tuple[str, Any]]:
         """Run ``call(on_progress, stop_event)`` in a worker thread.
 
-        Yields ("progress", (fraction, partial)) at most every STREAM_INTERVAL_S, then ("done", result).
+        Yields ("progress", (fraction, partial)) at most every STREAM_INTERVAL_S, then ("done", (result, stopped)).
         Failures are re-raised here as gr.Error. Closing the iterator (Stop, a disconnect) sets the stop event.
         """
         stop = self._register(session)
@@ -387,7 +426,7 @@ class Service:
             worker.join()
             if "error" in outcome:
                 raise _friendly_error(outcome["error"], stopped=stop.is_set())
-            yield "done", outcome.get("result")
+            yield "done", (outcome.get("result"), stop.is_set())
         finally:
             stop.set()  # no-op when finished; stops the worker when the client went away or pressed Stop
             self._unregister(session, stop)
@@ -470,7 +509,7 @@ class Service:
             if kind == "progress":
                 yield "progress", value[0], value[1]
             else:
-                images = list(value or [])
+                images, settings["stopped"] = list(value[0] or []), value[1]
                 yield "done", images, self._save_images(images, settings), settings
 
     def generate_music(self, prompt, name, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
@@ -490,7 +529,7 @@ class Service:
             if kind == "progress":
                 yield "progress", value[0], None
             else:
-                clips = list(value or [])
+                clips, settings["stopped"] = list(value[0] or []), value[1]
                 wavs, files = self._save_audio(clips, settings)
                 yield "done", wavs, files, settings
 
@@ -512,7 +551,7 @@ class Service:
             if kind == "progress":
                 yield "progress", value[0], value[1]
             else:
-                texts = [str(t) for t in (value or [])]
+                texts, settings["stopped"] = [str(t) for t in (value[0] or [])], value[1]
                 yield "done", texts, self._save_texts(texts, settings), settings
 
     # ---- downloads ----

@@ -93,7 +93,7 @@ def _md_checkpoint(caps: Capabilities, service: Service) -> str:
     )
 
 
-def _sampling_controls(caps: Capabilities, modality: str) -> dict:
+def _sampling_controls(caps: Capabilities, modality: str, max_context: int) -> dict:
     d = caps.modality_defaults(modality)
     c = {}
     with gr.Row():
@@ -110,7 +110,7 @@ def _sampling_controls(caps: Capabilities, modality: str) -> dict:
         c["cfg_scale"] = gr.Slider(0.0, 10.0, value=float(d.get("cfg_scale", 1.0)), step=0.1,
                                    label="Guidance scale", info="Classifier-free guidance; 1 = off")  # fmt: skip
     c["n_latents"] = gr.Slider(
-        1, min(caps.context_len, 2 * caps.n_latents), value=caps.n_latents, step=1, label="Latents",
+        1, max_context, value=caps.n_latents, step=1, label="Latents",
         info=f"Compute vs quality: fewer is faster; trained with {caps.n_latents:,}",
     )  # fmt: skip
     return c
@@ -133,13 +133,14 @@ def _sampling_updates(caps: Capabilities, modality: str) -> list:
 SAMPLING_KEYS = ["num_samples", "seed", "temperature", "top_k", "top_p", "cfg_scale", "n_latents"]
 
 
-def _prompt_box(label: str, placeholder: str, service: Service):
-    prompt = gr.Textbox(label=label, placeholder=placeholder, lines=6, max_lines=16, autoscroll=False)
+def _prompt_box(tab: str, label: str, placeholder: str, service: Service):
+    prompt = gr.Textbox(label=label, placeholder=placeholder, lines=6, max_lines=16, autoscroll=False,
+                        elem_id=f"{tab}-prompt")  # fmt: skip
     with gr.Row(equal_height=True):
-        count = gr.Markdown("", elem_classes="pa-count")
+        count = gr.Markdown("", elem_classes="pa-count", elem_id=f"{tab}-count")
         upload = gr.UploadButton(
             f"Upload .txt / .md (≤ {service.max_upload_bytes // 1024:,} KB)", file_types=[".txt", ".md"],
-            file_count="single", type="filepath", size="sm", variant="secondary", scale=0, min_width=220,
+            file_count="single", type="filepath", size="sm", variant="secondary", scale=0, min_width=220, elem_id=f"{tab}-upload",
         )  # fmt: skip
     upload.upload(service.read_prompt_file, upload, prompt, api_visibility="private", queue=False)
     return prompt, count
@@ -156,6 +157,8 @@ def _status(kind: str, t0: float, fraction: float | None = None, settings: dict 
         "text": lambda s: f" · {s['max_new_bytes']:,} bytes",
     }[settings["modality"]](settings)
     demo = " · ⚠️ untrained demo model" if settings.get("untrained_demo") else ""
+    if settings.get("stopped"):
+        return f"⏹️ Stopped after {dt:.1f} s: partial result · seed **{settings['seed']}**{demo}"
     return f"✅ {n} {what}{'s' if n != 1 else ''} in {dt:.1f} s · seed **{settings['seed']}**{extra}{demo}"
 
 
@@ -168,9 +171,13 @@ def _join_texts(texts) -> str:
 
 def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
     """The app's Blocks. ``concurrency``: generations that may run at once (all tabs share the limit)."""
-    if service.default_name is None:
-        raise ValueError("no checkpoints to serve")
-    caps0 = service.capabilities(service.default_name)  # load the default checkpoint now, not on the first click
+    default = service.default_name
+    if default is None:
+        raise ValueError(f"none of the checkpoints could be loaded: {', '.join(service.names) or 'none found'}")
+    caps0 = service.capabilities(default)  # load the default checkpoint now, not on the first click
+    # Static slider limits span every checkpoint (API clients may pick any); a page narrows them to the selected
+    # checkpoint when it loads and when the checkpoint changes.
+    max_ctx, max_seconds = service.envelope()
     gen = dict(concurrency_limit=concurrency, concurrency_id="generate")
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -181,7 +188,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
         )
         notice = gr.Markdown(caps0.notice, visible=bool(caps0.notice), elem_classes="pa-notice")
         with gr.Row(equal_height=True):
-            ckpt = gr.Dropdown(service.names, value=service.default_name, label="Checkpoint", scale=1,
+            ckpt = gr.Dropdown(service.names, value=default, label="Checkpoint", scale=1,
                                interactive=len(service.names) > 1, filterable=False)  # fmt: skip
             ckpt_info = gr.Markdown(_md_checkpoint(caps0, service))
 
@@ -190,23 +197,23 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=5):
                     img_prompt, img_count = _prompt_box(
-                        "Prompt", "Describe the image… paste a long description or upload a text file", service
+                        "image", "Prompt", "Describe the image… paste a long description or upload a text file", service
                     )
                     with gr.Row():
-                        img_go = gr.Button("Generate image", variant="primary", scale=3)
-                        img_stop = gr.Button("Stop", variant="stop", scale=1)
+                        img_go = gr.Button("Generate image", variant="primary", scale=3, elem_id="image-generate")
+                        img_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="image-stop")
                     img_size = gr.Dropdown(
                         [size_label(*s) for s in caps0.image_sizes],
                         value=size_label(*caps0.default_image_size) if caps0.default_image_size else None,
                         label="Image size (height x width)", allow_custom_value=True,
                     )  # fmt: skip
                     with gr.Accordion("Sampling settings", open=False):
-                        img_ctl = _sampling_controls(caps0, "image")
+                        img_ctl = _sampling_controls(caps0, "image", max_ctx)
                     gr.Examples(IMAGE_EXAMPLES, inputs=[img_prompt], label="Examples (click to use)")
                 with gr.Column(scale=4):
                     img_out = gr.Gallery(label="Image", columns=2, height=420, format="png", object_fit="contain",
-                                         preview=False, elem_classes="pa-gallery", interactive=False)  # fmt: skip
-                    img_status = gr.Markdown("", elem_classes="pa-status")
+                                         preview=False, elem_classes="pa-gallery", interactive=False, elem_id="image-output")  # fmt: skip
+                    img_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="image-status")
                     img_files = gr.File(label="Downloads (PNG with prompt and settings embedded)", file_count="multiple",
                                         interactive=False)  # fmt: skip
 
@@ -214,18 +221,18 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
         with gr.Tab("Music", id="music"):
             with gr.Row():
                 with gr.Column(scale=5):
-                    mus_prompt, mus_count = _prompt_box("Prompt", "Describe the music…", service)
+                    mus_prompt, mus_count = _prompt_box("music", "Prompt", "Describe the music…", service)
                     with gr.Row():
-                        mus_go = gr.Button("Generate music", variant="primary", scale=3)
-                        mus_stop = gr.Button("Stop", variant="stop", scale=1)
-                    mus_seconds = gr.Slider(0.5, max(caps0.max_seconds, 0.5), value=caps0.default_seconds or 0.5,
+                        mus_go = gr.Button("Generate music", variant="primary", scale=3, elem_id="music-generate")
+                        mus_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="music-stop")
+                    mus_seconds = gr.Slider(0.5, max(max_seconds, 0.5), value=caps0.default_seconds or 0.5,
                                             step=0.5, label="Length (seconds)")  # fmt: skip
                     with gr.Accordion("Sampling settings", open=False):
-                        mus_ctl = _sampling_controls(caps0, "audio")
+                        mus_ctl = _sampling_controls(caps0, "audio", max_ctx)
                     gr.Examples(MUSIC_EXAMPLES, inputs=[mus_prompt], label="Examples (click to use)")
                 with gr.Column(scale=4):
-                    mus_out = gr.Audio(label="Music (sample 1)", type="filepath", interactive=False)
-                    mus_status = gr.Markdown("", elem_classes="pa-status")
+                    mus_out = gr.Audio(label="Music (sample 1)", type="filepath", interactive=False, elem_id="music-output")
+                    mus_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="music-status")
                     mus_files = gr.File(label="Downloads (WAV + JSON with prompt and settings)", file_count="multiple",
                                         interactive=False)  # fmt: skip
 
@@ -233,19 +240,19 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
         with gr.Tab("Text", id="text"):
             with gr.Row():
                 with gr.Column(scale=5):
-                    txt_prompt, txt_count = _prompt_box("Text to continue", "Paste or type the beginning…", service)
+                    txt_prompt, txt_count = _prompt_box("text", "Text to continue", "Paste or type the beginning…", service)
                     with gr.Row():
-                        txt_go = gr.Button("Continue text", variant="primary", scale=3)
-                        txt_stop = gr.Button("Stop", variant="stop", scale=1)
-                    txt_len = gr.Slider(1, max(caps0.max_text_bytes, 1), value=caps0.default_text_bytes or 1, step=1,
+                        txt_go = gr.Button("Continue text", variant="primary", scale=3, elem_id="text-generate")
+                        txt_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="text-stop")
+                    txt_len = gr.Slider(1, max_ctx, value=caps0.default_text_bytes or 1, step=1,
                                         label="Length of the continuation (bytes)")  # fmt: skip
                     with gr.Accordion("Sampling settings", open=False):
-                        txt_ctl = _sampling_controls(caps0, "text")
+                        txt_ctl = _sampling_controls(caps0, "text", max_ctx)
                     gr.Examples(TEXT_EXAMPLES, inputs=[txt_prompt], label="Examples (click to use)")
                 with gr.Column(scale=4):
                     txt_out = gr.Textbox(label="Continuation", lines=14, max_lines=30, interactive=False,
-                                         buttons=["copy"])  # fmt: skip
-                    txt_status = gr.Markdown("", elem_classes="pa-status")
+                                         buttons=["copy"], elem_id="text-output")  # fmt: skip
+                    txt_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="text-status")
                     txt_files = gr.File(label="Downloads (TXT + JSON with prompt and settings)", file_count="multiple",
                                         interactive=False)  # fmt: skip
 
@@ -346,13 +353,13 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                 *_sampling_updates(caps, "text"),
             ]
 
-        ckpt.change(
-            on_checkpoint, ckpt,
+        ckpt_outputs = (
             [notice, ckpt_info, img_size, mus_seconds, txt_len, img_go, mus_go, txt_go]
             + [img_ctl[k] for k in SAMPLING_KEYS] + [mus_ctl[k] for k in SAMPLING_KEYS]
-            + [txt_ctl[k] for k in SAMPLING_KEYS],
-            api_visibility="private",
+            + [txt_ctl[k] for k in SAMPLING_KEYS]
         )  # fmt: skip
+        ckpt.change(on_checkpoint, ckpt, ckpt_outputs, api_visibility="private")
+        demo.load(on_checkpoint, ckpt, ckpt_outputs, api_visibility="private", queue=False, show_progress="hidden")
         for m, btn in (("image", img_go), ("audio", mus_go), ("text", txt_go)):
             if m not in caps0.modalities:
                 btn.interactive = False
