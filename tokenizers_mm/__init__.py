@@ -4,6 +4,7 @@ Data flows file -> tokenizer -> ids -> (model) -> ids -> tokenizer -> media; see
 the id ranges and layout.
 """
 
+from tokenizers_mm.audio import AudioConfig, AudioTokenizer, load_audio, render_midi
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.text import TextTokenizer
@@ -15,7 +16,7 @@ from tokenizers_mm.vocab import (
 )  # fmt: skip
 
 __all__ = [
-    "TextTokenizer", "ImageTokenizer", "Vocabulary", "ParsedSequence", "FeatureTracker", "TokenizerError",
+    "TextTokenizer", "ImageTokenizer", "AudioTokenizer", "AudioConfig", "render_midi", "load_audio", "Vocabulary", "ParsedSequence", "FeatureTracker", "TokenizerError",
     "build_sequence", "split_sequence", "position_features", "allowed_range", "modality_of", "token_name",
     "TEXT_OFFSET", "PIXEL_OFFSET", "AUDIO_OFFSET", "AUDIO_CODES", "NUM_OFFSET", "NUM_VALUES", "SPECIAL_OFFSET",
     "PAD", "BOS", "EOS", "TEXT_BEGIN", "TEXT_END", "IMAGE_BEGIN", "IMAGE_END", "AUDIO_BEGIN", "AUDIO_END", "SEP",
