@@ -1,0 +1,189 @@
+"""Dataset preparation (cache, skipped files, splits, errors) and the crop mixture, on files copied from shared data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perceiverar import data as D
+from tokenizers_mm.vocab import BOS, IMAGE_BEGIN, PIXEL_OFFSET, SEP, TEXT_BEGIN, TEXT_END, position_features
+
+N_EMOJI = 8
+
+
+def make_image_folder(shared: Path, dest: Path, n: int = N_EMOJI, corrupt: bool = True) -> Path:
+    """``n`` emoji with their captions.jsonl lines, plus (``corrupt``) a truncated PNG and a non-image .png."""
+    src = shared / "emoji"
+    lines = [json.loads(x) for x in (src / "captions.jsonl").read_text().splitlines()[:n]]
+    for rec in lines:
+        (dest / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / rec["file"], dest / rec["file"])
+    if corrupt:
+        good = (src / lines[0]["file"]).read_bytes()
+        (dest / "google" / "truncated.png").write_bytes(good[: len(good) // 3])
+        (dest / "google" / "notapng.png").write_text("this is not an image")
+        lines += [{"file": "google/truncated.png", "text": "broken"}, {"file": "google/notapng.png", "text": "junk"}]
+    (dest / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return dest
+
+
+def make_text_folder(shared: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shared / "shakespeare" / "lovers_complaint_gut.txt", dest / "lovers_complaint.txt")
+    return dest
+
+
+@pytest.fixture
+def folders(shared_data, tmp_path):
+    img = make_image_folder(shared_data, tmp_path / "emoji")
+    txt = make_text_folder(shared_data, tmp_path / "text")
+    return img, txt, tmp_path / "cache"
+
+
+SETTINGS = D.TokenizerSettings(image_height=8, image_width=8)
+
+
+def test_prepare_images_and_text(folders, monkeypatch):
+    img, txt, cache = folders
+    assert D.detect_modality(img) == "image" and D.detect_modality(txt) == "text"
+    (src_img, src_txt), codec = D.prepare_sources([D.parse_data_arg(f"{img}:3"), D.parse_data_arg(str(txt))], SETTINGS,
+                                                  cache, progress=False)  # fmt: skip
+    assert codec is None and src_img.weight == 3.0
+    # the two corrupt files are skipped, counted and listed; the good ones are all there
+    m = src_img.manifest
+    assert m["n_skipped"] == 2 and {s["file"] for s in m["skipped"]} == {"google/truncated.png", "google/notapng.png"}
+    assert len(src_img) == N_EMOJI and m["n_train"] + m["n_val"] == N_EMOJI and m["n_val"] >= 1
+    # an item is the exact build_sequence layout, memory-mapped as int16
+    ids = src_img.item(0)
+    plen = int(src_img.index[0, 2])
+    caption = json.loads((img / "captions.jsonl").read_text().splitlines()[0])["text"]
+    assert bytes(ids[2 : 2 + plen].tolist()).decode() == caption
+    assert ids[0] == BOS and ids[1] == TEXT_BEGIN and ids[2 + plen] == TEXT_END and ids[3 + plen] == SEP
+    assert ids[4 + plen] == IMAGE_BEGIN and len(ids) == plen + 9 + 8 * 8 * 3
+    a, b = src_img.target_range(0)
+    assert b - a == 192 and (ids[a:b] >= PIXEL_OFFSET).all() and (ids[a:b] < PIXEL_OFFSET + 256).all()
+    assert isinstance(src_img.ids, np.memmap) and src_img.ids.dtype == np.int16
+    # a crop that excludes the header still carries the features of the full sequence
+    crop_ids, crop_f = src_img.crop(0, 40, 120)
+    np.testing.assert_array_equal(crop_ids, ids[40:120])
+    np.testing.assert_array_equal(crop_f, position_features(ids)[40:120])
+    assert crop_f[:, 0].max() > 0
+    # the single text document: whole file as bytes, its last 5 % held out
+    doc = (txt / "lovers_complaint.txt").read_bytes()
+    assert src_txt.manifest["n_train"] == 1 and src_txt.manifest["n_val"] == 1
+    tr, va = src_txt.train_items[0], src_txt.val_items[0]
+    joined = np.concatenate([src_txt.item(tr), src_txt.item(va)])
+    assert bytes(joined[2:-2].tolist()) == doc
+    assert 0.03 < src_txt.length(va) / len(joined) < 0.07
+    # re-running reuses the cache: nothing is tokenized again
+    monkeypatch.setattr(D, "_tokenize", lambda *a, **k: pytest.fail("re-tokenized a cached folder"))
+    again, _ = D.prepare_sources([D.parse_data_arg(str(img)), D.parse_data_arg(str(txt))], SETTINGS, cache, progress=False)
+    assert again[0].dir == src_img.dir and again[1].dir == src_txt.dir
+
+
+def test_cache_key_follows_files_and_settings(folders):
+    img, _, cache = folders
+    a = D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False)
+    b = D.prepare_source(D.parse_data_arg(str(img)), D.TokenizerSettings(image_height=4, image_width=4), cache, progress=False)
+    assert a.dir != b.dir and len(b.item(0)) == len(a.item(0)) - 8 * 8 * 3 + 4 * 4 * 3
+    (img / "google" / "notapng.png").unlink()  # the listing changed
+    c = D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False)
+    assert c.dir != a.dir and c.manifest["n_skipped"] == 2  # now "listed but missing"
+    assert any("missing" in s["reason"] for s in c.manifest["skipped"])
+
+
+def test_sidecar_txt_captions(shared_data, tmp_path):
+    img = make_image_folder(shared_data, tmp_path / "emoji", n=3, corrupt=False)
+    lines = [json.loads(x) for x in (img / "captions.jsonl").read_text().splitlines()]
+    (img / "captions.jsonl").unlink()
+    for rec in lines[:2]:
+        (img / rec["file"]).with_suffix(".txt").write_text(rec["text"] + "\n")
+    assert D.detect_modality(img) == "image"  # .txt captions do not make it a text folder
+    src = D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, tmp_path / "c", progress=False)
+    assert len(src) == 2 and src.manifest["n_skipped"] == 1 and "no caption" in src.manifest["skipped"][0]["reason"]
+    texts = {bytes(src.item(i)[2 : 2 + src.index[i, 2]].tolist()).decode() for i in range(2)}
+    assert texts == {r["text"] for r in lines[:2]}
+
+
+def test_errors(shared_data, tmp_path):
+    with pytest.raises(D.DatasetError, match="does not exist"):
+        D.parse_data_arg(str(tmp_path / "nope"))
+    with pytest.raises(D.DatasetError, match="weight must be a positive"):
+        D.parse_data_arg(f"{tmp_path}:-1")
+    # images without any caption
+    img = make_image_folder(shared_data, tmp_path / "nocap", n=2, corrupt=False)
+    (img / "captions.jsonl").unlink()
+    with pytest.raises(D.DatasetError, match="no captions"):
+        D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, tmp_path / "c", progress=False)
+    # every file corrupt: a clear "empty" message naming a skipped file
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_text("not a png")
+    (bad / "captions.jsonl").write_text(json.dumps({"file": "a.png", "text": "x"}) + "\n")
+    with pytest.raises(D.DatasetError, match=r"empty.*a\.png"):
+        D.prepare_source(D.parse_data_arg(str(bad)), SETTINGS, tmp_path / "c", progress=False)
+    # nothing usable at all
+    (tmp_path / "void").mkdir()
+    (tmp_path / "void" / "notes.md").write_text("hi")
+    with pytest.raises(D.DatasetError, match="nothing to train on"):
+        D.prepare_sources([D.parse_data_arg(str(tmp_path / "void"))], SETTINGS, tmp_path / "c", progress=False)
+
+
+def test_val_split_is_deterministic():
+    names = [f"google/{i:05x}.png" for i in range(4000)]
+    flags = [D.is_val(n) for n in names]
+    assert flags == [D.is_val(n) for n in names]
+    assert 0.035 < np.mean(flags) < 0.065
+
+
+def test_mixture_crops(folders):
+    img, txt, cache = folders
+    sources, _ = D.prepare_sources([D.parse_data_arg(str(img)), D.parse_data_arg(str(txt))], SETTINGS, cache, progress=False)
+    L, N = 256, 32
+    mix = D.Mixture(sources, L, N, prompt_dropout=0.5, seed=3)
+    lens, dropped = set(), 0
+    for step in range(40):
+        tok, feat, st = mix.batch(step, 0, 4)
+        tok2, feat2, _ = mix.batch(step, 0, 4)
+        assert (tok == tok2).all() and (feat == feat2).all()  # a pure function of (seed, step, micro)
+        T = tok.shape[1]
+        assert feat.shape == (4, T, 3) and T == st["seq_len"]
+        lens.add(T)
+        assert T <= L + 1
+        dropped += st["dropped_prompts"]
+        for row in tok.tolist():
+            if any(PIXEL_OFFSET <= t < PIXEL_OFFSET + 256 for t in row):
+                assert row[:2] == [BOS, TEXT_BEGIN], "an image crop must be a prefix of its item"
+                if row[2] == TEXT_END:
+                    assert row[3] == SEP  # a dropped prompt is the empty-prompt layout
+    assert dropped > 0 and len(lens) > 10  # varied lengths: every prefix length is trained
+    # the shortest image item bounds the length; N + 1 is the usual minimum
+    shortest = min(s.length(i, True) for s in sources for i in s.train_items)
+    assert min(lens) >= min(N + 1, shortest)
+
+
+@pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
+def test_prepare_audio_midi(shared_data, tmp_path):
+    folder = tmp_path / "bach"
+    folder.mkdir()
+    caps = {json.loads(x)["file"]: json.loads(x)["text"] for x in (shared_data / "bach" / "captions.jsonl").read_text().splitlines()}
+    names = ["bwv281.mid", "bwv286.mid"]  # two of the shortest chorales
+    lines = [{"file": n, "text": caps[n]} for n in names] + [{"file": "broken.wav", "text": "noise"}]
+    for n in names:
+        shutil.copy(shared_data / "bach" / n, folder / n)
+    (folder / "broken.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert D.detect_modality(folder) == "audio"
+    settings = D.TokenizerSettings(audio_codebook_size=16, audio_fit_files=4)
+    (src,), codec = D.prepare_sources([D.parse_data_arg(str(folder))], settings, tmp_path / "c", progress=False)
+    assert codec is not None and (codec.dir / "codebook.safetensors").is_file()
+    assert len(src) == 2 and src.manifest["n_skipped"] == 1 and src.manifest["skipped"][0]["file"] == "broken.wav"
+    a, b = src.target_range(0)
+    codes = src.item(0)[a:b]
+    assert b - a > 100 and codes.min() >= 512 and codes.max() < 512 + 16
+    feats = src.features(src.item(0))
+    assert (feats[a:b, 2] == 1).all() and (feats[:a] == 0).all()
