@@ -330,14 +330,14 @@ class Service:
         try:
             n, budget = self.prompt_tokens(name, modality, prompt, **settings)
         except gr.Error as e:
-            return f"⚠️ {e.message}"
+            return f"⚠ {e.message}"
         except Exception as e:  # noqa: BLE001
-            return f"⚠️ cannot count tokens: {e}"
+            return f"⚠ cannot count tokens: {e}"
         if budget <= 0:
-            return f"⚠️ **{n:,}** prompt tokens, but these settings leave no room for a prompt in the context."
+            return f"⚠ **{n:,}** prompt tokens, but these settings leave no room for a prompt in the context."
         if n > budget:
             return (
-                f"🛑 **{n:,} / {budget:,}** prompt tokens: **{n - budget:,} over** the context budget. "
+                f"⚠ **{n:,} / {budget:,}** prompt tokens: **{n - budget:,} over** the context budget. "
                 "Shorten the prompt or reduce the output size."
             )
         return f"**{n:,} / {budget:,}** prompt tokens ({100 * n / budget:.1f}% of the context budget)"
@@ -360,11 +360,23 @@ class Service:
 
     # ---- stopping ----
 
-    def stop(self, session: str | None) -> None:
-        """Stop every generation running for this browser session."""
+    def stop(self, session: str | None, *, wait: float = 0.0) -> bool:
+        """Stop every generation running for this browser session; wait up to ``wait`` s for them to finish.
+
+        Returns True when none is left running (each stopped run still delivers its partial result).
+        """
+        key = session or ""
         with self._active_guard:
-            for ev in self._active.get(session or "", ()):
+            for ev in self._active.get(key, ()):
                 ev.set()
+        deadline = time.monotonic() + wait
+        while True:
+            with self._active_guard:
+                if not self._active.get(key):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
     def _register(self, session: str | None) -> threading.Event:
         ev = threading.Event()

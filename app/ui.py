@@ -49,6 +49,7 @@ import gradio as gr
 from app.service import MAX_SAMPLES, Capabilities, Service, device_of, size_label
 
 TITLE = "Perceiver AR"
+STOP_GRACE_S = 5.0  # how long Stop waits for a run to end by itself before cancelling it
 
 CSS = """
 .pa-header h1 { margin-bottom: 0.1em; }
@@ -142,24 +143,25 @@ def _prompt_box(tab: str, label: str, placeholder: str, service: Service):
             f"Upload .txt / .md (≤ {service.max_upload_bytes // 1024:,} KB)", file_types=[".txt", ".md"],
             file_count="single", type="filepath", size="sm", variant="secondary", scale=0, min_width=220, elem_id=f"{tab}-upload",
         )  # fmt: skip
-    upload.upload(service.read_prompt_file, upload, prompt, api_visibility="private", queue=False)
+    upload.upload(service.read_prompt_file, upload, prompt, api_visibility="private", concurrency_limit=None,
+                  show_progress="hidden")
     return prompt, count
 
 
 def _status(kind: str, t0: float, fraction: float | None = None, settings: dict | None = None, n: int = 0) -> str:
     dt = time.perf_counter() - t0
     if kind == "progress":
-        return f"⏳ Generating… **{100 * (fraction or 0):.0f}%** · {dt:.1f} s"
+        return f"Generating… **{100 * (fraction or 0):.0f}%** · {dt:.1f} s"
     what = {"image": "image", "audio": "clip", "text": "text"}[settings["modality"]]
     extra = {
         "image": lambda s: f" · {s['height']}x{s['width']}",
         "audio": lambda s: f" · {s['seconds']:g} s",
         "text": lambda s: f" · {s['max_new_bytes']:,} bytes",
     }[settings["modality"]](settings)
-    demo = " · ⚠️ untrained demo model" if settings.get("untrained_demo") else ""
+    demo = " · ⚠ untrained demo model" if settings.get("untrained_demo") else ""
     if settings.get("stopped"):
-        return f"⏹️ Stopped after {dt:.1f} s: partial result · seed **{settings['seed']}**{demo}"
-    return f"✅ {n} {what}{'s' if n != 1 else ''} in {dt:.1f} s · seed **{settings['seed']}**{extra}{demo}"
+        return f"■ **Stopped** after {dt:.1f} s: partial result · seed **{settings['seed']}**{demo}"
+    return f"✓ **Done**: {n} {what}{'s' if n != 1 else ''} in {dt:.1f} s · seed **{settings['seed']}**{extra}{demo}"
 
 
 def _join_texts(texts) -> str:
@@ -205,13 +207,13 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                     img_size = gr.Dropdown(
                         [size_label(*s) for s in caps0.image_sizes],
                         value=size_label(*caps0.default_image_size) if caps0.default_image_size else None,
-                        label="Image size (height x width)", allow_custom_value=True,
+                        label="Image size (height x width)", allow_custom_value=True, elem_id="image-size",
                     )  # fmt: skip
                     with gr.Accordion("Sampling settings", open=False):
                         img_ctl = _sampling_controls(caps0, "image", max_ctx)
                     gr.Examples(IMAGE_EXAMPLES, inputs=[img_prompt], label="Examples (click to use)")
                 with gr.Column(scale=4):
-                    img_out = gr.Gallery(label="Image", columns=2, height=420, format="png", object_fit="contain",
+                    img_out = gr.Gallery(label="Image", columns=2, height="auto", format="png", object_fit="contain",
                                          preview=False, elem_classes="pa-gallery", interactive=False, elem_id="image-output")  # fmt: skip
                     img_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="image-status")
                     img_files = gr.File(label="Downloads (PNG with prompt and settings embedded)", file_count="multiple",
@@ -282,7 +284,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
             t0 = time.perf_counter()
             run = service.generate_image(prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p,
                                          cfg_scale, n_latents, session=_session(request))  # fmt: skip
-            yield [], None, "⏳ Starting…"
+            yield [], None, "Starting…"
             for kind, *rest in run:
                 if kind == "progress":
                     fraction, partial = rest
@@ -297,7 +299,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
             run = service.generate_music(prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p,
                                          cfg_scale, n_latents, session=_session(request))  # fmt: skip
             progress(0.0, desc="Generating audio tokens")
-            yield None, None, "⏳ Starting…"
+            yield None, None, "Starting…"
             for kind, *rest in run:
                 if kind == "progress":
                     progress(rest[0], desc="Generating audio tokens")
@@ -311,7 +313,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
             t0 = time.perf_counter()
             run = service.generate_text(prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k,
                                         top_p, cfg_scale, n_latents, session=_session(request))  # fmt: skip
-            yield "", None, "⏳ Starting…"
+            yield "", None, "Starting…"
             for kind, *rest in run:
                 if kind == "progress":
                     fraction, partial = rest
@@ -321,7 +323,8 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                     yield _join_texts(texts), files, _status(kind, t0, settings=settings, n=len(texts))
 
         def stop(request: gr.Request):
-            service.stop(_session(request))
+            # Graceful first: the pipeline stops between tokens and the run delivers its partial result.
+            service.stop(_session(request), wait=STOP_GRACE_S)
 
         events = {}
         for name, fn, go, stop_btn, prompt, size_in, ctl, outs in (
@@ -334,7 +337,10 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
         ):  # fmt: skip
             inputs = [prompt, ckpt, size_in] + [ctl[k] for k in SAMPLING_KEYS]
             ev = go.click(fn, inputs, outs, api_name=name, show_progress="minimal", **gen)
-            stop_btn.click(stop, None, None, cancels=[ev], queue=False, api_visibility="private")
+            # Then cancel, which only matters for a run still waiting in the queue (or one that ignored the stop).
+            stop_btn.click(stop, None, None, queue=False, api_visibility="private").then(
+                None, None, None, cancels=[ev], queue=False, api_visibility="private"
+            )
             events[name] = ev
 
         # ------------------------------------------------------------------------------- checkpoint changes
