@@ -46,6 +46,9 @@ from tokenizers_mm.vocab import TEXT_BEGIN, TEXT_SIZE, FeatureTracker
 # Context positions embedded and projected at once when (re)filling the cross K/V: bounds
 # the temporary (B, chunk, C) activations for a 65,536-token window.
 CONTEXT_CHUNK = 8_192
+# The longest section the layout can describe is an audio clip of MAX_AUDIO_TOKENS (~1M) codes;
+# beyond 2M new tokens a request is a mistake, not a plan (the id buffers alone would be huge).
+MAX_NEW_TOKENS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -370,8 +373,8 @@ def generate(
     """
     cfg = model.cfg
     prompt = _as_ids(prompt_ids, "prompt_ids", cfg.vocab_size)
-    if int(max_new_tokens) < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS:,}, got {max_new_tokens}")
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if overflow not in ("error", "truncate"):

@@ -249,6 +249,8 @@ def test_clear_errors():
         generate(model, [5633, 99999], 5)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, [5633], 0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, [5633], 10**9, overflow="truncate")
     with pytest.raises(ValueError, match="n_latents"):
         generate(model, [5633], 5, n_latents=10_000)
     with pytest.raises(ValueError, match="overflow"):
