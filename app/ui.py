@@ -217,7 +217,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                                          preview=False, elem_classes="pa-gallery", interactive=False, elem_id="image-output")  # fmt: skip
                     img_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="image-status")
                     img_files = gr.File(label="Downloads (PNG with prompt and settings embedded)", file_count="multiple",
-                                        interactive=False)  # fmt: skip
+                                        interactive=False, elem_id="image-files")  # fmt: skip
 
         # ------------------------------------------------------------------------------------------ music
         with gr.Tab("Music", id="music"):
@@ -228,7 +228,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                         mus_go = gr.Button("Generate music", variant="primary", scale=3, elem_id="music-generate")
                         mus_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="music-stop")
                     mus_seconds = gr.Slider(0.5, max(max_seconds, 0.5), value=caps0.default_seconds or 0.5,
-                                            step=0.5, label="Length (seconds)")  # fmt: skip
+                                            step=0.5, label="Length (seconds)", elem_id="music-seconds")  # fmt: skip
                     with gr.Accordion("Sampling settings", open=False):
                         mus_ctl = _sampling_controls(caps0, "audio", max_ctx)
                     gr.Examples(MUSIC_EXAMPLES, inputs=[mus_prompt], label="Examples (click to use)")
@@ -236,7 +236,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                     mus_out = gr.Audio(label="Music (sample 1)", type="filepath", interactive=False, elem_id="music-output")
                     mus_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="music-status")
                     mus_files = gr.File(label="Downloads (WAV + JSON with prompt and settings)", file_count="multiple",
-                                        interactive=False)  # fmt: skip
+                                        interactive=False, elem_id="music-files")  # fmt: skip
 
         # ------------------------------------------------------------------------------------------- text
         with gr.Tab("Text", id="text"):
@@ -247,7 +247,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                         txt_go = gr.Button("Continue text", variant="primary", scale=3, elem_id="text-generate")
                         txt_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="text-stop")
                     txt_len = gr.Slider(1, max_ctx, value=caps0.default_text_bytes or 1, step=1,
-                                        label="Length of the continuation (bytes)")  # fmt: skip
+                                        label="Length of the continuation (bytes)", elem_id="text-length")  # fmt: skip
                     with gr.Accordion("Sampling settings", open=False):
                         txt_ctl = _sampling_controls(caps0, "text", max_ctx)
                     gr.Examples(TEXT_EXAMPLES, inputs=[txt_prompt], label="Examples (click to use)")
@@ -256,7 +256,7 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                                          buttons=["copy"], elem_id="text-output")  # fmt: skip
                     txt_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="text-status")
                     txt_files = gr.File(label="Downloads (TXT + JSON with prompt and settings)", file_count="multiple",
-                                        interactive=False)  # fmt: skip
+                                        interactive=False, elem_id="text-files")  # fmt: skip
 
         # --------------------------------------------------------------------------------- live token counts
         count_kw = dict(show_progress="hidden", queue=False, api_visibility="private", trigger_mode="always_last")

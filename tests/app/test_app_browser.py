@@ -44,7 +44,7 @@ def test_generate_an_image_in_the_browser(page, artifacts):
     imgs = page.locator("#image-output img")
     assert imgs.count() >= 1
     assert imgs.first.evaluate("img => img.complete && img.naturalWidth") == 8
-    assert page.get_by_text("perceiverar-image-seed").first.is_visible()  # the PNG download link
+    page.locator("#image-files").get_by_text("perceiverar-image-seed").first.wait_for()  # the PNG download
     page.screenshot(path=str(artifacts / "browser-image.png"), full_page=True)
 
 
@@ -60,6 +60,7 @@ def test_bad_upload_shows_an_error_then_a_good_one_fills_the_prompt(page, artifa
     _upload(page, bad)
     page.get_by_text("looks like a binary file").first.wait_for()
     page.screenshot(path=str(artifacts / "browser-bad-upload.png"), full_page=False)
+    page.locator(".toast-close").first.click()  # dismiss it so later screenshots are clean
     good = tmp_path / "prompt.md"
     good.write_text("# Lighthouse\n\nA white lighthouse at dusk, orange sky.", encoding="utf-8")
     _upload(page, good)
@@ -75,6 +76,24 @@ def test_text_tab_streams_and_finishes(page, artifacts):
     page.locator("#text-status").get_by_text("Done").wait_for(timeout=90_000)
     assert page.locator("#text-output textarea").input_value() != ""
     page.screenshot(path=str(artifacts / "browser-text.png"), full_page=True)
+
+
+def test_stop_keeps_the_partial_result(page, artifacts):
+    page.get_by_role("tab", name="Text").click()
+    page.locator("#text-prompt textarea").fill("A long story: ")
+    length = page.locator("#text-length input[type=number]")
+    length.fill("1000")
+    length.press("Tab")
+    assert length.input_value() == "1000"
+    page.locator("#text-generate").click()
+    page.locator("#text-status").get_by_text("Generating").wait_for()
+    page.locator("#text-stop").click()
+    page.locator("#text-status").get_by_text(re.compile("Stopped|Done|Error")).wait_for(timeout=30_000)
+    page.screenshot(path=str(artifacts / "browser-stopped.png"), full_page=True)
+    assert "Stopped" in page.locator("#text-status").inner_text()
+    assert page.locator("#text-output textarea").input_value() != ""
+    page.screenshot(path=str(artifacts / "browser-stopped.png"), full_page=True)
+    page.locator("#text-files").get_by_text("perceiverar-text-seed").first.wait_for(timeout=10_000)
 
 
 def test_music_tab(page, artifacts):

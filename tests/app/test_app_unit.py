@@ -1,0 +1,49 @@
+"""Pieces of the app that need no server: options, checkpoint discovery, sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_cli_defaults_are_local_and_private():
+    from app.main import parse_args
+
+    a = parse_args([])
+    assert (a.host, a.port, a.share, a.checkpoint_dir, a.device) == ("127.0.0.1", 7860, False, [], "auto")
+    b = parse_args(["--checkpoint-dir", "a", "--checkpoint-dir", "b", "--concurrency", "2", "--max-upload-kb", "64"])
+    assert b.checkpoint_dir == ["a", "b"] and b.concurrency == 2 and b.max_upload_kb == 64
+    with pytest.raises(SystemExit):
+        parse_args(["--concurrency", "0"])
+
+
+def test_discovery_lists_checkpoints_by_name_only(tmp_path):
+    from app.service import discover_checkpoints
+
+    for d in ("one/a", "two/a", "two/b", "two/.hidden", "two/not-a-checkpoint"):
+        (tmp_path / d).mkdir(parents=True)
+    for d in ("one/a", "two/a", "two/b", "two/.hidden"):
+        (tmp_path / d / "config.json").write_text("{}")
+    entries = discover_checkpoints([tmp_path / "one", tmp_path / "two", tmp_path / "two" / "b", tmp_path / "nope"])
+    assert sorted(entries) == ["a", "a (two)", "b"]
+    assert entries["a (two)"].path == (tmp_path / "two" / "a").resolve()
+
+
+def test_unknown_checkpoint_never_touches_the_filesystem(tmp_path):
+    import gradio as gr
+
+    from app.service import Service
+
+    svc = Service([tmp_path], demo=False)
+    for name in ("/etc", "../../etc/passwd", str(tmp_path)):
+        with pytest.raises(gr.Error, match="Unknown checkpoint"):
+            svc.pipeline(name)
+
+
+def test_parse_size():
+    import gradio as gr
+
+    from app.service import parse_size
+
+    assert parse_size("32x16") == (32, 16) and parse_size(" 8 × 8 ") == (8, 8)
+    with pytest.raises(gr.Error):
+        parse_size("big")
