@@ -285,7 +285,10 @@ class Logger:
         if not self.enabled:
             return
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        (self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr, flush=True))(line)
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)  # above the progress bar
+        else:
+            print(line, file=sys.stderr, flush=True)
         with open(self.path, "a") as fh:
             fh.write(line + "\n")
 

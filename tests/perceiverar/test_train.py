@@ -1,0 +1,229 @@
+"""The trainer: bad arguments, a debug run whose validation loss drops, exact kill-and-resume, failed saves, DDP/FSDP."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from perceiverar import load_checkpoint
+from perceiverar import train as T
+from test_data import make_image_folder, make_text_folder
+from tokenizers_mm.vocab import Vocabulary
+
+ROOT = Path(__file__).resolve().parents[2]
+# One thread per process: the runs compared below must use the same kernels, and a shared 2-core box
+# is much faster without oversubscription.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} not present")
+    tmp = tmp_path_factory.mktemp("data")
+    img = make_image_folder(SHARED_DATA, tmp / "emoji")
+    txt = make_text_folder(SHARED_DATA, tmp / "text")
+    return img, txt, tmp / "cache"  # read-only for the tests; the token cache is shared by them
+
+
+def train_in_process(argv) -> None:
+    """T.main in this process with one thread, like the subprocesses (ENV), so the numbers are the same."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        T.main(argv)
+    finally:
+        torch.set_num_threads(n)
+
+
+_SINGLE: dict = {}
+
+
+def single_reference(data, tmp_path_factory, argv) -> Path:
+    """The one-process run the 2-process runs are compared with (computed once per module)."""
+    key = tuple(argv)
+    if key not in _SINGLE:
+        run = tmp_path_factory.mktemp("single") / "run"
+        train_in_process(["--out", str(run), *argv, "--batch-size", "4"])
+        _SINGLE[key] = run
+    return _SINGLE[key]
+
+
+def common(data, **over) -> list[str]:
+    img, txt, cache = data
+    opts = {"preset": "debug", "max-steps": 12, "image-size": 8, "cache-dir": cache, "val-every": 4, "save-every": 4,
+            "sample-every": 0, "batch-size": 2, "lr": 3e-3, "warmup": 2, "val-items": 4, "val-windows": 4, **over}
+    argv = ["--data", str(img), "--data", f"{txt}:0.5", "--no-progress"]
+    for k, v in opts.items():
+        if v is not None:
+            argv += [f"--{k}", str(v)]
+    return argv
+
+
+def losses(run: Path, kind: str = "train") -> list[tuple[int, float]]:
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["kind"] == kind:
+            out.append((r["step"], r["loss" if kind == "train" else "val_loss"]))
+    return out
+
+
+def run_cli(argv, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "perceiverar.train", *argv], env=ENV, cwd=ROOT, capture_output=True,
+                          text=True, timeout=240, **kw)  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------- bad arguments
+
+
+def test_bad_arguments(data, tmp_path, capsys):
+    img, txt, cache = data
+    with pytest.raises(SystemExit, match="does not exist"):
+        T.main(["--data", str(tmp_path / "missing"), "--preset", "debug", "--out", str(tmp_path / "r"), "--max-steps", "1"])
+    with pytest.raises(SystemExit) as e:
+        T.main(["--data", str(img), "--preset", "huge", "--out", str(tmp_path / "r"), "--max-steps", "1"])
+    assert e.value.code == 2 and "unknown preset 'huge'" in capsys.readouterr().err
+    nocap = tmp_path / "nocap"
+    shutil.copytree(img, nocap)
+    (nocap / "captions.jsonl").unlink()
+    with pytest.raises(SystemExit, match="no captions"):
+        T.main(["--data", str(nocap), "--preset", "debug", "--out", str(tmp_path / "r"), "--max-steps", "1", "--cache-dir", str(cache)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.png").write_text("corrupt")
+    (empty / "captions.jsonl").write_text('{"file": "a.png", "text": "x"}\n')
+    with pytest.raises(SystemExit, match="empty"):
+        T.main(["--data", str(empty), "--preset", "debug", "--out", str(tmp_path / "r"), "--max-steps", "1", "--cache-dir", str(cache)])
+    with pytest.raises(SystemExit):
+        T.main(["--data", str(img), "--preset", "debug", "--out", str(tmp_path / "r"), "--max-steps", "0"])
+    assert "--max-steps must be >= 1" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------- a short run
+
+
+def test_debug_run_learns_and_writes_the_run(data, tmp_path):
+    run = tmp_path / "run"
+    train_in_process(["--out", str(run), *common(data, **{"max-steps": 40, "val-every": 20, "save-every": 20, "keep-last": 1})])
+    val = losses(run, "val")
+    assert [s for s, _ in val] == [0, 20, 40]
+    assert val[-1][1] < val[0][1] - 1.0, val  # nats per target token: from ~ln(5696) = 8.65 well down
+    rec = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x][-1]
+    assert {"val_bits_per_dim", "val_bits_per_byte"} <= set(rec)
+    train = losses(run, "train")
+    assert [s for s, _ in train] == list(range(1, 41))
+    # checkpoints: keep-last 1, a loadable perceiverar checkpoint with the tokenizer config, a best copy
+    ckpts = T.list_checkpoints(run)
+    assert [c.name for c in ckpts] == ["step-0000040"]
+    ck = load_checkpoint(ckpts[0])
+    tok = ck.tokenizer
+    assert tok["modalities"] == ["image", "text"] and tok["image"] == {"height": 8, "width": 8}
+    assert tok["vocab"] == Vocabulary().to_dict() and tok["defaults"]["top_p"] == 0.95
+    assert ck.training["step"] == 40
+    state = torch.load(ckpts[0] / T.TRAINING_STATE, weights_only=True)
+    assert state["step"] == 40 and "optimizer" in state and len(state["rng"]) == 1
+    best = load_checkpoint(run / "best")
+    assert best.training["val_loss"] == pytest.approx(min(v for _, v in val))
+    assert (run / "loss.png").stat().st_size > 1000 and (run / "run.json").is_file()
+    # a second launch into the same run directory without --resume is refused
+    with pytest.raises(SystemExit, match="--resume"):
+        T.main(["--out", str(run), *common(data)])
+
+
+def test_kill_and_resume_is_exact(data, tmp_path):
+    argv = common(data, **{"max-steps": 14, "save-every": 5, "val-every": 5, "context-dropout": 0.25, "dropout": 0.1})
+    ref = tmp_path / "ref"  # uninterrupted (in this process: same single-thread kernels as the subprocesses)
+    train_in_process(["--out", str(ref), *argv])
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "perceiverar.train", "--out", str(killed), *argv, "--debug-step-sleep", "0.3"],
+                            env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            done = (killed / "metrics.jsonl").is_file() and len(losses(killed)) >= 7
+            if (killed / "checkpoints" / "step-0000005").is_dir() and done:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    n_before = len(losses(killed))
+    assert 7 <= n_before < 14
+    r = run_cli(["--out", str(killed), *argv, "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from" in r.stderr
+    a, b = losses(ref), losses(killed)
+    assert [s for s, _ in b] == list(range(1, 15))  # the lines after the checkpoint were redone, not duplicated
+    for (sa, la), (sb, lb) in zip(a, b):
+        assert sa == sb and abs(la - lb) <= 1e-6, (sa, la, lb)
+    ref_w = load_file(str(ref / "checkpoints" / "step-0000014" / "model.safetensors"))
+    new_w = load_file(str(killed / "checkpoints" / "step-0000014" / "model.safetensors"))
+    for k in ref_w:
+        torch.testing.assert_close(new_w[k], ref_w[k], atol=1e-6, rtol=0)
+
+
+def test_failed_save_keeps_previous_checkpoint(data, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    real, calls = T.save_checkpoint, []
+
+    def flaky(directory, *a, **kw):
+        calls.append(Path(directory).name)
+        if Path(directory).name == "step-0000008":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(directory, *a, **kw)
+
+    monkeypatch.setattr(T, "save_checkpoint", flaky)
+    train_in_process(["--out", str(run), *common(data)])  # saves at 4, 8 (fails), 12
+    err = capsys.readouterr().err
+    assert "step-0000008 failed (disk full)" in err and "step-0000004 is intact" in err and "training continues" in err
+    assert [c.name for c in T.list_checkpoints(run)] == ["step-0000004", "step-0000012"]
+    assert load_checkpoint(run / "checkpoints" / "step-0000004").training["step"] == 4
+    assert "step-0000008 failed" in (run / "train.log").read_text()
+    assert not any(p.name.startswith(".step-0000008") for p in (run / "checkpoints").iterdir())  # no temp left
+
+    # a failing final save ends the run with an error status after saying so
+    run2 = tmp_path / "run2"
+    monkeypatch.setattr(T, "save_checkpoint", lambda d, *a, **k: (_ for _ in ()).throw(PermissionError(13, "read-only", str(d))))
+    with pytest.raises(SystemExit) as e:
+        T.main(["--out", str(run2), *common(data, **{"max-steps": 2})])
+    assert e.value.code == 1 and "final checkpoint could not be saved" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_gloo_matches_single_process(data, tmp_path, tmp_path_factory, mode):
+    argv = common(data, **{"max-steps": 4, "save-every": 4, "val-every": 2, "grad-accum": 2})
+    single = single_reference(data, tmp_path_factory, argv)
+    multi = tmp_path / mode
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "perceiverar.train",
+           "--out", str(multi), *argv, "--batch-size", "2"] + (["--fsdp"] if mode == "fsdp" else [])  # fmt: skip
+    r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"world 2 ({mode.upper()})" in r.stderr and "global batch 8 sequences" in r.stderr
+    for kind in ("train", "val"):
+        a, b = losses(single, kind), losses(multi, kind)
+        assert len(a) == len(b) > 1
+        for (sa, la), (sb, lb) in zip(a, b):
+            assert sa == sb and abs(la - lb) <= 1e-5, (kind, sa, la, lb)
+    # one writer: a single metrics line per step, one checkpoint, loadable on one process
+    assert len(losses(multi)) == 4
+    ck = load_checkpoint(multi / "checkpoints" / "step-0000004")
+    ref = load_checkpoint(single / "checkpoints" / "step-0000004")
+    for k, v in ref.model.state_dict().items():
+        torch.testing.assert_close(ck.model.state_dict()[k], v, atol=1e-5, rtol=1e-4)
