@@ -84,7 +84,7 @@ class Pipeline:
             raise ValueError(f"tokenizer config lists modalities {mods}; expected a non-empty subset of {MODALITIES}")
         if "vocab" in tokenizer_config:
             Vocabulary.from_dict(tokenizer_config["vocab"])  # raises if the id layout differs from this code's
-        self.model = model.eval()
+        self.model = model  # generate() switches to eval mode for the call and restores the mode after
         self.config = tokenizer_config
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.text_tokenizer = TextTokenizer()
