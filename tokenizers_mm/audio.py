@@ -21,8 +21,9 @@ results in benchmarks/results/audio_tokenizer-cpu-*.json):
 - 22,050 / 256 = 86.13 tokens per second of audio; a 65,536-token context holds 760.9 s (12.7 min) of audio.
 - quantised 2.70 dB (bar 2.9), full round trip through the waveform 2.93 dB (bar 4.0), inversion alone (no
   quantisation) 1.46 dB; each mel bin's clip mean 7.82 dB.
-- encode + decode of 10 s: ~0.3 s wall on 2 idle cores, ~0.6 s CPU on one thread (the decode is nearly all of it:
-  NNLS 0.02 s, Griffin-Lim 32 iterations ~0.45 s).
+- encode + decode of 10 s (``--threads 1``): 1.0 s wall, 0.49 s CPU, on a shared 2-core machine at load 5.8;
+  the decode is nearly all of it (sparse NNLS 0.02 s, Griffin-Lim 32 iterations ~0.45 s CPU). Several torch
+  threads on an oversubscribed machine are slower (5.2 s wall measured at 2 threads, load 5.4).
 - fitting 150 chorales (250k sampled frames, K = 4096, 15 Lloyd iterations): ~3.5 min on 2 shared cores.
 
 Choices, and the measurements that made them:
