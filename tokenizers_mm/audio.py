@@ -326,6 +326,7 @@ class AudioTokenizer:
         d.mkdir(parents=True, exist_ok=True)
         tmp_cb, tmp_cfg = d / f".{CODEBOOK_FILE}.tmp", d / f".{CONFIG_FILE}.tmp"
         save_file({"codebook": self.codebook}, str(tmp_cb), metadata={"format_version": str(FORMAT_VERSION)})
+        os.chmod(tmp_cb, 0o644)  # safetensors creates the file private; checkpoints are meant to be shared
         tmp_cfg.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         os.replace(tmp_cb, d / CODEBOOK_FILE)
         os.replace(tmp_cfg, d / CONFIG_FILE)
