@@ -58,7 +58,6 @@ from tqdm.auto import tqdm
 
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.image import ImageTokenizer
-from tokenizers_mm.text import TextTokenizer
 from tokenizers_mm.vocab import (
     BOS, EOS, N_FEATURES, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence, position_features,
 )  # fmt: skip

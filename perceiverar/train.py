@@ -548,8 +548,10 @@ class Trainer:
         a, dd = self.args, self.dd
         rank, world = (0, 1) if self.fsdp else (dd.rank, dd.world)
         model = self.model
-        acc = evaluate_sources(model, self.sources, split="val", max_items=a.val_items, max_windows=a.val_windows,
-                               device=dd.device, rank=rank, world=world)  # fmt: skip
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if dd.device.type == "cuda" else contextlib.nullcontext()
+        with amp:
+            acc = evaluate_sources(model, self.sources, split="val", max_items=a.val_items, max_windows=a.val_windows,
+                                   device=dd.device, rank=rank, world=world)  # fmt: skip
         mods = sorted(acc)
         flat = dd.sum_([v for m in mods for v in acc[m]]) if not self.fsdp else [v for m in mods for v in acc[m]]
         acc = {m: flat[2 * i : 2 * i + 2] for i, m in enumerate(mods)}
