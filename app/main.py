@@ -26,12 +26,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     p.add_argument("--share", action="store_true",
-                   help="also open a temporary public gradio.live link (off by default; sends traffic through Gradio's servers)")
+                   help="also open a temporary public gradio.live link (off by default; traffic goes through "
+                        "Gradio's servers)")
     p.add_argument("--checkpoint-dir", action="append", default=[], metavar="DIR",
                    help="extra folder to scan for checkpoints (a checkpoint itself or a folder of them); repeatable")
     p.add_argument("--no-bundled", action="store_true", help=f"do not scan the bundled {BUNDLED_CHECKPOINTS}")
     p.add_argument("--demo", action="store_true",
-                   help="also offer the small randomly initialised demo model (always offered when no checkpoint is found)")
+                   help="also offer the small randomly initialised demo model (always offered when no checkpoint "
+                        "is found)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="generations that run at once; the rest wait in a queue (default: 1 on CPU, 2 on GPU)")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait in the queue (default 64)")
@@ -79,7 +81,8 @@ def launch(demo, service: Service, *, host: str = "127.0.0.1", port: int = 7860,
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s")  # fmt: skip
     folders = ([] if args.no_bundled else [BUNDLED_CHECKPOINTS]) + args.checkpoint_dir
     service = Service(folders, device=args.device, max_upload_kb=args.max_upload_kb, demo=True if args.demo else "auto")
     names = ", ".join(service.names)

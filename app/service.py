@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_CHECKPOINTS = REPO_ROOT / "checkpoints"
 DEMO_NAME = "demo (random, untrained)"
 DEMO_NOTICE = (
-    "**No trained checkpoint was found**, so the app is running on a small *randomly initialised* model: "
+    "**No usable trained checkpoint was found**, so the app is running on a small *randomly initialised* model: "
     "it works end to end, but its images, music and text are noise. Put a checkpoint folder "
     "(`model.safetensors` + `config.json`) in `checkpoints/` or pass `--checkpoint-dir`, then restart."
 )
@@ -192,6 +192,10 @@ class Service:
                 continue
             self._default = name
             return name
+        if DEMO_NAME not in self.entries:  # nothing loads: serve the demo model rather than nothing
+            log.warning("no checkpoint could be loaded; serving the random demo model")
+            self.entries[DEMO_NAME] = CheckpointEntry(name=DEMO_NAME, path=None, demo=True)
+            return self.default_name
         return None
 
     def _lock_for(self, name: str) -> threading.Lock:
@@ -322,7 +326,8 @@ class Service:
         kw = self._budget_kw(modality, **settings)
         # count_prompt_tokens counts the whole generation prefix (markers and header too); the budget is for
         # the prompt's own tokens, so count the prompt as the difference from an empty one.
-        n = int(pipe.count_prompt_tokens(prompt or "", modality, **kw)) - int(pipe.count_prompt_tokens("", modality, **kw))
+        n = int(pipe.count_prompt_tokens(prompt or "", modality, **kw))
+        n -= int(pipe.count_prompt_tokens("", modality, **kw))
         return n, int(pipe.context_budget(modality, **kw))
 
     def token_count(self, modality: str, prompt: str, name: str, **settings) -> str:

@@ -2,42 +2,53 @@
 
 API (``gradio_client``)
 -----------------------
-Every generation function has a stable ``api_name``. Parameters can be passed by keyword; any left out take the
-default shown (the default checkpoint's defaults at start-up). Calls queue behind a shared concurrency limit.
+The three generation functions have stable ``api_name``s. Pass parameters by keyword; any left out take the default
+shown by ``Client(url).view_api()`` (the default checkpoint's settings). Requests share one queue whose concurrency
+is ``perceiverar-app --concurrency``; limits are checked against the chosen checkpoint.
+
+Parameters common to all three:
+    prompt (str, required): the description (image, music) or the text to continue (text). Up to the context
+        budget of the checkpoint with these settings, counted in UTF-8 bytes; empty is an error.
+    checkpoint (str): a checkpoint *name* as listed in the app (never a path).
+    num_samples (int, 1..4): how many results from one request.
+    seed (int): -1 picks a random seed; the seed used is in the status line and in the saved metadata.
+    temperature (float, 0..2): 0 = greedy, 1 = the model's distribution.
+    top_k (int, 0..256): keep the k likeliest tokens; 0 = off.
+    top_p (float, 0.05..1): nucleus sampling; 1 = off.
+    cfg_scale (float, 0..10): classifier-free guidance; 1 = off.
+    n_latents (int): latents used at inference (1..context); fewer is faster, the trained number is best.
 
 ``/generate_image`` (prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents)
-    prompt (str): description of the image; required; at most the context budget in tokens (UTF-8 bytes).
-    checkpoint (str): a checkpoint name as listed in the app (``view_api()`` shows the choices).
-    size (str): "HEIGHTxWIDTH", e.g. "32x32", one of the sizes the checkpoint supports.
-    num_samples (int): 1..4 images from one request.
-    seed (int): -1 picks a random seed; the seed used is recorded in the result.
-    temperature (float): 0 = greedy; 1 = the model's distribution.  top_k (int): 0 = off.
-    top_p (float): nucleus sampling, 1 = off.  cfg_scale (float): classifier-free guidance, 1 = off.
-    n_latents (int): latents at inference: fewer is faster, the trained number is the best quality.
-    Returns (gallery, files, status): gallery = list of images; files = one PNG per sample whose text chunks
-    "prompt" and "parameters" (JSON: prompt, checkpoint, seed and every setting) record how it was made;
-    status = a Markdown summary.
+    size (str): "HEIGHTxWIDTH", e.g. "32x32": one of the sizes the checkpoint offers.
+    Returns (gallery, files, status): gallery = [{"image": png_path, "caption": None}, ...]; files = one PNG per
+    sample whose iTXt chunks "prompt" and "parameters" (JSON: prompt, checkpoint, seed, every setting) record how
+    it was made; status = a Markdown line.
 
 ``/generate_music`` (prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
 n_latents)
-    seconds (float): length of the audio. Other parameters as above.
-    Returns (audio, files, status): audio = the first sample as a WAV file; files = a WAV and a sidecar JSON
-    (prompt and settings) per sample; status = Markdown.
+    seconds (float, step 0.5): length of the audio, up to what the checkpoint's context holds.
+    Returns (audio, files, status): audio = the first sample as a WAV path; files = a WAV (16-bit PCM) and a
+    sidecar JSON (prompt, settings, sample rate) per sample; status = Markdown.
 
 ``/generate_text`` (prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale,
 n_latents)
-    prompt (str): the text to continue; required.  max_new_bytes (int): length of the continuation (UTF-8 bytes).
-    Returns (text, files, status): text = the continuation (several samples are separated by a
-    "── sample k ──" line); files = a TXT and a sidecar JSON per sample; status = Markdown.
+    max_new_bytes (int): length of the continuation in UTF-8 bytes.
+    Returns (text, files, status): text = the continuation (with several samples, each after a
+    "── sample k ──" line); files = a UTF-8 TXT and a sidecar JSON per sample; status = Markdown.
 
-Errors (empty prompt, prompt over the context, unknown or missing checkpoint, out of memory, bad settings)
-come back as ``gradio_client`` exceptions carrying the message shown in the UI.
+Errors (empty prompt, prompt over the context, unknown or unloadable checkpoint, out of memory, settings out of
+range) raise ``gradio_client.exceptions.AppError`` with the message the UI shows; the server keeps serving.
 
 Example::
 
     from gradio_client import Client
-    c = Client("http://127.0.0.1:7860/")
-    gallery, files, status = c.predict("a red bird on a branch", api_name="/generate_image")
+    client = Client("http://127.0.0.1:7860/")
+    gallery, files, status = client.predict(prompt="a red bird on a branch", size="32x32", seed=1,
+                                            api_name="/generate_image")
+    text, files, status = client.predict(prompt="Once upon a time", max_new_bytes=200,
+                                         api_name="/generate_text")
+    job = client.submit(prompt="a slow chorale in G major", seconds=8, api_name="/generate_music")
+    audio_path, files, status = job.result()      # job.cancel() stops it
 """
 
 from __future__ import annotations
@@ -141,7 +152,8 @@ def _prompt_box(tab: str, label: str, placeholder: str, service: Service):
         count = gr.Markdown("", elem_classes="pa-count", elem_id=f"{tab}-count")
         upload = gr.UploadButton(
             f"Upload .txt / .md (≤ {service.max_upload_bytes // 1024:,} KB)", file_types=[".txt", ".md"],
-            file_count="single", type="filepath", size="sm", variant="secondary", scale=0, min_width=220, elem_id=f"{tab}-upload",
+            file_count="single", type="filepath", size="sm", variant="secondary", scale=0, min_width=220,
+            elem_id=f"{tab}-upload",
         )  # fmt: skip
     upload.upload(service.read_prompt_file, upload, prompt, api_visibility="private", concurrency_limit=None,
                   show_progress="hidden")
@@ -191,15 +203,16 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
         notice = gr.Markdown(caps0.notice, visible=bool(caps0.notice), elem_classes="pa-notice")
         with gr.Row(equal_height=True):
             ckpt = gr.Dropdown(service.names, value=default, label="Checkpoint", scale=1,
-                               interactive=len(service.names) > 1, filterable=False)  # fmt: skip
-            ckpt_info = gr.Markdown(_md_checkpoint(caps0, service))
+                               interactive=len(service.names) > 1, filterable=False, elem_id="checkpoint")  # fmt: skip
+            ckpt_info = gr.Markdown(_md_checkpoint(caps0, service), elem_id="checkpoint-info")
 
         # ------------------------------------------------------------------------------------------ image
         with gr.Tab("Image", id="image"):
             with gr.Row():
                 with gr.Column(scale=5):
                     img_prompt, img_count = _prompt_box(
-                        "image", "Prompt", "Describe the image… paste a long description or upload a text file", service
+                        "image", "Prompt", "Describe the image… paste a long description or upload a text file",
+                        service,
                     )
                     with gr.Row():
                         img_go = gr.Button("Generate image", variant="primary", scale=3, elem_id="image-generate")
@@ -214,10 +227,11 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                     gr.Examples(IMAGE_EXAMPLES, inputs=[img_prompt], label="Examples (click to use)")
                 with gr.Column(scale=4):
                     img_out = gr.Gallery(label="Image", columns=2, height="auto", format="png", object_fit="contain",
-                                         preview=False, elem_classes="pa-gallery", interactive=False, elem_id="image-output")  # fmt: skip
+                                         preview=False, elem_classes="pa-gallery", interactive=False,
+                                         elem_id="image-output")  # fmt: skip
                     img_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="image-status")
-                    img_files = gr.File(label="Downloads (PNG with prompt and settings embedded)", file_count="multiple",
-                                        interactive=False, elem_id="image-files")  # fmt: skip
+                    img_files = gr.File(label="Downloads (PNG with prompt and settings embedded)",
+                                        file_count="multiple", interactive=False, elem_id="image-files")  # fmt: skip
 
         # ------------------------------------------------------------------------------------------ music
         with gr.Tab("Music", id="music"):
@@ -233,7 +247,8 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
                         mus_ctl = _sampling_controls(caps0, "audio", max_ctx)
                     gr.Examples(MUSIC_EXAMPLES, inputs=[mus_prompt], label="Examples (click to use)")
                 with gr.Column(scale=4):
-                    mus_out = gr.Audio(label="Music (sample 1)", type="filepath", interactive=False, elem_id="music-output")
+                    mus_out = gr.Audio(label="Music (sample 1)", type="filepath", interactive=False,
+                                       elem_id="music-output")  # fmt: skip
                     mus_status = gr.Markdown("", label="Status", elem_classes="pa-status", elem_id="music-status")
                     mus_files = gr.File(label="Downloads (WAV + JSON with prompt and settings)", file_count="multiple",
                                         interactive=False, elem_id="music-files")  # fmt: skip
@@ -242,7 +257,8 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
         with gr.Tab("Text", id="text"):
             with gr.Row():
                 with gr.Column(scale=5):
-                    txt_prompt, txt_count = _prompt_box("text", "Text to continue", "Paste or type the beginning…", service)
+                    txt_prompt, txt_count = _prompt_box("text", "Text to continue", "Paste or type the beginning…",
+                                                        service)  # fmt: skip
                     with gr.Row():
                         txt_go = gr.Button("Continue text", variant="primary", scale=3, elem_id="text-generate")
                         txt_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="text-stop")
@@ -350,7 +366,8 @@ def build_ui(service: Service, *, concurrency: int = 1) -> gr.Blocks:
             return [
                 gr.update(value=caps.notice, visible=bool(caps.notice)),
                 _md_checkpoint(caps, service),
-                gr.update(choices=sizes, value=size_label(*caps.default_image_size) if caps.default_image_size else None),
+                gr.update(choices=sizes, interactive=len(sizes) > 1,
+                          value=size_label(*caps.default_image_size) if caps.default_image_size else None),
                 gr.update(maximum=max(caps.max_seconds, 0.5), value=caps.default_seconds or 0.5),
                 gr.update(maximum=max(caps.max_text_bytes, 1), value=caps.default_text_bytes or 1),
                 *(gr.update(interactive=m in caps.modalities) for m in ("image", "audio", "text")),

@@ -30,7 +30,7 @@ def demo_audio_tokenizer(codebook_size: int = DEMO_CODES, seed: int = 0):
         notes = 110.0 * 2 ** (rng.integers(0, 36, size=3) / 12)  # three random semitones over A2..A5
         x = sum(np.sin(2 * np.pi * f * k * t) / k for f in notes for k in (1, 2, 3))
         clips.append(((x * np.exp(-3 * t) / 6).astype(np.float32), sr))
-    # Fewer NNLS / Griffin-Lim iterations than the default: the demo's audio is noise anyway, and it decodes ~10x faster.
+    # Fewer NNLS / Griffin-Lim iterations than the default: the demo's audio is noise anyway; decodes ~10x faster.
     return AudioTokenizer.fit(clips, sample_rate=sr, codebook_size=codebook_size, seed=seed, iters=5,
                               nnls_iters=10, griffin_lim_iters=8)  # fmt: skip
 

@@ -6,6 +6,7 @@ Checkpoints served (names are what clients pass as ``checkpoint``):
     broken    a folder with config.json but no weights
     vanished  a valid checkpoint folder that the ``vanished_checkpoint`` fixture deletes
     oom       a fake pipeline whose every generation raises torch.OutOfMemoryError
+    slow      a fake pipeline whose text comes at 50 bytes/s and stops on request
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def app_server(tmp_path_factory) -> Server:
         return FakePipeline(fail=torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
 
     service = Service([ckpts], device="cpu", demo=False, max_upload_kb=4, default="tiny",
-                      pipelines={"tiny": tiny, "oom": oom},
+                      pipelines={"tiny": tiny, "oom": oom, "slow": lambda: FakePipeline(seconds_per_byte=0.02)},
                       output_dir=tmp_path_factory.mktemp("outputs"))  # fmt: skip
     demo = create_app(service, concurrency=2)
     _, url, _ = launch(demo, service, host="127.0.0.1", port=_free_port(), block=False, quiet=True)

@@ -1,12 +1,13 @@
 """A stand-in for ``perceiverar.pipeline.Pipeline`` with the same surface, no model: for fault injection.
 
-``fail`` makes every generate call raise that exception (e.g. ``torch.OutOfMemoryError``) after one progress
+``seconds_per_byte`` makes text generation slow and stoppable. ``fail`` makes every generate call raise that exception (e.g. ``torch.OutOfMemoryError``) after one progress
 update, so tests can check the app turns it into a message and keeps serving.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +17,8 @@ from PIL import Image
 class FakePipeline:
     modalities = ("image", "audio", "text")
 
-    def __init__(self, *, context_len: int = 1024, n_latents: int = 32, fail: BaseException | None = None):
+    def __init__(self, *, context_len: int = 1024, n_latents: int = 32, fail: BaseException | None = None,
+                 seconds_per_byte: float = 0.0):  # fmt: skip
         cfg = SimpleNamespace(context_len=context_len, n_latents=n_latents)
         self.model = SimpleNamespace(cfg=cfg, num_params=lambda: 12345)
         self.config = {"modalities": list(self.modalities), "image": {"height": 8, "width": 8},
@@ -24,6 +26,7 @@ class FakePipeline:
         self.defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "cfg_scale": 1.0}
         self.device = "cpu"
         self.fail = fail
+        self.seconds_per_byte = seconds_per_byte  # > 0: text comes slowly, honouring stop_event (for Stop tests)
         self.calls = 0
         self._lock = threading.Lock()
 
@@ -60,4 +63,13 @@ class FakePipeline:
     def generate_text(self, prompt, *, max_new_bytes=16, num_samples=1, seed=None, on_progress=None, stop_event=None,
                       **kw):  # fmt: skip
         self._start(on_progress)
-        return ["x" * max_new_bytes for _ in range(num_samples)]
+        text = ""
+        for i in range(max_new_bytes):
+            if stop_event is not None and stop_event.is_set():
+                break
+            text += "abcdefgh"[i % 8]
+            if self.seconds_per_byte:
+                time.sleep(self.seconds_per_byte)
+                if on_progress and i % 8 == 7:
+                    on_progress((i + 1) / max_new_bytes, [text] * num_samples)
+        return [text] * num_samples

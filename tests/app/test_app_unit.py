@@ -47,3 +47,17 @@ def test_parse_size():
     assert parse_size("32x16") == (32, 16) and parse_size(" 8 × 8 ") == (8, 8)
     with pytest.raises(gr.Error):
         parse_size("big")
+
+
+def test_unloadable_checkpoints_fall_back_to_the_demo(tmp_path, monkeypatch):
+    import app.service as service_mod
+    import perceiverar.demo as demo_mod
+    from fake_pipeline import FakePipeline
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    monkeypatch.setattr(demo_mod, "demo_pipeline", lambda **kw: FakePipeline())  # fast stand-in for the demo
+    svc = service_mod.Service([tmp_path], demo="auto")
+    assert svc.names == ["broken"]
+    assert svc.default_name == service_mod.DEMO_NAME
+    assert svc.capabilities(service_mod.DEMO_NAME).notice.startswith("**No usable trained checkpoint")
