@@ -83,16 +83,23 @@ def default_cache_dir() -> Path:
     return base / "perceiverar" / "datasets"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # show "(default: x)" only where it says something
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="perceiverar-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                formatter_class=_HelpFormatter)  # fmt: skip
     g = p.add_argument_group("data")
     g.add_argument("--data", action="append", required=True, metavar="DIR[:WEIGHT]",
                    help="data folder (images or audio with captions, or .txt documents); repeat to mix, with weights")
     g.add_argument("--modality", choices=["image", "audio", "text"], default=None,
                    help="force the modality of every --data folder (default: detected from the file types)")
-    g.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="H [W]",
-                   help="images are resized (fit + white padding) to H x W (W defaults to H)")
+    g.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="H",
+                   help="image size: H, or H W; images are resized (fit + white padding) to it (default: 32 x 32)")
     g.add_argument("--audio-codebook-size", type=int, default=1024, help="audio codebook entries (fitted once)")
     g.add_argument("--audio-fit-files", type=int, default=32, help="fit the audio codebook on at most this many files")
     g.add_argument("--audio-seconds", type=float, default=None,
