@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 # Before gradio is imported: no analytics, no version check, nothing leaves the machine unless --share.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -30,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "Gradio's servers)")
     p.add_argument("--checkpoint-dir", action="append", default=[], metavar="DIR",
                    help="extra folder to scan for checkpoints (a checkpoint itself or a folder of them); repeatable")
-    p.add_argument("--no-bundled", action="store_true", help=f"do not scan the bundled {BUNDLED_CHECKPOINTS}")
+    p.add_argument("--no-bundled", action="store_true",
+                   help="do not scan the bundled checkpoints/ folder (of the repository and of the current directory)")
     p.add_argument("--demo", action="store_true",
                    help="also offer the small randomly initialised demo model (always offered when no checkpoint "
                         "is found)")
@@ -83,7 +85,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")  # fmt: skip
-    folders = ([] if args.no_bundled else [BUNDLED_CHECKPOINTS]) + args.checkpoint_dir
+    bundled = [BUNDLED_CHECKPOINTS, Path.cwd() / "checkpoints"]  # the repository's, and the one beside the user
+    folders = ([] if args.no_bundled else [p for p in bundled if p.is_dir()]) + args.checkpoint_dir
     service = Service(folders, device=args.device, max_upload_kb=args.max_upload_kb, demo=True if args.demo else "auto")
     names = ", ".join(service.names)
     logging.getLogger("perceiverar.app").info("checkpoints: %s", names)

@@ -96,12 +96,13 @@ TEXT_EXAMPLES = [
 
 def _md_checkpoint(caps: Capabilities, service: Service) -> str:
     pipe = service.pipeline(caps.name)
-    params = pipe.model.num_params()
+    n = pipe.model.num_params()
+    params = f"{n / 1e6:,.1f} M" if n >= 1e5 else f"{n:,}"
     device = device_of(pipe)
     mods = ", ".join({"image": "images", "audio": "music", "text": "text"}[m] for m in caps.modalities)
     return (
         f"Context **{caps.context_len:,}** tokens · **{caps.n_latents:,}** latents · "
-        f"{params / 1e6:,.1f} M parameters · makes {mods} · on `{device}`"
+        f"{params} parameters · makes {mods} · on `{device}`"
     )
 
 
