@@ -42,15 +42,24 @@ class CrossAttentionBlock(nn.Module):
         self,
         x: torch.Tensor,
         rope: Rope,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        k: torch.Tensor | None = None,
+        v: torch.Tensor | None = None,
         cache_len: int | None = None,
+        *,
+        context: torch.Tensor | None = None,
+        context_rope: Rope | None = None,
     ) -> torch.Tensor:
         """x: (B, M, C) embeddings of the query positions, the last M of the keys' positions.
 
-        With ``cache_len`` None, k and v (B, H, T, D) are exactly the keys; otherwise they
-        are preallocated caches whose first ``cache_len`` entries are valid.
+        Either ``context`` (B, T, C) with its ``context_rope`` is given and the keys/values
+        are computed here (the training path: one module call, so FSDP and activation
+        checkpointing see it), or precomputed k, v (B, H, T, D) are: exactly the keys when
+        ``cache_len`` is None, else preallocated caches whose first ``cache_len`` entries are valid.
         """
+        if context is not None:
+            k, v = self.kv(context, context_rope)
+        elif k is None or v is None:
+            raise ValueError("pass either context= or precomputed k and v")
         q = rearrange(self.wq(self.q_norm(x)), "b m (h d) -> b h m d", h=self.cfg.n_heads)
         q = apply_rope(q, *rope)
         if cache_len is None:

@@ -104,9 +104,15 @@ class PerceiverAR(nn.Module):
             keep = torch.randperm(n_prefix, device=tokens.device)[: max(1, round(n_prefix * (1 - self.cfg.context_dropout)))]
             keep = torch.cat([keep.sort().values, torch.arange(n_prefix, T, device=tokens.device)])
             ctx, ctx_pos = x[:, keep], pos[keep]
-        k, v = self.cross.kv(ctx, self.rope(ctx_pos))  # (B, H, T', D)
         q_rope = self.rope(pos[T - n :])
-        h = self.cross(x[:, T - n :], q_rope, k, v)  # (B, n, C)
+        if self.cfg.activation_checkpointing and self.training:
+            # The cross-attention over the whole context holds the largest activations
+            # (keys/values of all T positions): recompute them in the backward pass.
+            h = checkpoint(
+                self.cross, x[:, T - n :], q_rope, context=ctx, context_rope=self.rope(ctx_pos), use_reentrant=False
+            )
+        else:
+            h = self.cross(x[:, T - n :], q_rope, context=ctx, context_rope=self.rope(ctx_pos))  # (B, n, C)
         return self.latent_stack(h, q_rope)
 
     def token_nll(

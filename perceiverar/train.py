@@ -21,7 +21,7 @@ least RUN_DIR on node 0; the token cache is rebuilt per node if it is not shared
         -m perceiverar.train --data /shared/emoji --preset base --out /shared/runs/base --max-steps 100000
 
 Add ``--fsdp`` for presets whose weights + optimizer state do not fit one device: parameters, gradients and
-AdamW state are sharded with FSDP2 (``torch.distributed.fsdp.fully_shard``) per latent block. The global
+AdamW state are sharded with FSDP2 (``torch.distributed.fsdp.fully_shard``) per block (cross-attention and each latent block). The global
 batch is ``--batch-size x --grad-accum x world size`` sequences; change the world size and keep the global
 batch by adjusting ``--batch-size``/``--grad-accum`` (a resumed run may use a different world size).
 
@@ -452,8 +452,8 @@ class Trainer:
 
             for block in model.blocks:
                 fully_shard(block)
-            # The cross-attention stays in the root group: forward() calls its kv() method, not its forward.
-            fully_shard(model)  # the root: embeddings, cross-attention, norm and head
+            fully_shard(model.cross)  # the full forward computes keys/values inside cross.forward
+            fully_shard(model)  # the root: embeddings, norm and head
         if a.compile:
             net = torch.compile(net)
         if dd.world > 1 and not self.fsdp:
