@@ -137,14 +137,15 @@ def main(argv=None) -> None:
         if a.save is not None and T == max(a.contexts):
             save_checkpoint(a.save, model, {"task": "copy", "symbols": N_SYMBOLS}, training=records[-1], dtype=torch.bfloat16)
             print(f"  saved {a.save}")
-    result = {
-        "benchmark": "copy_task", "device": name, "torch": torch.__version__,
-        "date": dt.date.today().isoformat(), "results": records,
-    }
-    out = a.out or RESULTS / f"copy_task-{device.type}-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
+        # Rewritten after every context, so a long sweep that is stopped keeps what it measured.
+        result = {
+            "benchmark": "copy_task", "device": name, "torch": torch.__version__,
+            "date": dt.date.today().isoformat(), "results": records,
+        }
+        out = a.out or RESULTS / f"copy_task-{device.type}-{result['date']}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        print(f"saved {out}")
 
 
 if __name__ == "__main__":
