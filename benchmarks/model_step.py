@@ -44,7 +44,7 @@ def time_steps(model, opt, tokens, steps: int, device: str) -> tuple[float, floa
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     return sorted(times)[len(times) // 2], peak
 
 
@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         try:
             sec, peak = time_steps(model, opt, tokens, a.steps, a.device)
             rec = {"impl": "ours" if backend == "triton" else "reference", "seconds_per_step": round(sec, 4),
-                   "tokens_per_s": round(a.batch * a.T / sec, 1), "peak_gib": round(peak, 2)}
+                   "tokens_per_s": round(a.batch * a.T / sec, 1), "peak_gib": None if peak is None else round(peak, 2)}
         except torch.OutOfMemoryError as e:
             rec = {"impl": backend, "error": f"out of memory: {str(e).splitlines()[0]}"}
             torch.cuda.empty_cache()
