@@ -22,6 +22,7 @@ from test_data import make_image_folder, make_text_folder
 from tokenizers_mm.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = ROOT.parent / "shared" / "data"  # the same folder as tests/conftest.py's shared_data fixture
 # One thread per process: the runs compared below must use the same kernels, and a shared 2-core box
 # is much faster without oversubscription.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -29,8 +30,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from conftest import SHARED_DATA
-
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} not present")
     tmp = tmp_path_factory.mktemp("data")
