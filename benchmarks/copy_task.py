@@ -17,18 +17,15 @@ Writes benchmarks/results/copy_task-<device>-<date>.json with records
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.results_io import save_result
 from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
 
-RESULTS = Path(__file__).resolve().parent / "results"
 N_SYMBOLS = 256  # random tokens are text-byte ids 0..255
 
 
@@ -119,7 +116,6 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     records = []
     for T in a.contexts:
         cfg = copy_config(T, a.n_latents, a.width, a.layers)
@@ -138,15 +134,7 @@ def main(argv=None) -> None:
             save_checkpoint(a.save, model, {"task": "copy", "symbols": N_SYMBOLS}, training=records[-1], dtype=torch.bfloat16)
             print(f"  saved {a.save}")
         # Rewritten after every context, so a long sweep that is stopped keeps what it measured.
-        result = {
-            "benchmark": "copy_task", "device": name, "torch": torch.__version__,
-            "date": dt.date.today().isoformat(), "results": records,
-        }
-        out = a.out or RESULTS / f"copy_task-{device.type}-{result['date']}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"saved {out}")
-
+        save_result("copy_task", device, {"results": records}, a.out)
 
 if __name__ == "__main__":
     main()

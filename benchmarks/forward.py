@@ -11,9 +11,7 @@ its own subprocess so that peak memory (max RSS on CPU, max allocated on CUDA) i
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.results_io import save_result
 
 
 def run_case(preset: str, T: int, n_latents: int | None, device: str, repeats: int) -> dict:
@@ -101,19 +99,7 @@ def main(argv=None) -> None:
         if 16384 in by_t and 65536 in by_t:
             ratios[preset] = round(by_t[65536] / by_t[16384], 2)
             print(f"{preset}: time(65,536) / time(16,384) = {ratios[preset]} (linear would be 4.0)")
-    result = {
-        "benchmark": "forward",
-        "device": torch.cuda.get_device_name() if a.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
-        "date": dt.date.today().isoformat(),
-        "results": records,
-        "ratio_65536_over_16384": ratios,
-    }
-    out = a.out or RESULTS / f"forward-{'cuda' if a.device == 'cuda' else 'cpu'}-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
-
+    save_result("forward", a.device, {"results": records, "ratio_65536_over_16384": ratios}, a.out)
 
 if __name__ == "__main__":
     main()

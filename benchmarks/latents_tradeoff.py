@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import io
-import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.results_io import save_result
 from perceiverar import Pipeline
 from perceiverar.evaluate import METRIC
 from perceiverar.evaluate import main as evaluate
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def generation_speed(pipe: Pipeline, n_latents: int, rows: int, seed: int = 0) -> dict:
@@ -69,17 +65,9 @@ def main(argv=None) -> None:
         rec = {"n_latents": k, "fraction_of_N": f, metric: res[metric], **{f"gen_{k2}": v for k2, v in speed.items()}}
         records.append(rec)
         print(f"{k:>9} {res[metric]:>10.4f} {speed['tokens_per_s']:>9.2f}")
-    device = pipe.device if hasattr(pipe, "device") else a.device
-    result = {
-        "benchmark": "latents_tradeoff", "checkpoint": str(a.checkpoint), "trained_n_latents": cfg.n_latents,
-        "device": torch.cuda.get_device_name() if str(device).startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "date": dt.date.today().isoformat(), "max_items": a.max_items, "results": records,
-    }
-    out = a.out or RESULTS / f"latents_tradeoff-{Path(a.checkpoint).name}-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
-
+    save_result("latents_tradeoff", next(pipe.model.parameters()).device, {"checkpoint": str(a.checkpoint), "trained_n_latents": cfg.n_latents,
+                                                  "max_items": a.max_items, "results": records},
+                a.out, tag=Path(a.checkpoint).name)
 
 if __name__ == "__main__":
     main()

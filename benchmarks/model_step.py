@@ -12,17 +12,14 @@ reference runs.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.results_io import save_result
 from perceiverar import PerceiverAR, PerceiverARConfig
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def time_steps(model, opt, tokens, steps: int, device: str) -> tuple[float, float]:
@@ -81,17 +78,10 @@ def main(argv=None) -> None:
     if secs.get("reference") and secs.get("ours"):
         ratio = round(secs["reference"] / secs["ours"], 3)
         print(f"speed-up of our kernels over the reference path: {ratio}x")
-    result = {
-        "benchmark": "model_step", "device": torch.cuda.get_device_name() if a.device == "cuda" else "CPU",
-        "torch": torch.__version__, "triton": _triton_version(), "date": dt.date.today().isoformat(),
-        "preset": a.preset, "T": a.T, "batch": a.batch, "params_m": round(model.num_params() / 1e6, 1),
-        "results": records, "speedup_ours_over_reference": ratio,
-    }
-    out = a.out or RESULTS / f"model_step-{a.device}-{result['date']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"saved {out}")
-
+    save_result("model_step", a.device, {
+        "triton": _triton_version(), "preset": a.preset, "T": a.T, "batch": a.batch,
+        "params_m": round(model.num_params() / 1e6, 1), "results": records, "speedup_ours_over_reference": ratio,
+    }, a.out)
 
 def _triton_version() -> str | None:
     try:
