@@ -540,7 +540,8 @@ class Service:
         settings = self._settings(name, "audio", prompt, seconds=seconds, **common)
 
         def call(on_progress, stop):
-            return pipe.generate_audio(prompt, seconds=seconds, **common, on_progress=on_progress, stop_event=stop)
+            return pipe.generate_audio(prompt, seconds=seconds, **common, on_progress=on_progress,
+                                       stop_event=stop, partial_audio=False)  # progress only: no vocoder per update
 
         for kind, value in self._run(call, session):
             if kind == "progress":
