@@ -161,7 +161,9 @@ class Service:
         for name, p in (pipelines or {}).items():
             self.entries[name] = CheckpointEntry(name=name, path=None)
             self._factories[name] = p if callable(p) and not hasattr(p, "generate_image") else (lambda p=p: p)
-        if demo is True or (demo == "auto" and not self.entries):
+        if demo is True or (demo == "auto" and (not self.entries or self.uncovered_modalities())):
+            # No checkpoint at all, or none for some tab (an image-only checkpoint leaves Music and Text
+            # without one): offer the random demo model for those.
             self.entries[DEMO_NAME] = CheckpointEntry(name=DEMO_NAME, path=None, demo=True)
         self._default = default
         self._loaded: dict[str, Any] = {}
@@ -174,6 +176,29 @@ class Service:
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- checkpoints ----
+
+    def declared_modalities(self, name: str) -> set[str] | None:
+        """The modalities a checkpoint's config.json declares (read without loading weights); None if unknown."""
+        entry = self.entries[name]
+        if entry.path is None:
+            return None
+        try:
+            meta = json.loads((entry.path / "config.json").read_text())
+            return set(meta.get("tokenizer", {}).get("modalities", []))
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def uncovered_modalities(self) -> set[str]:
+        """Tabs no found checkpoint declares it can fill (ready-made pipelines count as covering all)."""
+        covered: set[str] = set()
+        for name, entry in self.entries.items():
+            if entry.demo:
+                continue
+            if entry.path is None:
+                return set()
+            mods = self.declared_modalities(name)
+            covered |= mods or set()
+        return {"image", "audio", "text"} - covered
 
     @property
     def names(self) -> list[str]:
@@ -502,7 +527,9 @@ class Service:
         caps = self.capabilities(name)
         if modality not in caps.modalities:
             what = {"image": "images", "audio": "music", "text": "text"}[modality]
-            raise gr.Error(f"Checkpoint {name!r} was not trained to generate {what}; pick another checkpoint.")
+            able = [n for n in self.names if n != name and (n == DEMO_NAME or modality in (self.declared_modalities(n) or ()))]
+            hint = f": {' or '.join(repr(n) for n in able)}" if able else ""
+            raise gr.Error(f"Checkpoint {name!r} was not trained to generate {what}; pick another checkpoint{hint}.")
         return pipe, caps
 
     # ---- the three generators (each yields (fraction, partial, None) then (1.0, result, files)) ----

@@ -58,6 +58,25 @@ def test_unloadable_checkpoints_fall_back_to_the_demo(tmp_path, monkeypatch):
     (tmp_path / "broken" / "config.json").write_text("{not json")
     monkeypatch.setattr(demo_mod, "demo_pipeline", lambda **kw: FakePipeline())  # fast stand-in for the demo
     svc = service_mod.Service([tmp_path], demo="auto")
-    assert svc.names == ["broken"]
+    assert svc.names == ["broken", service_mod.DEMO_NAME]  # a config.json that does not parse declares no tab
     assert svc.default_name == service_mod.DEMO_NAME
     assert svc.capabilities(service_mod.DEMO_NAME).notice.startswith("**No usable trained checkpoint")
+
+
+def test_image_only_checkpoint_also_offers_the_demo_for_other_tabs(tmp_path):
+    import gradio as gr
+
+    from app.service import DEMO_NAME, Service
+    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
+    from perceiverar.pipeline import make_tokenizer_config
+
+    model = PerceiverAR(PerceiverARConfig.preset("debug"))
+    save_checkpoint(tmp_path / "pics", model, make_tokenizer_config(["image"], height=8, width=8))
+    svc = Service([tmp_path], demo="auto")
+    assert svc.names == ["pics", DEMO_NAME]
+    assert svc.uncovered_modalities() == {"audio", "text"}
+    with pytest.raises(gr.Error, match=r"not trained to generate text; pick another checkpoint: .demo"):
+        next(svc.generate_text("hello", "pics", 8, 1, 0, 1.0, 0, 1.0, 1.0, None))
+    # Checkpoints that cover every tab: no demo.
+    save_checkpoint(tmp_path / "rest", model, make_tokenizer_config(["audio", "text"], audio_seconds=1.0))
+    assert Service([tmp_path], demo="auto").names == ["pics", "rest"]
