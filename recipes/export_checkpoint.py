@@ -66,6 +66,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", required=True, help="the training data folder (its held-out split is evaluated)")
     p.add_argument("--recipe", required=True, help="the command that reproduces this checkpoint")
     p.add_argument("--eval-items", type=int, default=64)
+    p.add_argument("--eval-max-windows", type=int, default=None, help="score at most this many windows per item")
     p.add_argument("--limitations", default="", help="a sentence for the model card")
     p.add_argument("--out-root", type=Path, default=ROOT / "checkpoints")
     a = p.parse_args(argv)
@@ -79,7 +80,8 @@ def main(argv=None) -> None:
     ck = load_checkpoint(src)
     with contextlib.redirect_stdout(io.StringIO()):
         metrics = evaluate(["--checkpoint", str(src), "--data", a.data, "--split", "val",
-                            "--max-items", str(a.eval_items), "--device", "cpu"])
+                            "--max-items", str(a.eval_items), "--device", "cpu"]
+                           + (["--max-windows", str(a.eval_max_windows)] if a.eval_max_windows else []))
     stats = _train_stats(a.run)
     training = {
         **ck.training,
