@@ -157,6 +157,9 @@ class Service:
         self.device = device
         self.max_upload_bytes = int(max_upload_kb) * 1024
         self.entries = discover_checkpoints(folders)
+        for name in [n for n in self.entries if self.declared_modalities(n) == set()]:
+            log.info("checkpoint %s generates no media (e.g. the copy-task model); not listed", name)
+            del self.entries[name]
         self._factories: dict[str, Callable[[], Any]] = {}
         for name, p in (pipelines or {}).items():
             self.entries[name] = CheckpointEntry(name=name, path=None)

@@ -80,3 +80,14 @@ def test_image_only_checkpoint_also_offers_the_demo_for_other_tabs(tmp_path):
     # Checkpoints that cover every tab: no demo.
     save_checkpoint(tmp_path / "rest", model, make_tokenizer_config(["audio", "text"], audio_seconds=1.0))
     assert Service([tmp_path], demo="auto").names == ["pics", "rest"]
+
+
+def test_checkpoints_that_make_no_media_are_not_listed(tmp_path):
+    from app.service import Service
+    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
+    from perceiverar.pipeline import make_tokenizer_config
+
+    model = PerceiverAR(PerceiverARConfig.preset("debug"))
+    save_checkpoint(tmp_path / "copy", model, {"task": "copy", "symbols": 256})
+    save_checkpoint(tmp_path / "words", model, make_tokenizer_config(["text"]))
+    assert Service([tmp_path], demo=False).names == ["words"]
