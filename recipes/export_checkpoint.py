@@ -114,7 +114,7 @@ it in `perceiverar-app`, or `perceiverar-generate --checkpoint checkpoints/{a.na
 |---|---|
 | modalities | {", ".join(ck.tokenizer.get("modalities", [])) or "-"} |
 | model | width {cfg.width}, {cfg.n_layers} latent layers, {cfg.n_heads} heads x {cfg.head_dim}, context {cfg.context_len:,}, {cfg.n_latents:,} latents, {ck.model.num_params() / 1e6:.2f} M parameters (bf16, {size / 2**20:.1f} MiB on disk) |
-| training | {stats["steps"]:,} steps, {stats["tokens_seen"]:,} tokens seen, {stats["train_seconds"] / 60:.0f} min on {training["machine"]} |
+| training | {stats["steps"]:,} steps, {stats["tokens_seen"]:,} tokens read as context (the loss is on the latent positions only), {stats["train_seconds"] / 60:.0f} min on {training["machine"]} |
 | held-out {metric or "metric"} | {metrics.get(metric, "n/a")} ({metrics.get(f"{modality}_tokens_scored", "?")} tokens scored, {a.eval_items} held-out items at most) |
 | reproduce | `{a.recipe}` |
 
