@@ -97,10 +97,12 @@ def save_checkpoint(
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if extra_files is not None:
             extra_files(tmp)
-        for f in tmp.iterdir():  # make the bytes durable before the rename makes them visible
+        for f in tmp.rglob("*"):  # make the bytes durable before the rename makes them visible
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)  # mkdtemp and some writers use owner-only modes
+        os.chmod(tmp, 0o755)
         _atomic_replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

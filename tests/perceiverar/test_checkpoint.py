@@ -101,3 +101,11 @@ def test_mismatched_config(tmp_path):
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="format_version 99"):
         load_checkpoint(path)
+
+
+def test_checkpoint_is_readable_by_others(tmp_path):
+    # A checkpoint made for sharing (bundled, or served by the app as another user) must not be owner-only.
+    path = save_checkpoint(tmp_path / "ck", _model())
+    assert path.stat().st_mode & 0o755 == 0o755
+    for f in path.iterdir():
+        assert f.stat().st_mode & 0o644 == 0o644, f
