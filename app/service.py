@@ -212,7 +212,10 @@ class Service:
         """The checkpoint selected when the page opens: the requested default, else the first that loads."""
         if self._default in self.entries:
             return self._default
-        for name in self.names:
+        # The page opens on the Image tab: prefer a checkpoint that makes images, then music, then text.
+        order = {"image": 0, "audio": 1, "text": 2}
+        ranked = sorted(self.names, key=lambda n: min((order[m] for m in self.declared_modalities(n) or () if m in order), default=3))
+        for name in ranked:
             try:
                 self.capabilities(name)
             except gr.Error as e:

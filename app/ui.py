@@ -73,24 +73,24 @@ CSS = """
 footer { display: none !important; }
 """
 
-IMAGE_EXAMPLES = [
-    ["A red apple on a white kitchen table, seen from above, soft morning light."],
-    ["A small green frog sitting on a lily pad in the rain."],
+IMAGE_EXAMPLES = [  # in the style of the bundled emoji checkpoint's captions: name; category; keywords
+    ["red apple; food & drink; food fruit"],
+    ["grinning face; smileys & emotion; face smiling"],
+    ["red heart; smileys & emotion; heart"],
     [
-        "A detailed description for a long prompt: a lighthouse on a rocky coast at dusk. The sky fades from deep "
-        "orange at the horizon to violet overhead; the sea is dark blue with white foam where the waves break on "
-        "the rocks. The lighthouse is white with a red band, its lamp just lit. Two gulls glide to the left."
+        "A long prompt works too: the caption may follow pages of other text. In the style of the twitter set, "
+        "draw a small green frog face, the kind used in chat messages. frog; animals & nature; animal amphibian"
     ],
 ]
-MUSIC_EXAMPLES = [
-    ["A four-part Bach chorale in G major for organ, slow and solemn."],
-    ["A bright chorale in D major, sung by a choir, moderate tempo."],
-    ["A quiet minor-key chorale for strings, ending on a major chord."],
+MUSIC_EXAMPLES = [  # in the style of the bundled bach checkpoint's captions
+    ["bach chorale in G major, 4/4 time"],
+    ["bach chorale in D minor, 3/4 time"],
+    ["bach chorale bwv1.6 in F major, 4/4 time"],
 ]
-TEXT_EXAMPLES = [
-    ["Once upon a time, in a village at the edge of a great forest, "],
-    ["The Perceiver AR architecture maps a long input to a small set of latents, "],
-    ["Dear diary,\nToday I finally "],
+TEXT_EXAMPLES = [  # the bundled text checkpoint was trained on Shakespeare's plays
+    ["ROMEO.\nBut soft, what light through yonder window breaks?\n"],
+    ["ACT I\n\nSCENE I. Elsinore. A platform before the Castle.\n\n"],
+    ["HAMLET.\nTo be, or not to be, that is the question:\n"],
 ]
 
 

@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernel tests run in Triton's interpreter. The flag must be set before
+    # anything imports triton (torch.nn.attention.bias does, via perceiverar), because triton decorates
+    # its own library functions for the interpreter or the compiler when it is first imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

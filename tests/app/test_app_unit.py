@@ -91,3 +91,15 @@ def test_checkpoints_that_make_no_media_are_not_listed(tmp_path):
     save_checkpoint(tmp_path / "copy", model, {"task": "copy", "symbols": 256})
     save_checkpoint(tmp_path / "words", model, make_tokenizer_config(["text"]))
     assert Service([tmp_path], demo=False).names == ["words"]
+
+
+def test_default_checkpoint_fits_the_first_tab(tmp_path):
+    from app.service import Service
+    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
+    from perceiverar.pipeline import make_tokenizer_config
+
+    model = PerceiverAR(PerceiverARConfig.preset("debug"))
+    save_checkpoint(tmp_path / "a-music", model, make_tokenizer_config(["audio"], audio_seconds=1.0))
+    save_checkpoint(tmp_path / "b-words", model, make_tokenizer_config(["text"]))
+    save_checkpoint(tmp_path / "c-pics", model, make_tokenizer_config(["image"], height=8, width=8))
+    assert Service([tmp_path], demo=False).default_name == "c-pics"  # the Image tab opens first
