@@ -15,7 +15,6 @@ import io
 import time
 from pathlib import Path
 
-import torch
 
 from benchmarks.results_io import save_result
 from perceiverar import Pipeline

@@ -57,7 +57,7 @@ import torchaudio
 
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.kmeans import kmeans, nearest
-from tokenizers_mm.vocab import AUDIO_CODES, AUDIO_FREQ_BANDS, AUDIO_OFFSET, token_name
+from tokenizers_mm.vocab import AUDIO_CODES, AUDIO_FREQ_BANDS, AUDIO_OFFSET, check_in_range
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -380,15 +380,8 @@ class AudioTokenizer:
 
     def codes_to_db(self, ids) -> torch.Tensor:
         """Ids -> (n_mels, T) dB spectrogram of the centroids (the quantised spectrogram)."""
-        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
         lo, hi = AUDIO_OFFSET, AUDIO_OFFSET + self.config.codebook_size
-        bad = np.flatnonzero((arr < lo) | (arr >= hi))
-        if bad.size:
-            i = int(bad[0])
-            raise TokenizerError(
-                f"id {int(arr[i])} ({token_name(int(arr[i]))}) at position {i} is not an audio code of this "
-                f"tokenizer ({lo}..{hi - 1}, codebook_size {self.config.codebook_size})"
-            )
+        arr = check_in_range(ids, lo, hi, f"an audio code of this tokenizer (codebook_size {self.config.codebook_size})")
         patches = self.codebook[torch.from_numpy(arr - lo)]  # (P, patch_frames * n_mels)
         return patches.reshape(-1, self.config.n_mels).T  # (n_mels, T)
 

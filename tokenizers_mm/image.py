@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tokenizers_mm.errors import TokenizerError
-from tokenizers_mm.vocab import MAX_IMAGE_SIDE, PIXEL_OFFSET, PIXEL_SIZE, token_name
+from tokenizers_mm.vocab import MAX_IMAGE_SIDE, PIXEL_OFFSET, PIXEL_SIZE, check_in_range
 
 RESIZE_POLICIES = ("fit", "crop", "stretch")
 WHITE = (255, 255, 255)
@@ -133,14 +133,7 @@ class ImageTokenizer:
 
     def decode(self, ids, partial_ok: bool = True, background=WHITE) -> Image.Image:
         """Pixel ids -> RGB image. A partial sequence gives the sub-pixels so far; the rest is ``background``."""
-        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-        bad = np.flatnonzero((arr < PIXEL_OFFSET) | (arr >= PIXEL_OFFSET + PIXEL_SIZE))
-        if bad.size:
-            i = int(bad[0])
-            raise TokenizerError(
-                f"id {int(arr[i])} ({token_name(int(arr[i]))}) at position {i} is not a pixel id "
-                f"({PIXEL_OFFSET}..{PIXEL_OFFSET + PIXEL_SIZE - 1})"
-            )
+        arr = check_in_range(ids, PIXEL_OFFSET, PIXEL_OFFSET + PIXEL_SIZE, "a pixel id")
         n = self.n_tokens
         if arr.size > n:
             raise TokenizerError(f"{arr.size} pixel ids is more than a {self.height}x{self.width}x3 image ({n})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokenizers_mm.errors import TokenizerError
-from tokenizers_mm.vocab import TEXT_OFFSET, TEXT_SIZE, token_name
+from tokenizers_mm.vocab import TEXT_OFFSET, TEXT_SIZE, check_in_range
 
 
 class TextTokenizer:
@@ -22,15 +22,9 @@ class TextTokenizer:
     def decode(self, ids, *, strict: bool = True) -> str:
         """Bytes -> str with errors='replace'. An id outside 0..255 raises (naming it and its position), or is
         skipped when strict=False (e.g. decoding the text part of a generated sequence that has markers)."""
-        arr = np.asarray(ids, dtype=np.int64).reshape(-1) - TEXT_OFFSET
-        bad = np.flatnonzero((arr < 0) | (arr >= TEXT_SIZE))
-        if bad.size:
-            if strict:
-                i = int(bad[0])
-                tok = int(arr[i]) + TEXT_OFFSET
-                raise TokenizerError(
-                    f"id {tok} ({token_name(tok)}) at position {i} is not a text byte id "
-                    f"({TEXT_OFFSET}..{TEXT_OFFSET + TEXT_SIZE - 1})"
-                )
+        if strict:
+            arr = check_in_range(ids, TEXT_OFFSET, TEXT_OFFSET + TEXT_SIZE, "a text byte id") - TEXT_OFFSET
+        else:
+            arr = np.asarray(ids, dtype=np.int64).reshape(-1) - TEXT_OFFSET
             arr = arr[(arr >= 0) & (arr < TEXT_SIZE)]
         return arr.astype(np.uint8).tobytes().decode("utf-8", errors="replace")

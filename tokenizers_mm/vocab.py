@@ -208,16 +208,20 @@ def _prompt_ids(prompt) -> list[int]:
     return ids
 
 
-def _check_range(ids: list[int], modality: str) -> None:
-    lo, hi = allowed_range(modality)
-    arr = np.asarray(ids, dtype=np.int64)
+def check_in_range(ids, lo: int, hi: int, what: str) -> np.ndarray:
+    """``ids`` as a flat int64 array, or a TokenizerError naming the first id outside [lo, hi), its position and
+    what was expected: the one check behind every decoder's "wrong modality" error."""
+    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
     bad = np.flatnonzero((arr < lo) | (arr >= hi))
     if bad.size:
         i = int(bad[0])
-        raise TokenizerError(
-            f"{modality} target id {ids[i]} ({token_name(ids[i])}) at position {i} is outside the "
-            f"{modality} range {lo}..{hi - 1}"
-        )
+        v = int(arr[i])
+        raise TokenizerError(f"id {v} ({token_name(v)}) at position {i} is not {what} ({lo}..{hi - 1})")
+    return arr
+
+
+def _check_range(ids: list[int], modality: str) -> None:
+    check_in_range(ids, *allowed_range(modality), f"a {modality} target id")
 
 
 def audio_header(n_audio_tokens: int) -> list[int]:
