@@ -15,7 +15,6 @@ import io
 import time
 from pathlib import Path
 
-
 from benchmarks.results_io import save_result
 from perceiverar import Pipeline
 from perceiverar.evaluate import METRIC
