@@ -73,13 +73,14 @@ CSS = """
 footer { display: none !important; }
 """
 
-IMAGE_EXAMPLES = [  # in the style of the bundled emoji checkpoint's captions: name; category; keywords
-    ["red apple; food & drink; food fruit"],
-    ["grinning face; smileys & emotion; face smiling"],
-    ["red heart; smileys & emotion; heart"],
+IMAGE_EXAMPLES = [  # in the style of the bundled emoji checkpoint's captions: name; category; keywords; style
+    ["red apple; food & drink; food fruit; google style"],
+    ["grinning face; smileys & emotion; face smiling; twitter style"],
+    ["red heart; smileys & emotion; heart; google style"],
     [
-        "A long prompt works too: the caption may follow pages of other text. In the style of the twitter set, "
-        "draw a small green frog face, the kind used in chat messages. frog; animals & nature; animal amphibian"
+        "frog; animals & nature; animal amphibian; twitter style\n\nA long prompt works too: the bundled emoji "
+        "model was trained with captions buried in pages of other text, so the caption may open (or close) a "
+        "prompt of up to about 60,000 characters."
     ],
 ]
 MUSIC_EXAMPLES = [  # in the style of the bundled bach checkpoint's captions
@@ -100,10 +101,14 @@ def _md_checkpoint(caps: Capabilities, service: Service) -> str:
     params = f"{n / 1e6:,.1f} M" if n >= 1e5 else f"{n:,}"
     device = device_of(pipe)
     mods = ", ".join({"image": "images", "audio": "music", "text": "text"}[m] for m in caps.modalities)
-    return (
+    text = (
         f"Context **{caps.context_len:,}** tokens · **{caps.n_latents:,}** latents · "
         f"{params} parameters · makes {mods} · on `{device}`"
     )
+    template = (getattr(pipe, "config", None) or {}).get("caption_template")
+    if template:  # how the training captions were written: prompts in that form work best
+        text += f"  \nTrained on captions written as `{template}`"
+    return text
 
 
 def _sampling_controls(caps: Capabilities, modality: str, max_context: int) -> dict:

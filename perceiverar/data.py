@@ -39,6 +39,16 @@ gives its prefix of length ``l`` (so generation's situation, whole prompt in con
 every prefix length is trained), a longer item (a text document) a window of length ``l`` ending anywhere. The
 batch for (step, micro) is a pure function of ``(seed, step, micro)``: resuming and sharding over ranks (each
 rank takes its rows of the same global batch) are exact by construction.
+
+Long prompts (:class:`Filler`, ``perceiverar-train --filler DIR``)
+------------------------------------------------------------------
+So that a caption still steers the output from far away, a fraction of the media batches get their caption
+buried in a long run of unrelated text (another folder's training documents, e.g. Shakespeare): the prompt
+becomes ``caption + blank line + filler``, ``filler + blank line + caption`` or the caption in the middle of
+the filler (a third of the time each; a dropped caption leaves the filler alone). The crop holds the whole
+prompt and the first ``k`` tokens after it (``k`` uniform over header and target), and the filler is sized so
+every row of the batch has one length, drawn uniform in ``[longest need, L + 1]``: every caption-to-target
+distance the context allows is trained.
 """
 
 from __future__ import annotations
@@ -136,8 +146,21 @@ class Entry:
     text: str | None  # caption (None for text documents)
 
 
-def list_entries(folder: Path, modality: str) -> tuple[list[Entry], list[dict]]:
-    """The folder's items and the files skipped while listing (missing, uncaptioned, bad captions lines)."""
+def caption_from(obj: dict, template: str) -> str:
+    """The caption of one captions.jsonl record: ``template`` filled from its fields (``"{text}; {style} style"``)."""
+    try:
+        return template.format(**obj)
+    except KeyError as e:
+        raise KeyError(f"the caption template {template!r} needs the field {e.args[0]!r}, absent here") from None
+    except (ValueError, IndexError) as e:
+        raise KeyError(f"the caption template {template!r} is not a valid format string ({e})") from None
+
+
+def list_entries(folder: Path, modality: str, caption_template: str = "{text}") -> tuple[list[Entry], list[dict]]:
+    """The folder's items and the files skipped while listing (missing, uncaptioned, bad captions lines).
+
+    ``caption_template`` builds each caption from its captions.jsonl fields (a caption file's text is ``{text}``).
+    """
     skipped: list[dict] = []
     files = _files(folder)
     if modality == "text":
@@ -157,6 +180,7 @@ def list_entries(folder: Path, modality: str) -> tuple[list[Entry], list[dict]]:
                 rel, text = obj["file"], obj["text"]
                 if not isinstance(rel, str) or not isinstance(text, str):
                     raise TypeError("'file' and 'text' must be strings")
+                text = caption_from(obj, caption_template)
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 skipped.append({"file": f"{CAPTIONS}:{k}", "reason": f"bad captions line ({type(e).__name__}: {e})"})
                 continue
@@ -175,7 +199,11 @@ def list_entries(folder: Path, modality: str) -> tuple[list[Entry], list[dict]]:
         cap = f.with_suffix(".txt")
         rel = f.relative_to(folder).as_posix()
         if cap.is_file():
-            entries.append(Entry(rel, cap.read_text(encoding="utf-8", errors="replace").strip()))
+            text = cap.read_text(encoding="utf-8", errors="replace").strip()
+            try:
+                entries.append(Entry(rel, caption_from({"text": text, "file": rel}, caption_template)))
+            except KeyError as e:
+                skipped.append({"file": rel, "reason": str(e.args[0])})
         else:
             skipped.append({"file": rel, "reason": f"no caption ({CAPTIONS} absent and no {cap.name} beside it)"})
     if media and not entries:
@@ -204,6 +232,7 @@ class TokenizerSettings:
     image_resize: str = "fit"
     audio_codebook_size: int = 1024
     audio_fit_files: int = 32  # the codebook is fitted on at most this many training files
+    caption_template: str = "{text}"  # a caption from captions.jsonl fields, e.g. "{text}; {style} style"
 
 
 def _audio_cls():
@@ -255,7 +284,7 @@ def fit_audio_codec(
     paths = []
     h = hashlib.sha256(f"audio-fit-v{CACHE_FORMAT}\0{settings.audio_codebook_size}\0{settings.audio_fit_files}".encode())
     for spec in specs:
-        entries, _ = list_entries(spec.path, "audio")
+        entries, _ = list_entries(spec.path, "audio", settings.caption_template)
         h.update(f"{spec.path}\0{_listing_hash(spec.path, entries)}\n".encode())
         paths += [spec.path / e.file for e in entries if not is_val(e.file)]
     final = Path(cache_root) / f"audio-codebook-{h.hexdigest()[:16]}"
@@ -418,7 +447,7 @@ def prepare_source(
     modality = spec.modality or detect_modality(folder)
     if modality not in ("image", "audio", "text"):
         raise DatasetError(f"unknown modality {modality!r}; expected image, audio or text")
-    entries, skipped = list_entries(folder, modality)
+    entries, skipped = list_entries(folder, modality, settings.caption_template)
     if not entries:
         why = f" ({len(skipped)} files skipped: {skipped[0]['file']}: {skipped[0]['reason']} ...)" if skipped else ""
         raise DatasetError(f"{modality} folder {str(folder)!r} is empty: no items to train on{why}")
@@ -546,6 +575,62 @@ def prepare_sources(
 # ------------------------------------------------------------------------------------------------ batches
 
 
+CAPTION_SEP = b"\n\n"  # a blank line between a caption and the filler text around it
+
+
+def bury_caption(caption: np.ndarray, filler: np.ndarray, where: float) -> np.ndarray:
+    """Prompt ids: ``caption`` placed at fraction ``where`` of ``filler`` (0: before it, 1: after it).
+
+    The caption is set off by a blank line on each side that touches filler; an empty caption gives the
+    filler alone. Both arrays hold text-byte ids (0..255).
+    """
+    caption, filler = np.asarray(caption, np.int64), np.asarray(filler, np.int64)
+    if caption.size == 0:
+        return filler
+    sep = np.frombuffer(CAPTION_SEP, np.uint8).astype(np.int64)
+    cut = int(round(min(max(where, 0.0), 1.0) * len(filler)))
+    head, tail = filler[:cut], filler[cut:]
+    parts = [head, sep] if head.size else []
+    parts.append(caption)
+    if tail.size:
+        parts += [sep, tail]
+    return np.concatenate(parts)
+
+
+class Filler:
+    """Unrelated text to bury captions in: the training documents of a prepared text source, concatenated."""
+
+    def __init__(self, source: PreparedSource, prob: float = 0.5, split: str = "train"):
+        if source.modality != "text":
+            raise DatasetError(f"--filler needs a folder of .txt documents, got a {source.modality} folder")
+        if not 0 < prob <= 1:
+            raise DatasetError(f"--filler probability must be in (0, 1], got {prob}")
+        docs = []
+        for i in source.train_items if split == "train" else source.val_items:  # 'val': unseen text, for evaluation
+            off = int(source.index[i, 0])
+            a, b = source.target_range(int(i))
+            docs.append(np.asarray(source.ids[off + a : off + b], dtype=np.int16))
+        self.text = np.concatenate(docs) if docs else np.zeros(0, np.int16)  # (n_bytes,) text-byte ids
+        if self.text.size < 1024:
+            raise DatasetError(f"filler folder {source.manifest['folder']!r} has too little text ({self.text.size} bytes)")
+        self.prob = float(prob)
+
+    def window(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` consecutive filler bytes from a random place (wrapping round the end)."""
+        start = int(rng.integers(len(self.text)))
+        return self.text[(start + np.arange(n)) % len(self.text)].astype(np.int64)
+
+    def prompt(self, rng: np.random.Generator, caption: np.ndarray, where: float, length: int) -> np.ndarray:
+        """A prompt of exactly ``length`` ids (>= len(caption)): the caption buried at ``where`` in filler."""
+        c = len(caption)
+        if c == 0:
+            return self.window(rng, length)
+        f = max(0, length - c - 2 * len(CAPTION_SEP))
+        p = bury_caption(caption, self.window(rng, f), where)
+        extra = self.window(rng, length - len(p))  # separators not needed at an edge: more filler, away from it
+        return np.concatenate([p, extra] if where < 0.5 else [extra, p])
+
+
 @dataclass
 class Mixture:
     """Weighted mixture of prepared sources -> equal-length crop batches, a pure function of (seed, step, micro)."""
@@ -555,6 +640,7 @@ class Mixture:
     n_latents: int  # N
     prompt_dropout: float = 0.1
     seed: int = 0
+    filler: Filler | None = None
     probs: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -573,6 +659,9 @@ class Mixture:
             i = int(src.train_items[rng.integers(len(src.train_items))])
             drop = bool(src.index[i, 2] > 0 and rng.random() < self.prompt_dropout)
             picks.append((s, i, drop))
+        if self.filler is not None and rng.random() < self.filler.prob:
+            if all(self.sources[s].modality != "text" for s, _, _ in picks):
+                return self._buried_batch(rng, picks)
         m = min(self.sources[s].length(i, d) for s, i, d in picks)
         hi = min(self.context_len + 1, m)
         lo = min(self.n_latents + 1, hi)
@@ -591,4 +680,30 @@ class Mixture:
         tokens = torch.from_numpy(np.stack(toks))  # (rows, l)
         features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks)}
+        return tokens, features, stats
+
+    def _buried_batch(self, rng: np.random.Generator, picks: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """A batch whose captions are buried in filler text (see "Long prompts" in the module docstring)."""
+        rows = []
+        for s, i, drop in picks:
+            src = self.sources[s]
+            ids = src.item(i)
+            plen = int(src.index[i, 2])
+            caption = ids[2 : 2 + plen] if not drop else ids[:0]
+            rest = ids[2 + plen :]  # [TEXT_END] [SEP] [BEGIN] [h] [w] target [END] [EOS]
+            k = int(rng.integers(1, len(rest) + 1))  # tokens after the prompt inside the crop
+            where = float(rng.choice([0.0, 1.0, rng.random()]))
+            rows.append((caption, rest, k, where))
+        need = max(2 + len(c) + k for c, _, k, _ in rows)  # no filler at all
+        length = int(rng.integers(need, max(need, self.context_len + 1) + 1))
+        toks, feats, fill = [], [], []
+        for caption, rest, k, where in rows:
+            prompt = self.filler.prompt(rng, caption, where, length - 2 - k)
+            toks.append(np.concatenate([[BOS, TEXT_BEGIN], prompt, rest[:k]]))  # (length,)
+            # Text has no features; the media section's restart at its header, inside rest.
+            feats.append(np.concatenate([np.zeros((2 + len(prompt), N_FEATURES), np.int64), position_features(rest[:k])]))
+            fill.append(len(prompt) - len(caption))
+        tokens = torch.from_numpy(np.stack(toks))  # (rows, l)
+        features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)
+        stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "filler_bytes": fill}
         return tokens, features, stats

@@ -173,7 +173,8 @@ def main(argv=None) -> dict:
         ckpt = load_checkpoint(args.checkpoint, device=device)
         tok = ckpt.tokenizer or {}
         img = tok.get("image", {})
-        settings = TokenizerSettings(image_height=img.get("height", 32), image_width=img.get("width", 32))
+        settings = TokenizerSettings(image_height=img.get("height", 32), image_width=img.get("width", 32),
+                                     caption_template=tok.get("caption_template", "{text}"))  # fmt: skip
         codec = None
         if "audio" in tok.get("modalities", []):
             codec = load_audio_codec(Path(args.checkpoint) / tok.get("audio", {}).get("dir", "audio_tokenizer"))

@@ -7,7 +7,8 @@ The checkpoint's tokenizer config (``config.json["tokenizer"]``, written by the 
      "modalities": ["image", "audio", "text"],            # the subset the model was trained on
      "image": {"height": h, "width": w},                  # when image
      "audio": {"dir": "audio_tokenizer", "seconds": s},   # when audio; AudioTokenizer.save(ckpt / dir)
-     "defaults": {"temperature": 1.0, "top_k": null, "top_p": 0.95, "cfg_scale": 1.0, ...}}
+     "defaults": {"temperature": 1.0, "top_k": null, "top_p": 0.95, "cfg_scale": 1.0, ...},
+     "caption_template": "{text}; {style} style"}          # optional: how the training captions were built
 
 Empty prompts: for image and audio an empty prompt is unconditional generation (the empty
 condition that prompt dropout trains); a text continuation needs a non-empty prompt.

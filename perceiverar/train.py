@@ -63,7 +63,8 @@ from tqdm.auto import tqdm
 from perceiverar.checkpoint import CheckpointError, read_checkpoint_config, save_checkpoint
 from perceiverar.config import PRESETS, PerceiverARConfig
 from perceiverar.data import (
-    AUDIO_TOKENIZER_DIR, DatasetError, Mixture, TokenizerSettings, parse_data_arg, prepare_sources,
+    AUDIO_TOKENIZER_DIR, DatasetError, Filler, Mixture, SourceSpec, TokenizerSettings, detect_modality,
+    load_audio_codec, parse_data_arg, prepare_source, prepare_sources,
 )  # fmt: skip
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
 from perceiverar.model import PerceiverAR
@@ -105,10 +106,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--audio-seconds", type=float, default=None,
                    help="default clip length written into the checkpoint (default: median training clip, fit to L)")
     g.add_argument("--cache-dir", default=None, help="token cache root (default $PERCEIVERAR_CACHE or ~/.cache/perceiverar/datasets)")
+    g.add_argument("--caption-template", default="{text}", metavar="TEMPLATE",
+                   help="build each caption from its captions.jsonl fields, e.g. '{text}; {style} style'")
+    g.add_argument("--filler", default=None, metavar="DIR[:PROB]",
+                   help="folder of .txt documents: bury captions in long runs of its text in this fraction of media "
+                        "batches (default 0.5), so captions steer from far away in long prompts")
     g.add_argument("--prompt-dropout", type=float, default=0.1,
                    help="probability of training an item with the empty prompt (for classifier-free guidance)")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
+    g.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights and architecture (fine-tuning; --context-len and "
+                        "--n-latents may still change, the optimizer starts afresh); audio reuses its codebook")
     g.add_argument("--n-latents", type=int, default=None, help="override the preset's N (latents)")
     g.add_argument("--context-len", type=int, default=None, help="override the preset's L (context)")
     g.add_argument("--context-dropout", type=float, default=0.0, help="fraction of prefix keys dropped per step (paper)")
@@ -354,10 +363,15 @@ def plot_losses(metrics: Path, out: Path) -> None:
 # ------------------------------------------------------------------------------------------ trainer
 
 
-def build_config(args, resume_cfg: dict | None) -> PerceiverARConfig:
+def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) -> PerceiverARConfig:
     if resume_cfg is not None:  # a resumed run keeps its architecture
         return PerceiverARConfig.from_dict({**resume_cfg, "activation_checkpointing": args.activation_checkpointing})
     over = {"context_dropout": args.context_dropout, "activation_checkpointing": args.activation_checkpointing}
+    if init_cfg is not None:  # fine-tuning: the checkpoint's architecture, with the run-time knobs overridden
+        for key, val in (("n_latents", args.n_latents), ("context_len", args.context_len), ("dropout", args.dropout)):
+            if val is not None:
+                over[key] = val
+        return PerceiverARConfig.from_dict({**init_cfg, **over})
     if args.n_latents is not None:
         over["n_latents"] = args.n_latents
     if args.context_len is not None:
@@ -392,17 +406,35 @@ class Trainer:
         h = a.image_size[0]
         w = a.image_size[1] if len(a.image_size) > 1 else h
         self.settings = TokenizerSettings(image_height=h, image_width=w, audio_codebook_size=a.audio_codebook_size,
-                                          audio_fit_files=a.audio_fit_files)  # fmt: skip
+                                          audio_fit_files=a.audio_fit_files, caption_template=a.caption_template)  # fmt: skip
         cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
+        codec = None
+        if a.init_from and (Path(a.init_from) / AUDIO_TOKENIZER_DIR).is_dir():
+            codec = load_audio_codec(Path(a.init_from) / AUDIO_TOKENIZER_DIR)  # the weights know these codes
+        filler_spec, filler_prob = None, 0.5
+        if a.filler:
+            filler_spec = parse_data_arg(a.filler)
+            if filler_spec.path != Path(a.filler).expanduser().resolve():  # DIR:PROB
+                filler_prob = filler_spec.weight
+            kind = detect_modality(filler_spec.path)
+            if kind != "text":
+                raise DatasetError(f"--filler {a.filler}: needs a folder of .txt documents, but it holds {kind} files")
+            filler_spec = SourceSpec(filler_spec.path, 1.0, "text")
         err = None
-        if self.dd.main:  # rank 0 tokenizes; the others then find the cache
-            try:
-                self.sources, self.codec = prepare_sources(specs, self.settings, cache, progress=not a.no_progress, log=self.log)
-            except DatasetError as e:
-                err = e
-        self.dd.barrier()
-        if not self.dd.main:
-            self.sources, self.codec = prepare_sources(specs, self.settings, cache, progress=False, log=lambda m: None)
+        for rank_turn in (True, False):  # rank 0 tokenizes; the others then find the cache
+            if self.dd.main == rank_turn:
+                try:
+                    self.sources, self.codec = prepare_sources(specs, self.settings, cache, codec=codec,
+                                                               progress=not a.no_progress and rank_turn,
+                                                               log=self.log if rank_turn else lambda m: None)  # fmt: skip
+                    self.filler = None
+                    if filler_spec is not None:
+                        src = prepare_source(filler_spec, self.settings, cache, progress=False, log=self.log)
+                        self.filler = Filler(src, filler_prob)
+                except DatasetError as e:
+                    err = e
+            if rank_turn:
+                self.dd.barrier()
         if err is not None:
             raise err
         for s in self.sources:
@@ -415,34 +447,38 @@ class Trainer:
         audio_s = audio_seconds(self.sources, self.codec, self.cfg) if "audio" in mods else None
         if self.args.audio_seconds is not None:
             audio_s = self.args.audio_seconds
-        try:
-            from perceiverar.pipeline import make_tokenizer_config  # noqa: PLC0415
-        except ImportError:
-            make_tokenizer_config = None
-        h, w = self.settings.image_height, self.settings.image_width
-        if make_tokenizer_config is not None:
-            return make_tokenizer_config(mods, height=h if "image" in mods else None, width=w if "image" in mods else None,
-                                         audio_seconds=audio_s, audio_dir=AUDIO_TOKENIZER_DIR)  # fmt: skip
-        from tokenizers_mm.vocab import Vocabulary  # noqa: PLC0415
+        from perceiverar.pipeline import make_tokenizer_config  # noqa: PLC0415
 
-        cfg: dict = {"vocab": Vocabulary().to_dict(), "modalities": mods}
-        if "image" in mods:
-            cfg["image"] = {"height": h, "width": w}
-        if "audio" in mods:
-            cfg["audio"] = {"dir": AUDIO_TOKENIZER_DIR, "seconds": audio_s}
-        cfg["defaults"] = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "cfg_scale": 1.0}
+        h, w = self.settings.image_height, self.settings.image_width
+        cfg = make_tokenizer_config(mods, height=h if "image" in mods else None, width=w if "image" in mods else None,
+                                    audio_seconds=audio_s, audio_dir=AUDIO_TOKENIZER_DIR)  # fmt: skip
+        if self.settings.caption_template != "{text}":  # how the training captions were written, for users and eval
+            cfg["caption_template"] = self.settings.caption_template
         return cfg
 
     def build(self, resume_dir: Path | None) -> None:
         a, dd = self.args, self.dd
         resume_meta = read_checkpoint_config(resume_dir) if resume_dir else None
-        self.cfg = build_config(a, resume_meta["model"] if resume_meta else None)
+        init_dir = Path(a.init_from) if a.init_from and resume_dir is None else None
+        init_meta = None
+        if init_dir is not None:
+            try:
+                init_meta = read_checkpoint_config(init_dir)
+            except CheckpointError as e:
+                raise UsageError(f"--init-from: {e}") from None
+        self.cfg = build_config(a, resume_meta["model"] if resume_meta else None, init_meta["model"] if init_meta else None)
         torch.manual_seed(a.seed)  # same initial weights on every rank and every run
         model = PerceiverAR(self.cfg)
-        if resume_dir is not None:
+        if resume_dir is not None or init_dir is not None:
             from safetensors.torch import load_file  # noqa: PLC0415
 
-            model.load_state_dict(load_file(str(resume_dir / "model.safetensors")))
+            weights = (resume_dir or init_dir) / "model.safetensors"
+            try:
+                model.load_state_dict(load_file(str(weights)))
+            except (OSError, RuntimeError) as e:  # missing, truncated or another architecture's file
+                raise UsageError(f"cannot load the weights {weights}: {e}") from None
+            if init_dir is not None:
+                self.log(f"weights from {init_dir} (step {init_meta.get('training', {}).get('step', '?')})")
         model.to(dd.device)
         self.model = model  # the plain module: validation, samples, checkpoints
         net: nn.Module = LossModule(model)
@@ -462,7 +498,8 @@ class Trainer:
             net = DDP(net, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
         self.net = net
         self.opt = make_optimizer(model, a)
-        self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed)
+        self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
+                               filler=self.filler)  # fmt: skip
         self.tok_cfg = self.tokenizer_config()
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume_dir is not None:

@@ -59,6 +59,22 @@ def _train_stats(run: Path) -> dict:
     return {"steps": steps, "train_seconds": round(seconds, 1), "tokens_seen": tokens}
 
 
+def _stages(run: Path) -> list[dict]:
+    """This run's training stats, preceded by those of the runs it was fine-tuned from (``--init-from``)."""
+    stages: list[dict] = []
+    while run is not None and len(stages) < 8:
+        args = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+        stages.append({"run": run.name, **_train_stats(run), "init_from": args.get("init_from"),
+                       "filler": args.get("filler"), "context_len": args.get("context_len")})  # fmt: skip
+        init, run = args.get("init_from"), None
+        if init:  # RUN/best or RUN/checkpoints/step-N
+            p = Path(init)
+            base = p.parent if p.name == "best" else p.parent.parent if p.parent.name == "checkpoints" else None
+            if base is not None and (base / "metrics.jsonl").is_file():
+                run = base
+    return stages[::-1]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="training run directory (its best/ is exported)")
@@ -82,13 +98,16 @@ def main(argv=None) -> None:
         metrics = evaluate(["--checkpoint", str(src), "--data", a.data, "--split", "val",
                             "--max-items", str(a.eval_items), "--device", "cpu"]
                            + (["--max-windows", str(a.eval_max_windows)] if a.eval_max_windows else []))
-    stats = _train_stats(a.run)
+    stages = _stages(a.run)
+    stats = {k: sum(st[k] for st in stages) for k in ("steps", "train_seconds", "tokens_seen")}
+    stats["train_seconds"] = round(stats["train_seconds"], 1)
     training = {
         **ck.training,
         "recipe": a.recipe,
         "machine": _machine(),
         "exported": dt.date.today().isoformat(),
         **stats,
+        "stages": stages,
         "eval": {k: v for k, v in metrics.items() if k not in ("checkpoint", "data")},
         "run_args": json.loads((a.run / "run.json").read_text()) if (a.run / "run.json").is_file() else {},
     }
@@ -105,6 +124,15 @@ def main(argv=None) -> None:
         raise SystemExit(f"export: {out} is {size / 2**20:.1f} MiB, over the 25 MiB limit for bundled checkpoints")
     modality, metric = next(((mod, m) for mod, m in METRIC.items() if m in metrics), (None, None))
     cfg = ck.config
+    steps = f"{stats['steps']:,} steps"
+    if len(stages) > 1:
+        steps = " + ".join(f"{st['steps']:,}" for st in stages) + f" steps in {len(stages)} stages (" + "; ".join(
+            f"{st['run']}: {st['train_seconds'] / 60:.0f} min" + (f", context {st['context_len']:,}" if st["context_len"] else "")
+            + (f", captions buried in {Path(st['filler'].rsplit(':', 1)[0]).name} text" if st["filler"] else "")
+            for st in stages) + ")"
+    template = ck.tokenizer.get("caption_template")
+    prompts = (f"\n\n## Prompts\n\nThe training captions were written as `{template}` from the data's captions.jsonl "
+               "fields; prompts in that form work best.\n" if template else "")
     card = f"""# {a.name}
 
 A Perceiver AR checkpoint bundled with perceiverar. Load it with `Pipeline.load("checkpoints/{a.name}")`, pick
@@ -114,13 +142,13 @@ it in `perceiverar-app`, or `perceiverar-generate --checkpoint checkpoints/{a.na
 |---|---|
 | modalities | {", ".join(ck.tokenizer.get("modalities", [])) or "-"} |
 | model | width {cfg.width}, {cfg.n_layers} latent layers, {cfg.n_heads} heads x {cfg.head_dim}, context {cfg.context_len:,}, {cfg.n_latents:,} latents, {ck.model.num_params() / 1e6:.2f} M parameters (bf16, {size / 2**20:.1f} MiB on disk) |
-| training | {stats["steps"]:,} steps, {stats["tokens_seen"]:,} tokens read as context (the loss is on the latent positions only), {stats["train_seconds"] / 60:.0f} min on {training["machine"]} |
+| training | {steps}, {stats["tokens_seen"]:,} tokens read as context (the loss is on the latent positions only), {stats["train_seconds"] / 60:.0f} min on {training["machine"]} |
 | held-out {metric or "metric"} | {metrics.get(metric, "n/a")} ({metrics.get(f"{modality}_tokens_scored", "?")} tokens scored, {a.eval_items} held-out items at most) |
 | reproduce | `{a.recipe}` |
 
 ## Data
 
-{DATA_NOTES.get(a.name, a.data)}
+{DATA_NOTES.get(a.name, a.data)}{prompts}
 
 ## Limitations
 

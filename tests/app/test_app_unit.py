@@ -103,3 +103,18 @@ def test_default_checkpoint_fits_the_first_tab(tmp_path):
     save_checkpoint(tmp_path / "b-words", model, make_tokenizer_config(["text"]))
     save_checkpoint(tmp_path / "c-pics", model, make_tokenizer_config(["image"], height=8, width=8))
     assert Service([tmp_path], demo=False).default_name == "c-pics"  # the Image tab opens first
+
+
+def test_checkpoint_summary_shows_the_caption_template(tmp_path):
+    from app.service import Service
+    from app.ui import _md_checkpoint
+    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
+    from perceiverar.pipeline import make_tokenizer_config
+
+    model = PerceiverAR(PerceiverARConfig.preset("debug"))
+    tok = make_tokenizer_config(["image"], height=8, width=8)
+    save_checkpoint(tmp_path / "plain", model, tok)
+    save_checkpoint(tmp_path / "styled", model, {**tok, "caption_template": "{text}; {style} style"})
+    svc = Service([tmp_path], demo=False)
+    assert "`{text}; {style} style`" in _md_checkpoint(svc.capabilities("styled"), svc)
+    assert "captions written as" not in _md_checkpoint(svc.capabilities("plain"), svc)

@@ -166,6 +166,82 @@ def test_mixture_crops(folders):
     assert min(lens) >= min(N + 1, shortest)
 
 
+def test_caption_template_uses_captions_fields(folders):
+    img, _, cache = folders
+    lines = {json.loads(x)["file"]: json.loads(x) for x in (img / "captions.jsonl").read_text().splitlines()}
+    settings = D.TokenizerSettings(image_height=8, image_width=8, caption_template="{text}; {style} style")
+    src = D.prepare_source(D.parse_data_arg(str(img)), settings, cache, progress=False)
+    plain = D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False)
+    assert src.dir != plain.dir  # other captions, another cache
+    for i in range(len(src)):
+        rec = lines[src.file(i)]
+        prompt = bytes(src.item(i)[2 : 2 + src.index[i, 2]].astype(np.uint8)).decode()
+        assert prompt == f"{rec['text']}; {rec['style']} style"
+    bad = D.TokenizerSettings(image_height=8, image_width=8, caption_template="{text} by {artist}")
+    with pytest.raises(D.DatasetError, match="'artist'"):
+        D.prepare_source(D.parse_data_arg(str(img)), bad, cache, progress=False)
+
+
+def test_bury_caption_places_the_caption():
+    cap = np.frombuffer(b"a red apple", np.uint8).astype(np.int64)
+    fill = np.frombuffer(b"To be or not to be", np.uint8).astype(np.int64)
+    as_bytes = lambda a: bytes(np.asarray(a, np.uint8))  # noqa: E731
+    assert as_bytes(D.bury_caption(cap, fill, 0.0)) == b"a red apple\n\nTo be or not to be"
+    assert as_bytes(D.bury_caption(cap, fill, 1.0)) == b"To be or not to be\n\na red apple"
+    assert as_bytes(D.bury_caption(cap, fill, 0.5)) == b"To be or \n\na red apple\n\nnot to be"
+    assert as_bytes(D.bury_caption(cap[:0], fill, 0.3)) == b"To be or not to be"  # no caption: filler only
+    assert as_bytes(D.bury_caption(cap, fill[:0], 0.7)) == b"a red apple"
+
+
+def test_mixture_buries_captions_in_filler(folders):
+    img, txt, cache = folders
+    (src,) , _ = D.prepare_sources([D.parse_data_arg(str(img))], SETTINGS, cache, progress=False)
+    text = D.prepare_source(D.parse_data_arg(str(txt), "text"), SETTINGS, cache, progress=False)
+    filler = D.Filler(text, prob=0.5)
+    assert filler.text.min() >= 0 and filler.text.max() < 256
+    L, N = 4096, 32
+    mix = D.Mixture([src], L, N, prompt_dropout=0.2, seed=1, filler=filler)
+    captions: dict[bytes, list[int]] = {}  # google and twitter versions share a caption
+    for i in src.train_items:
+        captions.setdefault(bytes(src.item(int(i))[2 : 2 + src.index[i, 2]].astype(np.uint8)), []).append(int(i))
+    buried = lens_max = dropped = 0
+    where = set()
+    for step in range(60):
+        tok, feat, st = mix.batch(step, 0, 3)
+        tok2, feat2, _ = mix.batch(step, 0, 3)
+        assert (tok == tok2).all() and (feat == feat2).all()  # still a pure function of (seed, step, micro)
+        if "filler_bytes" not in st:
+            continue
+        buried += 1
+        T = tok.shape[1]
+        assert T == st["seq_len"] <= L + 1 and feat.shape == (3, T, 3)
+        lens_max = max(lens_max, T)
+        for row, f in zip(tok.numpy(), feat.numpy()):
+            assert list(row[:2]) == [BOS, TEXT_BEGIN]
+            end = int(np.flatnonzero(row == TEXT_END)[0])
+            prompt = bytes(row[2:end].astype(np.uint8))
+            assert row[2:end].max() < 256  # the prompt is text bytes only
+            # the features are exactly what the whole sequence's tracker gives (media section after the prompt)
+            assert (f == position_features(row)).all()
+            hits = [c for c in captions if c and c in prompt]
+            if not hits:
+                dropped += 1
+                continue
+            cap = max(hits, key=len)
+            rests = [src.item(i)[2 + src.index[i, 2] :] for i in captions[cap]]
+            k = T - end
+            assert any((row[end:] == r[:k]).all() for r in rests)  # after the prompt: the item's header and pixels
+            pos = prompt.index(cap)
+            where.add("start" if pos == 0 else "end" if pos + len(cap) == len(prompt) else "middle")
+            if pos > 0:
+                assert prompt[pos - 2 : pos] == b"\n\n"
+    assert buried > 15 and dropped > 0
+    assert where == {"start", "middle", "end"}
+    assert lens_max > L // 2  # long filler is drawn: distances up to the context are trained
+    with pytest.raises(D.DatasetError, match=".txt documents"):
+        D.Filler(src)
+
+
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
 def test_prepare_audio_midi(shared_data, tmp_path):
     folder = tmp_path / "bach"

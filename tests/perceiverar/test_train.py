@@ -178,6 +178,36 @@ def test_kill_and_resume_is_exact(data, tmp_path):
         torch.testing.assert_close(new_w[k], ref_w[k], atol=1e-6, rtol=0)
 
 
+def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
+    img, txt, cache = data
+    base = tmp_path / "base"
+    train_in_process(["--out", str(base), *common(data, **{"max-steps": 4, "val-every": 4})])
+    src = T.list_checkpoints(base)[-1]
+    # lr 0 (and so no weight decay): the fine-tuned weights must be exactly the checkpoint's, in a longer context
+    tuned = tmp_path / "tuned"
+    argv = ["--data", str(img), "--init-from", str(src), "--context-len", "512", "--filler", f"{txt}:0.6",
+            *common(data, **{"max-steps": 6, "val-every": 6, "save-every": 6, "lr": 0, "min-lr": 0})[4:]]
+    train_in_process(["--out", str(tuned), *argv])
+    assert "weights from" in capsys.readouterr().err
+    ck = load_checkpoint(T.list_checkpoints(tuned)[-1])
+    before = load_checkpoint(src)
+    assert ck.config.context_len == 512 and ck.config.width == before.config.width and ck.config.n_layers == before.config.n_layers
+    for k, v in before.model.state_dict().items():
+        torch.testing.assert_close(ck.model.state_dict()[k], v, atol=0, rtol=0)
+    # the buried-caption batches are longer than any 8x8 emoji item (~230 tokens): the filler was used
+    lens = [n for line in (tuned / "metrics.jsonl").read_text().splitlines() if '"train"' in line
+            for n in json.loads(line)["seq_len"]]
+    assert max(lens) > 300, lens
+    run_args = json.loads((tuned / "run.json").read_text())
+    assert run_args["init_from"] == str(src) and run_args["filler"].endswith(":0.6")
+    with pytest.raises(SystemExit, match="--init-from"):
+        T.main(["--out", str(tmp_path / "bad"), "--data", str(img), "--init-from", str(tmp_path / "nowhere"),
+                *common(data, **{"max-steps": 1})[4:]])
+    with pytest.raises(SystemExit, match=".txt documents"):
+        T.main(["--out", str(tmp_path / "bad2"), "--data", str(img), "--filler", str(img),
+                *common(data, **{"max-steps": 1})[4:]])
+
+
 def test_failed_save_keeps_previous_checkpoint(data, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     real, calls = T.save_checkpoint, []

@@ -1,0 +1,196 @@
+"""Captions from far away: does a caption still steer the output when it stands inside a long prompt?
+
+For held-out items of a captioned image (or audio) folder, the target (pixels or audio codes) is scored
+teacher-forced, with the model's sliding windows (``perceiverar.evaluate.score_item``), after five prompts:
+
+    caption_far    the caption, a blank line, then filler text: the caption opens a ~60,000-token prompt
+    caption_near   the same filler, a blank line, then the caption: the caption right before the target
+    no_caption     filler text alone, as long as the other two (nothing to steer by)
+    caption_only   the caption alone (the ordinary short prompt)
+    empty          the empty prompt (unconditional)
+
+The filler is held-out text (the validation plays of a text folder such as ``../shared/data/shakespeare``),
+the same bytes for the three long prompts of an item. A model that uses its whole context scores
+``caption_far`` close to ``caption_near`` and well below ``no_caption``.
+
+    python -m benchmarks.long_prompt --checkpoint checkpoints/emoji --data ../shared/data/emoji \\
+        --filler ../shared/data/shakespeare --prompt-tokens 60000 --items 16
+
+``--context-len`` evaluates a checkpoint trained with a shorter context at a longer one (rotary positions
+extrapolate in form, if not in quality): the "before fine-tuning" baseline. Writes
+benchmarks/results/long_prompt-<name>-<device>-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.results_io import save_result
+from perceiverar import PerceiverAR, load_checkpoint
+from perceiverar.data import (
+    CAPTION_SEP, DatasetError, Filler, TokenizerSettings, load_audio_codec, parse_data_arg, prepare_source, prepare_sources,
+)  # fmt: skip
+from perceiverar.evaluate import METRIC, score_item
+from perceiverar.train import default_cache_dir
+from tokenizers_mm.vocab import BOS, TEXT_BEGIN, position_features
+
+CONDITIONS = ("caption_far", "caption_near", "no_caption", "caption_only", "empty")
+
+
+def prompts(caption: np.ndarray, filler: np.ndarray, prompt_tokens: int) -> dict[str, np.ndarray]:
+    """The five prompts (text-byte ids) of one item; ``filler`` must hold at least ``prompt_tokens`` bytes."""
+    sep = np.frombuffer(CAPTION_SEP, np.uint8).astype(np.int64)
+    f = filler[: max(0, prompt_tokens - len(caption) - len(sep))]
+    return {
+        "caption_far": np.concatenate([caption, sep, f]),
+        "caption_near": np.concatenate([f, sep, caption]),
+        "no_caption": filler[:prompt_tokens],
+        "caption_only": caption,
+        "empty": caption[:0],
+    }
+
+
+DIFFERENCES = {  # name: (x, y) -> mean over items of x - y, with its standard error
+    "far_minus_near": ("caption_far", "caption_near"),
+    "no_caption_minus_far": ("no_caption", "caption_far"),
+    "no_caption_minus_near": ("no_caption", "caption_near"),
+    "empty_minus_caption_only": ("empty", "caption_only"),
+}
+
+
+def paired(rows: list[dict], x: str, y: str) -> dict:
+    """Mean and standard error over items of rows[x] - rows[y] (each item is its own control)."""
+    d = np.asarray([r[x] - r[y] for r in rows], dtype=np.float64)
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return {"mean": round(float(d.mean()), 4), "stderr": round(se, 4)}
+
+
+def item_sequence(prompt: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """ids, position features and target range of ``[BOS][TEXT_BEGIN] prompt rest`` (rest: from [TEXT_END] on)."""
+    ids = np.concatenate([[BOS, TEXT_BEGIN], prompt, rest]).astype(np.int64)
+    feats = np.concatenate([np.zeros((2 + len(prompt), 3), np.int64), position_features(rest)])
+    a = 2 + len(prompt) + 5  # [TEXT_END] [SEP] [BEGIN] [h] [w]
+    b = len(ids) - 2  # [END] [EOS]
+    return ids, feats, (a, b)
+
+
+def with_context(model: PerceiverAR, context_len: int) -> PerceiverAR:
+    """The same weights under a longer (or shorter) context length."""
+    if context_len == model.cfg.context_len:
+        return model
+    out = PerceiverAR(dataclasses.replace(model.cfg, context_len=context_len))
+    out.load_state_dict(model.state_dict())
+    return out.eval()
+
+
+def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, device="cpu", log=print) -> dict:
+    """Per-condition bits (per dim or per token) over the first ``items`` held-out items, and timings."""
+    metric = METRIC[source.modality]
+    rng = np.random.default_rng(0)
+    picked = source.val_items[:items] if len(source.val_items) else source.train_items[:items]
+    N = model.cfg.n_latents
+    acc = {c: [0.0, 0] for c in CONDITIONS}
+    opening = {c: [0.0, 0] for c in CONDITIONS}  # the first N target tokens, before the pixels reveal much
+    seconds = {c: 0.0 for c in CONDITIONS}
+    per_item = []
+    for n, i in enumerate(picked):
+        i = int(i)
+        ids = source.item(i)
+        plen = int(source.index[i, 2])
+        caption, rest = ids[2 : 2 + plen], ids[2 + plen :]
+        ps = prompts(caption, filler.window(rng, prompt_tokens), prompt_tokens)
+        row = {"file": source.file(i), "caption": bytes(caption.astype(np.uint8)).decode("utf-8", "replace")}
+        for c in CONDITIONS:
+            seq, feats, target = item_sequence(ps[c], rest)
+            if len(seq) > model.cfg.context_len + 1:
+                raise SystemExit(f"long_prompt: error: a {len(seq):,}-token sequence does not fit the model's context "
+                                 f"of {model.cfg.context_len:,}; lower --prompt-tokens or pass --context-len")  # fmt: skip
+            a, b = target
+            t0 = time.perf_counter()
+            # The same windows as scoring (a, b) at once: the first ends at a + N, then every N.
+            head = score_item(model, seq, feats, (a, min(b, a + N)), device=device)
+            tail = score_item(model, seq, feats, (a + N, b), device=device) if b > a + N else (0.0, 0)
+            seconds[c] += time.perf_counter() - t0
+            nats, count = head[0] + tail[0], head[1] + tail[1]
+            acc[c][0] += nats
+            acc[c][1] += count
+            opening[c][0] += head[0]
+            opening[c][1] += head[1]
+            row[c] = round(nats / count / math.log(2), 4)
+            row[f"{c}_opening"] = round(head[0] / head[1] / math.log(2), 4)
+        per_item.append(row)
+        log(f"[{n + 1}/{len(picked)}] {row['file']}: " + ", ".join(f"{c} {row[c]:.3f}" for c in CONDITIONS))
+    out = {c: round(acc[c][0] / acc[c][1] / math.log(2), 4) for c in CONDITIONS}
+    head = {c: round(opening[c][0] / opening[c][1] / math.log(2), 4) for c in CONDITIONS}
+    return {
+        "metric": metric,
+        "results": out,
+        "opening_results": head,
+        "opening_tokens": N,
+        "differences": {k: paired(per_item, x, y) for k, (x, y) in DIFFERENCES.items()},
+        "opening_differences": {k: paired(per_item, f"{x}_opening", f"{y}_opening") for k, (x, y) in DIFFERENCES.items()},
+        "tokens_scored_per_condition": acc["caption_far"][1],
+        "seconds": {c: round(s, 1) for c, s in seconds.items()},
+        "per_item": per_item,
+    }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="captioned image or audio folder (its held-out items are scored)")
+    p.add_argument("--filler", required=True, help="folder of .txt documents (its held-out text is the filler)")
+    p.add_argument("--prompt-tokens", type=int, default=60000, help="length of the three long prompts")
+    p.add_argument("--items", type=int, default=16, help="held-out items to score")
+    p.add_argument("--context-len", type=int, default=None, help="run the weights at this context length")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tag", default=None, help="result file tag (default: the checkpoint folder's name)")
+    p.add_argument("--out", default=None, help="result file (default benchmarks/results/...)")
+    args = p.parse_args(argv)
+    try:
+        ckpt = load_checkpoint(args.checkpoint, device=args.device)
+        tok = ckpt.tokenizer or {}
+        img = tok.get("image", {})
+        settings = TokenizerSettings(image_height=img.get("height", 32), image_width=img.get("width", 32),
+                                     caption_template=tok.get("caption_template", "{text}"))  # fmt: skip
+        codec = None
+        if "audio" in tok.get("modalities", []):
+            codec = load_audio_codec(Path(args.checkpoint) / tok.get("audio", {}).get("dir", "audio_tokenizer"))
+        cache = args.cache_dir or default_cache_dir()
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        (source,), _ = prepare_sources([parse_data_arg(args.data)], settings, cache, codec=codec, log=log)
+        if source.modality == "text":
+            raise DatasetError(f"{args.data} holds text documents; long_prompt needs a captioned image or audio folder")
+        text = prepare_source(parse_data_arg(args.filler, "text"), settings, cache, progress=False, log=log)
+        filler = Filler(text, split="val" if len(text.val_items) else "train")
+    except (DatasetError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"long_prompt: error: {e}") from None
+    model = with_context(ckpt.model.float(), args.context_len or ckpt.config.context_len).to(args.device)
+    res = run(model, source, filler, items=args.items, prompt_tokens=args.prompt_tokens, device=args.device)
+    r = res["results"]
+    print(f"{res['metric']} over {res['tokens_scored_per_condition']:,} target tokens per condition "
+          f"({args.items} held-out items, {args.prompt_tokens:,}-token prompts):")  # fmt: skip
+    for c in CONDITIONS:
+        print(f"  {c:13s} {r[c]:.4f}   (first {res['opening_tokens']} target tokens: {res['opening_results'][c]:.4f})")
+    for k, d in res["differences"].items():
+        o = res["opening_differences"][k]
+        print(f"  {k:25s} {d['mean']:+.4f} +- {d['stderr']:.4f}   (first tokens: {o['mean']:+.4f} +- {o['stderr']:.4f})")
+    fields = {"checkpoint": str(args.checkpoint), "trained_context_len": ckpt.config.context_len,
+              "context_len": model.cfg.context_len, "n_latents": model.cfg.n_latents, "data": args.data,
+              "filler": args.filler, "prompt_tokens": args.prompt_tokens, "items": args.items, **res}  # fmt: skip
+    tag = args.tag or Path(args.checkpoint).resolve().name
+    save_result("long_prompt", args.device, fields, out=Path(args.out) if args.out else None, tag=tag)
+    return fields
+
+
+if __name__ == "__main__":
+    main()
