@@ -35,10 +35,8 @@ import torch
 
 from benchmarks.results_io import save_result
 from perceiverar import PerceiverAR, load_checkpoint
-from perceiverar.data import (
-    CAPTION_SEP, DatasetError, Filler, TokenizerSettings, load_audio_codec, parse_data_arg, prepare_source, prepare_sources,
-)  # fmt: skip
-from perceiverar.evaluate import METRIC, score_item
+from perceiverar.data import CAPTION_SEP, DatasetError, Filler, parse_data_arg, prepare_source, prepare_sources
+from perceiverar.evaluate import METRIC, data_settings, score_item
 from perceiverar.train import default_cache_dir
 from tokenizers_mm.vocab import BOS, TEXT_BEGIN, position_features
 
@@ -158,13 +156,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     try:
         ckpt = load_checkpoint(args.checkpoint, device=args.device)
-        tok = ckpt.tokenizer or {}
-        img = tok.get("image", {})
-        settings = TokenizerSettings(image_height=img.get("height", 32), image_width=img.get("width", 32),
-                                     caption_template=tok.get("caption_template", "{text}"))  # fmt: skip
-        codec = None
-        if "audio" in tok.get("modalities", []):
-            codec = load_audio_codec(Path(args.checkpoint) / tok.get("audio", {}).get("dir", "audio_tokenizer"))
+        settings, codec = data_settings(ckpt.tokenizer or {}, args.checkpoint)
         cache = args.cache_dir or default_cache_dir()
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
         (source,), _ = prepare_sources([parse_data_arg(args.data)], settings, cache, codec=codec, log=log)

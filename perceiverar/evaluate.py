@@ -119,6 +119,17 @@ def evaluate_sources(
     return out
 
 
+def data_settings(tokenizer: dict, checkpoint_dir) -> tuple[TokenizerSettings, object]:
+    """How a checkpoint's training data was tokenized (image size, caption template) and its audio codebook."""
+    img = tokenizer.get("image", {})
+    settings = TokenizerSettings(image_height=img.get("height", 32), image_width=img.get("width", 32),
+                                 caption_template=tokenizer.get("caption_template", "{text}"))  # fmt: skip
+    codec = None
+    if "audio" in tokenizer.get("modalities", []):
+        codec = load_audio_codec(Path(checkpoint_dir) / tokenizer.get("audio", {}).get("dir", "audio_tokenizer"))
+    return settings, codec
+
+
 def bits(nats_count: list[float]) -> float:
     nats, n = nats_count
     return nats / max(n, 1) / math.log(2)
@@ -172,12 +183,7 @@ def main(argv=None) -> dict:
     try:
         ckpt = load_checkpoint(args.checkpoint, device=device)
         tok = ckpt.tokenizer or {}
-        img = tok.get("image", {})
-        settings = TokenizerSettings(image_height=img.get("height", 32), image_width=img.get("width", 32),
-                                     caption_template=tok.get("caption_template", "{text}"))  # fmt: skip
-        codec = None
-        if "audio" in tok.get("modalities", []):
-            codec = load_audio_codec(Path(args.checkpoint) / tok.get("audio", {}).get("dir", "audio_tokenizer"))
+        settings, codec = data_settings(tok, args.checkpoint)
         from perceiverar.data import parse_data_arg  # noqa: PLC0415
 
         specs: list[SourceSpec] = [parse_data_arg(d) for d in args.data]
