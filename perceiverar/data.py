@@ -46,9 +46,10 @@ So that a caption still steers the output from far away, a fraction of the media
 buried in a long run of unrelated text (another folder's training documents, e.g. Shakespeare): the prompt
 becomes ``caption + blank line + filler``, ``filler + blank line + caption`` or the caption in the middle of
 the filler (a third of the time each; a dropped caption leaves the filler alone). The crop holds the whole
-prompt and the first ``k`` tokens after it (``k`` uniform over header and target), and the filler is sized so
-every row of the batch has one length, drawn uniform in ``[longest need, L + 1]``: every caption-to-target
-distance the context allows is trained.
+prompt and the first ``k`` tokens after it (``k`` uniform in ``[N, header + target]``, so the latents, where
+the loss is, sit on the media, not on the filler), and the filler is sized so every row of the batch has one
+length, drawn uniform in ``[longest need, L + 1]``: every caption-to-target distance the context allows is
+trained.
 """
 
 from __future__ import annotations
@@ -691,7 +692,9 @@ class Mixture:
             plen = int(src.index[i, 2])
             caption = ids[2 : 2 + plen] if not drop else ids[:0]
             rest = ids[2 + plen :]  # [TEXT_END] [SEP] [BEGIN] [h] [w] target [END] [EOS]
-            k = int(rng.integers(1, len(rest) + 1))  # tokens after the prompt inside the crop
+            # Tokens after the prompt inside the crop: at least N, so the latents (and the loss) sit on the
+            # header and target only; the filler is context to look past, not text to learn.
+            k = int(rng.integers(min(self.n_latents, len(rest)), len(rest) + 1))
             where = float(rng.choice([0.0, 1.0, rng.random()]))
             rows.append((caption, rest, k, where))
         need = max(2 + len(c) + k for c, _, k, _ in rows)  # no filler at all

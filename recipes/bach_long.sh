@@ -10,7 +10,7 @@ FILLER=${FILLER:-../shared/data/shakespeare}
 BASE=${BASE:-runs/bach/best}
 RUN=${RUN:-runs/bach-long}
 .venv/bin/python -m perceiverar.train --data "$DATA" --init-from "$BASE" --context-len 65536 --audio-seconds 12 \
-    --filler "$FILLER:0.5" --out "$RUN" --max-steps "${STEPS:-200}" --batch-size "${BATCH:-2}" --lr 5e-4 --warmup 20 \
+    --filler "$FILLER:0.5" --out "$RUN" --max-steps "${STEPS:-200}" --batch-size "${BATCH:-2}" --lr 3e-4 --warmup 20 \
     --val-every 100 --val-items 16 --save-every 25 --sample-every 0 --no-progress --log-every 5 "$@"
 .venv/bin/python -m recipes.export_checkpoint --run "$RUN" --name bach --data "$DATA" --eval-items 16 \
     --recipe "bash recipes/bach.sh && bash recipes/bach_long.sh"

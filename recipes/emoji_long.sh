@@ -12,7 +12,7 @@ FILLER=${FILLER:-../shared/data/shakespeare}
 BASE=${BASE:-runs/emoji/best}
 RUN=${RUN:-runs/emoji-long}
 .venv/bin/python -m perceiverar.train --data "$DATA" --image-size 32 --init-from "$BASE" --context-len 65536 \
-    --caption-template "{text}; {style} style" --filler "$FILLER:0.5" --out "$RUN" --max-steps "${STEPS:-300}" --batch-size 4 --lr 5e-4 --warmup 20 \
+    --caption-template "{text}; {style} style" --filler "$FILLER:0.5" --out "$RUN" --max-steps "${STEPS:-300}" --batch-size 4 --lr 3e-4 --warmup 20 \
     --val-every 100 --val-items 64 --save-every 25 --sample-every 0 --no-progress --log-every 5 "$@"
 .venv/bin/python -m recipes.export_checkpoint --run "$RUN" --name emoji --data "$DATA" \
     --recipe "bash recipes/emoji.sh && bash recipes/emoji_long.sh" \

@@ -231,6 +231,7 @@ def test_mixture_buries_captions_in_filler(folders):
             rests = [src.item(i)[2 + src.index[i, 2] :] for i in captions[cap]]
             k = T - end
             assert any((row[end:] == r[:k]).all() for r in rests)  # after the prompt: the item's header and pixels
+            assert k >= min(N, len(rests[0]))  # the latents never sit on the filler
             pos = prompt.index(cap)
             where.add("start" if pos == 0 else "end" if pos + len(cap) == len(prompt) else "middle")
             if pos > 0:
