@@ -15,4 +15,5 @@ RUN=${RUN:-runs/shakespeare}
     --out "$RUN-long" --max-steps "${LONG_STEPS:-60}" --batch-size 1 --lr 3e-4 --warmup 5 \
     --val-every 60 --val-items 2 --save-every 20 --sample-every 0 --no-progress --log-every 5
 .venv/bin/python -m recipes.export_checkpoint --run "$RUN-long" --name shakespeare --data "$DATA" --eval-items 2 \
-    --eval-max-windows 40 --recipe "bash recipes/shakespeare.sh"
+    --eval-max-windows 40 --recipe "bash recipes/shakespeare.sh" \
+    --limitations "Trained for about 80 minutes on one CPU core: 2.53 bits per byte on held-out plays, better than gzip (3.19) and xz (2.81), level with bzip2 (2.50), short of the 2.0 a longer (GPU) run should reach. Samples have the shape of a play (speaker names in capitals, verse lines, stage directions) and mostly real words, but little sense."
