@@ -13,4 +13,5 @@ RUN=${RUN:-runs/bach-long}
     --filler "$FILLER:0.5" --out "$RUN" --max-steps "${STEPS:-200}" --batch-size "${BATCH:-2}" --lr 3e-4 --warmup 20 \
     --val-every 100 --val-items 16 --save-every 25 --sample-every 0 --no-progress --log-every 5 "$@"
 .venv/bin/python -m recipes.export_checkpoint --run "$RUN" --name bach --data "$DATA" --eval-items 16 \
-    --recipe "bash recipes/bach.sh && bash recipes/bach_long.sh"
+    --recipe "bash recipes/bach.sh && bash recipes/bach_long.sh" \
+    --limitations "Trained briefly on a CPU: samples are chorale-coloured organ-like sound without musical structure."
