@@ -16,8 +16,9 @@ the same bytes for the three long prompts of an item. A model that uses its whol
     python -m benchmarks.long_prompt --checkpoint checkpoints/emoji --data ../shared/data/emoji \\
         --filler ../shared/data/shakespeare --prompt-tokens 60000 --items 16
 
-``--context-len`` evaluates a checkpoint trained with a shorter context at a longer one (rotary positions
-extrapolate in form, if not in quality): the "before fine-tuning" baseline. Writes
+A target too long to fit after the longest prompt (a long chorale) is scored on its first tokens only, the
+same ones in every condition. ``--context-len`` evaluates a checkpoint trained with a shorter context at a
+longer one (rotary positions extrapolate in form, if not in quality): the "before fine-tuning" baseline. Writes
 benchmarks/results/long_prompt-<name>-<device>-<date>.json.
 """
 
@@ -71,13 +72,22 @@ def paired(rows: list[dict], x: str, y: str) -> dict:
     return {"mean": round(float(d.mean()), 4), "stderr": round(se, 4)}
 
 
-def item_sequence(prompt: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """ids, position features and target range of ``[BOS][TEXT_BEGIN] prompt rest`` (rest: from [TEXT_END] on)."""
+HEADER = 5  # [TEXT_END] [SEP] [BEGIN] [h] [w] between the prompt and the target
+TRAILER = 2  # [END] [EOS] after it
+
+
+def item_sequence(prompt: np.ndarray, rest: np.ndarray, n_target: int | None = None):
+    """ids, position features and target range of ``[BOS][TEXT_BEGIN] prompt rest`` (rest: from [TEXT_END] on).
+
+    ``n_target`` keeps only the first target tokens (a long clip under a long prompt must fit the context).
+    """
+    full = len(rest) - HEADER - TRAILER
+    n = full if n_target is None else min(n_target, full)
+    rest = rest if n == full else rest[: HEADER + n]
     ids = np.concatenate([[BOS, TEXT_BEGIN], prompt, rest]).astype(np.int64)
     feats = np.concatenate([np.zeros((2 + len(prompt), 3), np.int64), position_features(rest)])
-    a = 2 + len(prompt) + 5  # [TEXT_END] [SEP] [BEGIN] [h] [w]
-    b = len(ids) - 2  # [END] [EOS]
-    return ids, feats, (a, b)
+    a = 2 + len(prompt) + HEADER
+    return ids, feats, (a, a + n)
 
 
 def with_context(model: PerceiverAR, context_len: int) -> PerceiverAR:
@@ -105,12 +115,15 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, device
         plen = int(source.index[i, 2])
         caption, rest = ids[2 : 2 + plen], ids[2 + plen :]
         ps = prompts(caption, filler.window(rng, prompt_tokens), prompt_tokens)
-        row = {"file": source.file(i), "caption": bytes(caption.astype(np.uint8)).decode("utf-8", "replace")}
+        # Every condition scores the same target tokens: as many as fit after the longest prompt.
+        n_target = min(len(rest) - HEADER - TRAILER, model.cfg.context_len + 1 - 2 - prompt_tokens - HEADER)
+        if n_target < 1:
+            raise SystemExit(f"long_prompt: error: a {prompt_tokens:,}-token prompt leaves no room for the target in "
+                             f"the model's context of {model.cfg.context_len:,}; lower --prompt-tokens")  # fmt: skip
+        row = {"file": source.file(i), "caption": bytes(caption.astype(np.uint8)).decode("utf-8", "replace"),
+               "target_tokens": n_target}  # fmt: skip
         for c in CONDITIONS:
-            seq, feats, target = item_sequence(ps[c], rest)
-            if len(seq) > model.cfg.context_len + 1:
-                raise SystemExit(f"long_prompt: error: a {len(seq):,}-token sequence does not fit the model's context "
-                                 f"of {model.cfg.context_len:,}; lower --prompt-tokens or pass --context-len")  # fmt: skip
+            seq, feats, target = item_sequence(ps[c], rest, n_target)
             a, b = target
             t0 = time.perf_counter()
             # The same windows as scoring (a, b) at once: the first ends at a + N, then every N.
