@@ -405,12 +405,13 @@ class Trainer:
         specs = [parse_data_arg(d, a.modality) for d in a.data]
         h = a.image_size[0]
         w = a.image_size[1] if len(a.image_size) > 1 else h
-        self.settings = TokenizerSettings(image_height=h, image_width=w, audio_codebook_size=a.audio_codebook_size,
-                                          audio_fit_files=a.audio_fit_files, caption_template=a.caption_template)  # fmt: skip
-        cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
         codec = None
         if a.init_from and (Path(a.init_from) / AUDIO_TOKENIZER_DIR).is_dir():
             codec = load_audio_codec(Path(a.init_from) / AUDIO_TOKENIZER_DIR)  # the weights know these codes
+            a.audio_codebook_size = codec.tokenizer.codebook_size  # so run.json and the checkpoint say so
+        self.settings = TokenizerSettings(image_height=h, image_width=w, audio_codebook_size=a.audio_codebook_size,
+                                          audio_fit_files=a.audio_fit_files, caption_template=a.caption_template)  # fmt: skip
+        cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
         filler_spec, filler_prob = None, 0.5
         if a.filler:
             filler_spec = parse_data_arg(a.filler)
