@@ -36,21 +36,21 @@ import torch
 
 from benchmarks.results_io import save_result
 from perceiverar import PerceiverAR, load_checkpoint
-from perceiverar.data import CAPTION_SEP, DatasetError, Filler, parse_data_arg, prepare_source, prepare_sources
+from perceiverar.data import (
+    CAPTION_SEP, DatasetError, Filler, bury_caption, parse_data_arg, prepare_source, prepare_sources, prompted_sequence,
+)  # fmt: skip
 from perceiverar.evaluate import METRIC, data_settings, score_item
 from perceiverar.train import default_cache_dir
-from tokenizers_mm.vocab import BOS, TEXT_BEGIN, position_features
 
 CONDITIONS = ("caption_far", "caption_near", "no_caption", "caption_only", "empty")
 
 
 def prompts(caption: np.ndarray, filler: np.ndarray, prompt_tokens: int) -> dict[str, np.ndarray]:
     """The five prompts (text-byte ids) of one item; ``filler`` must hold at least ``prompt_tokens`` bytes."""
-    sep = np.frombuffer(CAPTION_SEP, np.uint8).astype(np.int64)
-    f = filler[: max(0, prompt_tokens - len(caption) - len(sep))]
+    f = filler[: max(0, prompt_tokens - len(caption) - len(CAPTION_SEP))]
     return {
-        "caption_far": np.concatenate([caption, sep, f]),
-        "caption_near": np.concatenate([f, sep, caption]),
+        "caption_far": bury_caption(caption, f, 0.0),
+        "caption_near": bury_caption(caption, f, 1.0),
         "no_caption": filler[:prompt_tokens],
         "caption_only": caption,
         "empty": caption[:0],
@@ -83,9 +83,7 @@ def item_sequence(prompt: np.ndarray, rest: np.ndarray, n_target: int | None = N
     """
     full = len(rest) - HEADER - TRAILER
     n = full if n_target is None else min(n_target, full)
-    rest = rest if n == full else rest[: HEADER + n]
-    ids = np.concatenate([[BOS, TEXT_BEGIN], prompt, rest]).astype(np.int64)
-    feats = np.concatenate([np.zeros((2 + len(prompt), 3), np.int64), position_features(rest)])
+    ids, feats = prompted_sequence(prompt, rest if n == full else rest[: HEADER + n])
     a = 2 + len(prompt) + HEADER
     return ids, feats, (a, a + n)
 

@@ -598,6 +598,17 @@ def bury_caption(caption: np.ndarray, filler: np.ndarray, where: float) -> np.nd
     return np.concatenate(parts)
 
 
+def prompted_sequence(prompt: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ids (T,) and position features (T, 3) of ``[BOS][TEXT_BEGIN] prompt rest``, ``rest`` starting at [TEXT_END].
+
+    Text has no features; the media section's restart at its header, inside ``rest``, so a prompt of any
+    length costs nothing to featurize.
+    """
+    ids = np.concatenate([[BOS, TEXT_BEGIN], prompt, rest]).astype(np.int64)
+    feats = np.concatenate([np.zeros((2 + len(prompt), N_FEATURES), np.int64), position_features(rest)])
+    return ids, feats
+
+
 class Filler:
     """Unrelated text to bury captions in: the training documents of a prepared text source, concatenated."""
 
@@ -702,9 +713,9 @@ class Mixture:
         toks, feats, fill = [], [], []
         for caption, rest, k, where in rows:
             prompt = self.filler.prompt(rng, caption, where, length - 2 - k)
-            toks.append(np.concatenate([[BOS, TEXT_BEGIN], prompt, rest[:k]]))  # (length,)
-            # Text has no features; the media section's restart at its header, inside rest.
-            feats.append(np.concatenate([np.zeros((2 + len(prompt), N_FEATURES), np.int64), position_features(rest[:k])]))
+            ids, feat = prompted_sequence(prompt, rest[:k])  # (length,), (length, 3)
+            toks.append(ids)
+            feats.append(feat)
             fill.append(len(prompt) - len(caption))
         tokens = torch.from_numpy(np.stack(toks))  # (rows, l)
         features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)

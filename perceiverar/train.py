@@ -367,17 +367,11 @@ def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) ->
     if resume_cfg is not None:  # a resumed run keeps its architecture
         return PerceiverARConfig.from_dict({**resume_cfg, "activation_checkpointing": args.activation_checkpointing})
     over = {"context_dropout": args.context_dropout, "activation_checkpointing": args.activation_checkpointing}
+    for key, val in (("n_latents", args.n_latents), ("context_len", args.context_len), ("dropout", args.dropout)):
+        if val is not None:
+            over[key] = val
     if init_cfg is not None:  # fine-tuning: the checkpoint's architecture, with the run-time knobs overridden
-        for key, val in (("n_latents", args.n_latents), ("context_len", args.context_len), ("dropout", args.dropout)):
-            if val is not None:
-                over[key] = val
         return PerceiverARConfig.from_dict({**init_cfg, **over})
-    if args.n_latents is not None:
-        over["n_latents"] = args.n_latents
-    if args.context_len is not None:
-        over["context_len"] = args.context_len
-    if args.dropout is not None:
-        over["dropout"] = args.dropout
     return PerceiverARConfig.preset(args.preset, **over)
 
 
