@@ -8,10 +8,20 @@ teacher-forced, with the model's sliding windows (``perceiverar.evaluate.score_i
     no_caption     filler text alone, as long as the other two (nothing to steer by)
     caption_only   the caption alone (the ordinary short prompt)
     empty          the empty prompt (unconditional)
+    wrong_far      like caption_far, with another item's caption (a different one, drawn at random from the folder)
+    wrong_near     like caption_near, with that other caption
+    wrong_only     that other caption alone
+
+The ``wrong_*`` conditions are the fair control: a caption of the same form that says the wrong thing, so
+``wrong_far - caption_far`` is what the right caption is worth from far away, free of any effect of the
+prompt's shape. Those differences are also reported in bits per item (bits/dim times the scored target
+tokens): a caption holds a few bits, at most log2 of the number of distinct captions, so spread over thousands
+of pixels its worth per dim is necessarily tiny; per item it can be set against that bound
+(``log2_distinct_captions``).
 
 The filler is held-out text (the validation plays of a text folder such as ``../shared/data/shakespeare``),
 the same bytes for the three long prompts of an item. A model that uses its whole context scores
-``caption_far`` close to ``caption_near`` and well below ``no_caption``.
+``caption_far`` close to ``caption_near`` and below ``no_caption`` and ``wrong_far``.
 
     python -m benchmarks.long_prompt --checkpoint checkpoints/emoji --data ../shared/data/emoji \\
         --filler ../shared/data/shakespeare --prompt-tokens 60000 --items 16
@@ -42,19 +52,44 @@ from perceiverar.data import (
 from perceiverar.evaluate import METRIC, data_settings, score_item
 from perceiverar.train import default_cache_dir
 
-CONDITIONS = ("caption_far", "caption_near", "no_caption", "caption_only", "empty")
+CONDITIONS = ("caption_far", "caption_near", "no_caption", "caption_only", "empty", "wrong_far", "wrong_near", "wrong_only")
 
 
-def prompts(caption: np.ndarray, filler: np.ndarray, prompt_tokens: int) -> dict[str, np.ndarray]:
-    """The five prompts (text-byte ids) of one item; ``filler`` must hold at least ``prompt_tokens`` bytes."""
-    f = filler[: max(0, prompt_tokens - len(caption) - len(CAPTION_SEP))]
+def prompts(caption: np.ndarray, filler: np.ndarray, prompt_tokens: int, wrong: np.ndarray) -> dict[str, np.ndarray]:
+    """The eight prompts (text-byte ids) of one item, ``wrong`` being another item's caption.
+
+    ``filler`` must hold at least ``prompt_tokens`` bytes; every long prompt is ``prompt_tokens`` long.
+    """
+    def far_near(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f = filler[: max(0, prompt_tokens - len(c) - len(CAPTION_SEP))]
+        return bury_caption(c, f, 0.0), bury_caption(c, f, 1.0)
+
+    (far, near), (wrong_far, wrong_near) = far_near(caption), far_near(wrong)
     return {
-        "caption_far": bury_caption(caption, f, 0.0),
-        "caption_near": bury_caption(caption, f, 1.0),
-        "no_caption": filler[:prompt_tokens],
-        "caption_only": caption,
-        "empty": caption[:0],
-    }
+        "caption_far": far, "caption_near": near, "no_caption": filler[:prompt_tokens],
+        "caption_only": caption, "empty": caption[:0],
+        "wrong_far": wrong_far, "wrong_near": wrong_near, "wrong_only": wrong,
+    }  # fmt: skip
+
+
+def caption_of(source, i: int) -> np.ndarray:
+    """The prompt (caption) ids of item ``i`` (read alone, without the rest of the item)."""
+    off, _, plen = (int(x) for x in source.index[int(i), :3])
+    return np.asarray(source.ids[off + 2 : off + 2 + plen], dtype=np.int64)
+
+
+def wrong_captions(source, picked: np.ndarray, seed: int = 1) -> list[np.ndarray]:
+    """For each picked item, the caption of a random item of the folder whose caption differs from its own."""
+    rng = np.random.default_rng(seed)
+    captions = [caption_of(source, j) for j in range(len(source))]
+    out = []
+    for i in picked:
+        others = [c for c in captions if not np.array_equal(c, captions[int(i)])]
+        if not others:
+            raise DatasetError(f"{source.manifest['folder']}: every item has the same caption; long_prompt "
+                               "needs at least two different captions for its wrong-caption control")  # fmt: skip
+        out.append(others[int(rng.integers(len(others)))])
+    return out
 
 
 DIFFERENCES = {  # name: (x, y) -> mean over items of x - y, with its standard error
@@ -62,14 +97,17 @@ DIFFERENCES = {  # name: (x, y) -> mean over items of x - y, with its standard e
     "no_caption_minus_far": ("no_caption", "caption_far"),
     "no_caption_minus_near": ("no_caption", "caption_near"),
     "empty_minus_caption_only": ("empty", "caption_only"),
+    "wrong_far_minus_far": ("wrong_far", "caption_far"),  # the right caption's worth from far away
+    "wrong_near_minus_near": ("wrong_near", "caption_near"),
+    "wrong_only_minus_caption_only": ("wrong_only", "caption_only"),
 }
 
 
-def paired(rows: list[dict], x: str, y: str) -> dict:
+def paired(rows: list[dict], x: str, y: str, digits: int = 4) -> dict:
     """Mean and standard error over items of rows[x] - rows[y] (each item is its own control)."""
     d = np.asarray([r[x] - r[y] for r in rows], dtype=np.float64)
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return {"mean": round(float(d.mean()), 4), "stderr": round(se, 4)}
+    return {"mean": round(float(d.mean()), digits), "stderr": round(se, digits)}
 
 
 HEADER = 5  # [TEXT_END] [SEP] [BEGIN] [h] [w] between the prompt and the target
@@ -97,11 +135,20 @@ def with_context(model: PerceiverAR, context_len: int) -> PerceiverAR:
     return out.eval()
 
 
-def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, device="cpu", log=print) -> dict:
-    """Per-condition bits (per dim or per token) over the first ``items`` held-out items, and timings."""
+def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split: str = "val", device="cpu", log=print) -> dict:
+    """Per-condition bits (per dim or per token) over the first ``items`` items of ``split``, and timings.
+
+    ``split`` 'val' scores held-out items (unseen captions: does the caption generalize *and* reach far?);
+    'train' scores items seen in training, spread over the folder (can a caption the model knows steer from far?).
+    """
     metric = METRIC[source.modality]
     rng = np.random.default_rng(0)
-    picked = source.val_items[:items] if len(source.val_items) else source.train_items[:items]
+    if split == "val" and len(source.val_items):
+        picked = source.val_items[:items]
+    else:  # evenly spaced, so the items are not all of one kind (the folder is sorted)
+        pool = source.train_items
+        picked = pool[np.linspace(0, len(pool) - 1, min(items, len(pool))).astype(np.int64)]
+    wrongs = wrong_captions(source, picked)
     N = model.cfg.n_latents
     acc = {c: [0.0, 0] for c in CONDITIONS}
     opening = {c: [0.0, 0] for c in CONDITIONS}  # the first N target tokens, before the pixels reveal much
@@ -112,13 +159,14 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, device
         ids = source.item(i)
         plen = int(source.index[i, 2])
         caption, rest = ids[2 : 2 + plen], ids[2 + plen :]
-        ps = prompts(caption, filler.window(rng, prompt_tokens), prompt_tokens)
+        ps = prompts(caption, filler.window(rng, prompt_tokens), prompt_tokens, wrongs[n])
         # Every condition scores the same target tokens: as many as fit after the longest prompt.
         n_target = min(len(rest) - HEADER - TRAILER, model.cfg.context_len + 1 - 2 - prompt_tokens - HEADER)
         if n_target < 1:
             raise SystemExit(f"long_prompt: error: a {prompt_tokens:,}-token prompt leaves no room for the target in "
                              f"the model's context of {model.cfg.context_len:,}; lower --prompt-tokens")  # fmt: skip
-        row = {"file": source.file(i), "caption": bytes(caption.astype(np.uint8)).decode("utf-8", "replace"),
+        text = lambda c: bytes(c.astype(np.uint8)).decode("utf-8", "replace")  # noqa: E731
+        row = {"file": source.file(i), "caption": text(caption), "wrong_caption": text(wrongs[n]),
                "target_tokens": n_target}  # fmt: skip
         for c in CONDITIONS:
             seq, feats, target = item_sequence(ps[c], rest, n_target)
@@ -134,6 +182,7 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, device
             opening[c][0] += head[0]
             opening[c][1] += head[1]
             row[c] = round(nats / count / math.log(2), 4)
+            row[f"{c}_bits"] = round(nats / math.log(2), 3)  # the whole scored target, in bits
             row[f"{c}_opening"] = round(head[0] / head[1] / math.log(2), 4)
         per_item.append(row)
         log(f"[{n + 1}/{len(picked)}] {row['file']}: " + ", ".join(f"{c} {row[c]:.3f}" for c in CONDITIONS))
@@ -145,6 +194,8 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, device
         "opening_results": head,
         "opening_tokens": N,
         "differences": {k: paired(per_item, x, y) for k, (x, y) in DIFFERENCES.items()},
+        "differences_bits_per_item": {k: paired(per_item, f"{x}_bits", f"{y}_bits", 2) for k, (x, y) in DIFFERENCES.items()},
+        "log2_distinct_captions": round(math.log2(len({caption_of(source, j).tobytes() for j in range(len(source))})), 2),
         "opening_differences": {k: paired(per_item, f"{x}_opening", f"{y}_opening") for k, (x, y) in DIFFERENCES.items()},
         "tokens_scored_per_condition": acc["caption_far"][1],
         "seconds": {c: round(s, 1) for c, s in seconds.items()},
@@ -158,7 +209,9 @@ def main(argv=None) -> dict:
     p.add_argument("--data", required=True, help="captioned image or audio folder (its held-out items are scored)")
     p.add_argument("--filler", required=True, help="folder of .txt documents (its held-out text is the filler)")
     p.add_argument("--prompt-tokens", type=int, default=60000, help="length of the three long prompts")
-    p.add_argument("--items", type=int, default=16, help="held-out items to score")
+    p.add_argument("--items", type=int, default=16, help="items to score")
+    p.add_argument("--split", choices=("val", "train"), default="val",
+                   help="score held-out items (default) or items seen in training, spread over the folder")
     p.add_argument("--context-len", type=int, default=None, help="run the weights at this context length")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -178,18 +231,21 @@ def main(argv=None) -> dict:
     except (DatasetError, ValueError, RuntimeError) as e:
         raise SystemExit(f"long_prompt: error: {e}") from None
     model = with_context(ckpt.model.float(), args.context_len or ckpt.config.context_len).to(args.device)
-    res = run(model, source, filler, items=args.items, prompt_tokens=args.prompt_tokens, device=args.device)
+    res = run(model, source, filler, items=args.items, prompt_tokens=args.prompt_tokens, split=args.split, device=args.device)
     r = res["results"]
     print(f"{res['metric']} over {res['tokens_scored_per_condition']:,} target tokens per condition "
-          f"({args.items} held-out items, {args.prompt_tokens:,}-token prompts):")  # fmt: skip
+          f"({args.items} {'held-out' if args.split == 'val' else 'training'} items, {args.prompt_tokens:,}-token prompts):")  # fmt: skip
     for c in CONDITIONS:
         print(f"  {c:13s} {r[c]:.4f}   (first {res['opening_tokens']} target tokens: {res['opening_results'][c]:.4f})")
+    print(f"paired differences, {res['metric']} and bits per item (log2 of the distinct captions: "
+          f"{res['log2_distinct_captions']}):")
     for k, d in res["differences"].items():
-        o = res["opening_differences"][k]
-        print(f"  {k:25s} {d['mean']:+.4f} +- {d['stderr']:.4f}   (first tokens: {o['mean']:+.4f} +- {o['stderr']:.4f})")
+        o, b = res["opening_differences"][k], res["differences_bits_per_item"][k]
+        print(f"  {k:30s} {d['mean']:+.4f} +- {d['stderr']:.4f}   {b['mean']:+8.2f} +- {b['stderr']:.2f} bits/item"
+              f"   (first tokens: {o['mean']:+.4f} +- {o['stderr']:.4f})")
     fields = {"checkpoint": str(args.checkpoint), "trained_context_len": ckpt.config.context_len,
               "context_len": model.cfg.context_len, "n_latents": model.cfg.n_latents, "data": args.data,
-              "filler": args.filler, "prompt_tokens": args.prompt_tokens, "items": args.items, **res}  # fmt: skip
+              "filler": args.filler, "prompt_tokens": args.prompt_tokens, "items": args.items, "split": args.split, **res}  # fmt: skip
     tag = args.tag or Path(args.checkpoint).resolve().name
     save_result("long_prompt", args.device, fields, out=Path(args.out) if args.out else None, tag=tag)
     return fields

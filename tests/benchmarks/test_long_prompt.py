@@ -23,13 +23,17 @@ def _b(a) -> bytes:
 def test_prompts_place_the_caption():
     cap = np.frombuffer(b"red apple", np.uint8).astype(np.int64)
     filler = np.frombuffer(b"Now is the winter of our discontent" * 3, np.uint8).astype(np.int64)
-    ps = LP.prompts(cap, filler, 60)
+    wrong = np.frombuffer(b"green pear!", np.uint8).astype(np.int64)
+    ps = LP.prompts(cap, filler, 60, wrong)
     assert {k: len(v) for k, v in ps.items()} == {"caption_far": 60, "caption_near": 60, "no_caption": 60,
-                                                   "caption_only": 9, "empty": 0}  # fmt: skip
+                                                   "caption_only": 9, "empty": 0, "wrong_far": 60,
+                                                   "wrong_near": 60, "wrong_only": 11}  # fmt: skip
     assert _b(ps["caption_far"]).startswith(b"red apple\n\nNow is") and b"red apple" not in _b(ps["no_caption"])
     assert _b(ps["caption_near"]).endswith(b"\n\nred apple")
     body = _b(ps["caption_far"])[len(b"red apple\n\n") :]
     assert _b(ps["caption_near"]).startswith(body)  # the same filler bytes in both
+    assert _b(ps["wrong_far"]).startswith(b"green pear!\n\nNow is") and _b(ps["wrong_near"]).endswith(b"\n\ngreen pear!")
+    assert _b(ps["wrong_only"]) == b"green pear!" and b"red apple" not in _b(ps["wrong_far"]) + _b(ps["wrong_near"])
 
 
 def test_scores_match_the_evaluator(shared_data, tmp_path):
@@ -57,6 +61,14 @@ def test_scores_match_the_evaluator(shared_data, tmp_path):
     assert res["tokens_scored_per_condition"] == n == len(source.val_items[:2]) * 4 * 4 * 3
     assert math.isclose(res["results"]["caption_only"], nats / n / math.log(2), abs_tol=1e-4)
     assert set(res["differences"]) == set(LP.DIFFERENCES) and res["opening_tokens"] == 16
+    assert res["log2_distinct_captions"] == round(math.log2(len({r["text"] for r in lines})), 2)
+    # the control caption is another item's, never the item's own; wrong_only is scored like caption_only
+    for row in res["per_item"]:
+        assert row["wrong_caption"] != row["caption"]
+        assert row["wrong_caption"] in {r["text"] for r in lines}
+    for k, (x, y) in LP.DIFFERENCES.items():  # bits per item: each item's difference times its target tokens
+        want = np.mean([(r[x] - r[y]) * r["target_tokens"] for r in res["per_item"]])
+        assert math.isclose(res["differences_bits_per_item"][k]["mean"], want, abs_tol=0.02)
     # caption_far rebuilt independently: the caption, a blank line, then the first item's filler (seed 0)
     i = int(source.val_items[0])
     ids = source.item(i)
@@ -67,3 +79,6 @@ def test_scores_match_the_evaluator(shared_data, tmp_path):
     a = 2 + len(prompt) + 5
     nats, n = score_item(model, seq, position_features(seq), (a, a + 4 * 4 * 3))
     assert math.isclose(res["per_item"][0]["caption_far"], nats / n / math.log(2), abs_tol=1e-4)
+    # --split train scores items seen in training, spread over the folder: the first and the last
+    seen = LP.run(model, source, filler, items=2, prompt_tokens=300, split="train", log=lambda m: None)
+    assert [r["file"] for r in seen["per_item"]] == [source.file(int(source.train_items[k])) for k in (0, -1)]
