@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,3 +54,25 @@ def test_recall_accuracy_matches_a_direct_computation():
     assert math.isclose(bits, want, rel_tol=1e-5)
     with pytest.raises(ValueError, match="raise --eval-context"):
         R.recall_accuracy(model, 300, 2, "cpu")
+
+
+CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "recall"
+
+
+def test_bundled_recall_checkpoint_recalls_a_caption_from_60000_tokens_away():
+    from perceiverar import load_checkpoint
+
+    model = load_checkpoint(CHECKPOINT).model.float().eval()
+    assert model.cfg.context_len == 65536
+    distance = 60000
+    acc, bits = R.recall_accuracy(model, distance, 3, "cpu", seed=99)
+    assert acc >= 0.95 and bits < 0.5, (acc, bits)
+    # And it is the caption that does it: replace it with another one and the recall follows the new caption,
+    # so it no longer matches the original one.
+    tokens, _ = R.recall_batch(3, distance, torch.Generator().manual_seed(99 + distance), "cpu")
+    other = torch.roll(tokens[:, : R.SLOTS], 1, dims=0)  # another row's caption
+    swapped = torch.cat([other, tokens[:, R.SLOTS :]], 1)
+    with torch.no_grad():
+        pred = model(swapped[:, :-1])[:, -R.SLOTS :].argmax(-1)
+    assert (pred == tokens[:, -R.SLOTS :]).float().mean() < 0.5
+    assert (pred == other).float().mean() > 0.9
