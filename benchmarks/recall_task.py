@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.copy_task import copy_config
+from benchmarks.copy_task import copy_config, train_synthetic
 from benchmarks.long_prompt import with_context
 from benchmarks.results_io import save_result
 from perceiverar import PerceiverAR, load_checkpoint, save_checkpoint
@@ -55,29 +55,10 @@ def sample_distance(context: int, generator: torch.Generator) -> int:
 
 
 def train_recall(cfg, steps: int, batch: int, lr: float, device, seed: int = 0, log_every: int = 50):
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = PerceiverAR(cfg).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-    )
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") else torch.autocast("cpu", enabled=False)
-    t0, history = time.time(), []
-    for step in range(steps):
-        tokens, mask = recall_batch(batch, sample_distance(cfg.context_len + 1, g), g, device)
-        with autocast:
-            loss = model.loss(tokens, loss_mask=mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % log_every == 0 or step == steps - 1:
-            history.append({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)})
-            print(f"  step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:7.1f}s", flush=True)
-    return model.eval(), history
+    def next_batch(g: torch.Generator):
+        return recall_batch(batch, sample_distance(cfg.context_len + 1, g), g, device)
+
+    return train_synthetic(cfg, steps, lr, device, next_batch, seed, log_every)
 
 
 @torch.no_grad()
