@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Copy task (issue 10): random sequences followed by their exact repeat. On a 2-core CPU, one core per run:
+# Copy task (issue 10): random sequences followed by their exact repeat. On a 2-core CPU:
 #   CONTEXTS="512 1024" STEPS=3000 bash recipes/copy.sh --n-latents 32 --width 64 --batch 32 --lr 3e-3 --rope-base 10000
-#   CONTEXTS=2048 STEPS=5000 bash recipes/copy.sh --n-latents 32 --width 64 --batch 32 --lr 3e-3 --rope-base 10000 \
-#       --save checkpoints/copy                                  # 100% copied, ~30 min (the bundled checkpoint)
-# 95.5% at 512, 98.8% at 1,024, 100% at 2,048. The loss sits at ln 256 = 5.55 (chance) until the look-back of
-# half the context is found; that plateau grows with the context: about 600 steps at 512, 900 at 1,024,
-# 1,500 at 2,048, and more than 6,000 at 4,096 (still at chance when those steps ran out, 70 min).
+#   CONTEXTS=4096 STEPS=6000 bash recipes/copy.sh --n-latents 32 --width 64 --batch 32 --lr 3e-3 --rope-base 10000 \
+#       --seed 1 --save checkpoints/copy                         # 100% copied, 23 min on 2 threads (the bundled checkpoint)
+# 95.5% at 512, 98.8% at 1,024, 100% at 2,048 (5,000 steps) and 4,096. The loss sits at ln 256 = 5.55 (chance)
+# until the look-back of half the context is found, and how long that takes varies a lot from run to run: at
+# 4,096, seed 1 left chance after about 1,100 steps and seed 0 was still there after 6,000. A run stuck at
+# 5.55 is worth restarting with another --seed.
 # A lower rotary base than the model default (500,000) gives more high frequencies, so the exact look-back is
 # easier to pin down: with the default base, 512 stalled at 48% after 2,000 steps.
-# 65,536 is a GPU run, and the plateau says it needs far more sequences than the CPU runs saw: start from
+# 65,536 is a GPU run; its plateau may be far longer than the CPU runs' (try more than one --seed). Start from
 #   CONTEXTS=65536 STEPS=20000 bash recipes/copy.sh --n-latents 1024 --width 256 --layers 6 --batch 16 --rope-base 10000
 # and watch the loss leave 5.55. (The official 131,072-token copy model used 1,024 latents, batch 4,096, crops of at
 # least 65,536 and absolute sinusoidal positions rather than rotary ones.)
