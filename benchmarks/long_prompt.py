@@ -78,10 +78,12 @@ def caption_of(source, i: int) -> np.ndarray:
     return np.asarray(source.ids[off + 2 : off + 2 + plen], dtype=np.int64)
 
 
-def wrong_captions(source, picked: np.ndarray, seed: int = 1) -> list[np.ndarray]:
-    """For each picked item, the caption of a random item of the folder whose caption differs from its own."""
+def wrong_captions(source, captions: list[np.ndarray], picked: np.ndarray, seed: int = 1) -> list[np.ndarray]:
+    """For each picked item, the caption of a random item of the folder whose caption differs from its own.
+
+    ``captions``: every item's caption, in the folder's order.
+    """
     rng = np.random.default_rng(seed)
-    captions = [caption_of(source, j) for j in range(len(source))]
     out = []
     for i in picked:
         others = [c for c in captions if not np.array_equal(c, captions[int(i)])]
@@ -148,7 +150,9 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split:
     else:  # evenly spaced, so the items are not all of one kind (the folder is sorted)
         pool = source.train_items
         picked = pool[np.linspace(0, len(pool) - 1, min(items, len(pool))).astype(np.int64)]
-    wrongs = wrong_captions(source, picked)
+    captions = [caption_of(source, j) for j in range(len(source))]  # read once: the controls and the bound
+    wrongs = wrong_captions(source, captions, picked)
+    text = lambda c: bytes(c.astype(np.uint8)).decode("utf-8", "replace")  # noqa: E731
     N = model.cfg.n_latents
     acc = {c: [0.0, 0] for c in CONDITIONS}
     opening = {c: [0.0, 0] for c in CONDITIONS}  # the first N target tokens, before the pixels reveal much
@@ -165,7 +169,6 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split:
         if n_target < 1:
             raise SystemExit(f"long_prompt: error: a {prompt_tokens:,}-token prompt leaves no room for the target in "
                              f"the model's context of {model.cfg.context_len:,}; lower --prompt-tokens")  # fmt: skip
-        text = lambda c: bytes(c.astype(np.uint8)).decode("utf-8", "replace")  # noqa: E731
         row = {"file": source.file(i), "caption": text(caption), "wrong_caption": text(wrongs[n]),
                "target_tokens": n_target}  # fmt: skip
         for c in CONDITIONS:
@@ -195,7 +198,7 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split:
         "opening_tokens": N,
         "differences": {k: paired(per_item, x, y) for k, (x, y) in DIFFERENCES.items()},
         "differences_bits_per_item": {k: paired(per_item, f"{x}_bits", f"{y}_bits", 2) for k, (x, y) in DIFFERENCES.items()},
-        "log2_distinct_captions": round(math.log2(len({caption_of(source, j).tobytes() for j in range(len(source))})), 2),
+        "log2_distinct_captions": round(math.log2(len({c.tobytes() for c in captions})), 2),
         "opening_differences": {k: paired(per_item, f"{x}_opening", f"{y}_opening") for k, (x, y) in DIFFERENCES.items()},
         "tokens_scored_per_condition": acc["caption_far"][1],
         "seconds": {c: round(s, 1) for c, s in seconds.items()},
