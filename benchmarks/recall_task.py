@@ -30,7 +30,7 @@ import torch
 from benchmarks.copy_task import copy_config, train_synthetic
 from benchmarks.long_prompt import with_context
 from benchmarks.results_io import save_result
-from perceiverar import PerceiverAR, load_checkpoint, save_checkpoint
+from perceiverar import CheckpointError, PerceiverAR, load_checkpoint, save_checkpoint
 
 SLOTS, ALPHABET = 8, 16  # caption symbols: slot i uses ids i*16 .. i*16+15
 FILLER_LO, MARKER = SLOTS * ALPHABET, 255  # filler: ids 128..254; the marker 255 announces the recall
@@ -97,7 +97,10 @@ def main(argv=None) -> None:
     device = torch.device(a.device)
     record: dict = {"task": "recall", "slots": SLOTS, "alphabet": ALPHABET}
     if a.checkpoint is not None:
-        ck = load_checkpoint(a.checkpoint, device=device)
+        try:
+            ck = load_checkpoint(a.checkpoint, device=device)
+        except CheckpointError as e:
+            raise SystemExit(f"recall_task: error: {e}") from None
         if (ck.tokenizer or {}).get("task") != "recall":
             raise SystemExit(f"recall_task: error: {a.checkpoint} is not a recall-task checkpoint")
         model, record["checkpoint"] = ck.model.float().eval(), str(a.checkpoint)
@@ -118,6 +121,10 @@ def main(argv=None) -> None:
     model = with_context(model.cpu(), L).to(device)
     hi = L - 2 * SLOTS - 1
     distances = a.distances or sorted({d for d in (0, 16, 256, 1024, 4096, 16384, 32768, 60000, hi) if d <= hi})
+    bad = [d for d in distances if not 0 <= d <= hi]
+    if bad:
+        raise SystemExit(f"recall_task: error: distances {bad} are outside 0..{hi:,}, the most a context of {L:,} "
+                         "holds; pass smaller --distances or a larger --eval-context")  # fmt: skip
     rows = []
     for d in distances:
         t0 = time.time()

@@ -76,3 +76,13 @@ def test_bundled_recall_checkpoint_recalls_a_caption_from_60000_tokens_away():
         pred = model(swapped[:, :-1])[:, -R.SLOTS :].argmax(-1)
     assert (pred == tokens[:, -R.SLOTS :]).float().mean() < 0.5
     assert (pred == other).float().mean() > 0.9
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        R.main(["--checkpoint", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="not a recall-task checkpoint"):
+        R.main(["--checkpoint", str(CHECKPOINT.parent / "copy")])
+    with pytest.raises(SystemExit, match=r"distances \[70000\] are outside 0..65,519"):
+        R.main(["--checkpoint", str(CHECKPOINT), "--distances", "70000", "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()  # nothing written for a refused run
