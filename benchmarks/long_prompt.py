@@ -19,6 +19,13 @@ tokens): a caption holds a few bits, at most log2 of the number of distinct capt
 of pixels its worth per dim is necessarily tiny; per item it can be set against that bound
 (``log2_distinct_captions``).
 
+``--swap OLD=NEW`` (repeatable) makes the control sharper: the wrong caption is the item's own with one
+phrase swapped (the first pair, in order, whose OLD stands in the caption as a whole phrase), and only items
+with such a phrase are scored. Everything else about the prompt stays the same, so ``wrong_far - caption_far``
+is then what that one phrase is worth from far away, e.g. the skin tone of an emoji:
+
+    python -m benchmarks.long_prompt ... --swap "light skin tone=dark skin tone" --swap "dark skin tone=light skin tone"
+
 The filler is held-out text (the validation plays of a text folder such as ``../shared/data/shakespeare``),
 the same bytes for the three long prompts of an item. A model that uses its whole context scores
 ``caption_far`` close to ``caption_near`` and below ``no_caption`` and ``wrong_far``.
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,6 +84,23 @@ def caption_of(source, i: int) -> np.ndarray:
     """The prompt (caption) ids of item ``i`` (read alone, without the rest of the item)."""
     off, _, plen = (int(x) for x in source.index[int(i), :3])
     return np.asarray(source.ids[off + 2 : off + 2 + plen], dtype=np.int64)
+
+
+def swap_phrase(caption: str, swaps: list[tuple[str, str]]) -> str | None:
+    """``caption`` with the first pair's OLD (standing as a whole phrase) replaced by NEW; None if none stands in it."""
+    for old, new in swaps:
+        pattern = r"(?<![\w-])" + re.escape(old) + r"(?![\w-])"  # 'dark skin tone' is not in 'medium-dark skin tone'
+        if re.search(pattern, caption):
+            return re.sub(pattern, lambda _: new, caption)
+    return None
+
+
+def parse_swap(arg: str) -> tuple[str, str]:
+    """'OLD=NEW' -> (OLD, NEW), both non-empty and different."""
+    old, sep, new = arg.partition("=")
+    if not sep or not old or not new or old == new:
+        raise argparse.ArgumentTypeError(f"--swap {arg!r}: write it as OLD=NEW, two different non-empty phrases")
+    return old, new
 
 
 def wrong_captions(source, captions: list[np.ndarray], picked: np.ndarray, seed: int = 1) -> list[np.ndarray]:
@@ -137,22 +162,32 @@ def with_context(model: PerceiverAR, context_len: int) -> PerceiverAR:
     return out.eval()
 
 
-def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split: str = "val", device="cpu", log=print) -> dict:
+def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split: str = "val", device="cpu",
+        swaps: list[tuple[str, str]] | None = None, log=print) -> dict:
     """Per-condition bits (per dim or per token) over the first ``items`` items of ``split``, and timings.
 
     ``split`` 'val' scores held-out items (unseen captions: does the caption generalize *and* reach far?);
     'train' scores items seen in training, spread over the folder (can a caption the model knows steer from far?).
+    ``swaps``: the wrong caption is the item's own with a phrase swapped (see the module docstring).
     """
     metric = METRIC[source.modality]
     rng = np.random.default_rng(0)
-    if split == "val" and len(source.val_items):
-        picked = source.val_items[:items]
-    else:  # evenly spaced, so the items are not all of one kind (the folder is sorted)
-        pool = source.train_items
-        picked = pool[np.linspace(0, len(pool) - 1, min(items, len(pool))).astype(np.int64)]
-    captions = [caption_of(source, j) for j in range(len(source))]  # read once: the controls and the bound
-    wrongs = wrong_captions(source, captions, picked)
     text = lambda c: bytes(c.astype(np.uint8)).decode("utf-8", "replace")  # noqa: E731
+    captions = [caption_of(source, j) for j in range(len(source))]  # read once: the controls and the bound
+    pool = source.val_items if split == "val" and len(source.val_items) else source.train_items
+    if swaps:
+        pool = pool[[swap_phrase(text(captions[int(j)]), swaps) is not None for j in pool]]
+        if not len(pool):
+            raise DatasetError(f"no {split} item's caption holds any --swap phrase ({', '.join(o for o, _ in swaps)})")
+    if split == "val" and len(source.val_items):
+        picked = pool[:items]
+    else:  # evenly spaced, so the items are not all of one kind (the folder is sorted)
+        picked = pool[np.linspace(0, len(pool) - 1, min(items, len(pool))).astype(np.int64)]
+    if swaps:
+        wrongs = [np.frombuffer(swap_phrase(text(captions[int(i)]), swaps).encode(), np.uint8).astype(np.int64)
+                  for i in picked]  # fmt: skip
+    else:
+        wrongs = wrong_captions(source, captions, picked)
     N = model.cfg.n_latents
     acc = {c: [0.0, 0] for c in CONDITIONS}
     opening = {c: [0.0, 0] for c in CONDITIONS}  # the first N target tokens, before the pixels reveal much
@@ -215,6 +250,9 @@ def main(argv=None) -> dict:
     p.add_argument("--items", type=int, default=16, help="items to score")
     p.add_argument("--split", choices=("val", "train"), default="val",
                    help="score held-out items (default) or items seen in training, spread over the folder")
+    p.add_argument("--swap", type=parse_swap, action="append", default=None, metavar="OLD=NEW",
+                   help="the wrong caption is the item's own with OLD swapped for NEW (repeatable; the first that "
+                        "fits is used; only items with one are scored)")  # fmt: skip
     p.add_argument("--context-len", type=int, default=None, help="run the weights at this context length")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -234,10 +272,14 @@ def main(argv=None) -> dict:
     except (DatasetError, ValueError, RuntimeError) as e:
         raise SystemExit(f"long_prompt: error: {e}") from None
     model = with_context(ckpt.model.float(), args.context_len or ckpt.config.context_len).to(args.device)
-    res = run(model, source, filler, items=args.items, prompt_tokens=args.prompt_tokens, split=args.split, device=args.device)
+    try:
+        res = run(model, source, filler, items=args.items, prompt_tokens=args.prompt_tokens, split=args.split,
+                  device=args.device, swaps=args.swap)  # fmt: skip
+    except DatasetError as e:
+        raise SystemExit(f"long_prompt: error: {e}") from None
     r = res["results"]
     print(f"{res['metric']} over {res['tokens_scored_per_condition']:,} target tokens per condition "
-          f"({args.items} {'held-out' if args.split == 'val' else 'training'} items, {args.prompt_tokens:,}-token prompts):")  # fmt: skip
+          f"({len(res['per_item'])} {'held-out' if args.split == 'val' else 'training'} items, {args.prompt_tokens:,}-token prompts):")  # fmt: skip
     for c in CONDITIONS:
         print(f"  {c:13s} {r[c]:.4f}   (first {res['opening_tokens']} target tokens: {res['opening_results'][c]:.4f})")
     print(f"paired differences, {res['metric']} and bits per item (log2 of the distinct captions: "
@@ -248,7 +290,8 @@ def main(argv=None) -> dict:
               f"   (first tokens: {o['mean']:+.4f} +- {o['stderr']:.4f})")
     fields = {"checkpoint": str(args.checkpoint), "trained_context_len": ckpt.config.context_len,
               "context_len": model.cfg.context_len, "n_latents": model.cfg.n_latents, "data": args.data,
-              "filler": args.filler, "prompt_tokens": args.prompt_tokens, "items": args.items, "split": args.split, **res}  # fmt: skip
+              "filler": args.filler, "prompt_tokens": args.prompt_tokens, "items": args.items, "split": args.split,
+              "swaps": [f"{o}={n}" for o, n in args.swap or []], **res}  # fmt: skip
     tag = args.tag or Path(args.checkpoint).resolve().name
     save_result("long_prompt", args.device, fields, out=Path(args.out) if args.out else None, tag=tag)
     return fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -34,6 +35,22 @@ def test_prompts_place_the_caption():
     assert _b(ps["caption_near"]).startswith(body)  # the same filler bytes in both
     assert _b(ps["wrong_far"]).startswith(b"green pear!\n\nNow is") and _b(ps["wrong_near"]).endswith(b"\n\ngreen pear!")
     assert _b(ps["wrong_only"]) == b"green pear!" and b"red apple" not in _b(ps["wrong_far"]) + _b(ps["wrong_near"])
+
+
+def test_swap_phrase_swaps_whole_phrases_only():
+    swaps = [LP.parse_swap("medium-dark skin tone=light skin tone"), LP.parse_swap("dark skin tone=light skin tone")]
+    assert LP.swap_phrase("thumbs up: dark skin tone; people", swaps) == "thumbs up: light skin tone; people"
+    assert LP.swap_phrase("thumbs up: medium-dark skin tone; x", swaps) == "thumbs up: light skin tone; x"
+    assert LP.swap_phrase("thumbs up: medium-dark skin tone; x", swaps[1:]) is None  # not a whole phrase there
+    assert LP.swap_phrase("red apple; food", swaps) is None
+    assert LP.swap_phrase("dark skin tone, dark skin tone", swaps[1:]) == "light skin tone, light skin tone"
+    for bad in ("dark", "=light", "dark=", "dark=dark"):
+        try:
+            LP.parse_swap(bad)
+        except argparse.ArgumentTypeError as e:
+            assert "OLD=NEW" in str(e)
+        else:
+            raise AssertionError(f"--swap {bad!r} was accepted")
 
 
 def test_scores_match_the_evaluator(shared_data, tmp_path):
@@ -82,3 +99,16 @@ def test_scores_match_the_evaluator(shared_data, tmp_path):
     # --split train scores items seen in training, spread over the folder: the first and the last
     seen = LP.run(model, source, filler, items=2, prompt_tokens=300, split="train", log=lambda m: None)
     assert [r["file"] for r in seen["per_item"]] == [source.file(int(source.train_items[k])) for k in (0, -1)]
+    # --swap: the control is the item's own caption with the phrase swapped; only items holding one are scored
+    swaps = [("hash key", "heart key"), ("keycap: *", "keycap: 9")]
+    sw = LP.run(model, source, filler, items=6, prompt_tokens=300, split="train", swaps=swaps, log=lambda m: None)
+    assert sw["per_item"], "no item was scored"
+    for row in sw["per_item"]:
+        assert row["caption"].startswith(("hash key", "keycap: *"))
+        assert row["wrong_caption"] == LP.swap_phrase(row["caption"], swaps) != row["caption"]
+    try:
+        LP.run(model, source, filler, items=2, prompt_tokens=300, swaps=[("purple cow", "red cow")], log=lambda m: None)
+    except D.DatasetError as e:
+        assert "purple cow" in str(e)
+    else:
+        raise AssertionError("a --swap phrase no caption holds was accepted")
