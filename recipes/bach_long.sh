@@ -2,7 +2,7 @@
 # checkpoints/bach, stage 2 (after recipes/bach.sh): captions that steer from far away. Fine-tunes stage 1
 # (runs/bach/best, keeping its audio codebook) at a 65,536-token context; in half of the batches the caption
 # is buried at the start, middle or end of up to ~64,000 bytes of Shakespeare (perceiverar-train --filler).
-# Measure with benchmarks/long_prompt.py. About 20 min on one core of a 2-core CPU; on a GPU raise STEPS.
+# Measure with recipes/caption_probe.sh (benchmarks/long_prompt.py). About 20 min on one core of a 2-core CPU; on a GPU raise STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/bach}

@@ -3,7 +3,7 @@
 # (runs/emoji/best) at a 65,536-token context; in half of the batches the caption is buried at the start,
 # middle or end of up to ~62,000 bytes of Shakespeare (perceiverar-train --filler), so a caption at the start
 # of a long prompt still steers the image. The captions now also name the set's style ("...; google style"),
-# which the name alone leaves open. Measure with benchmarks/long_prompt.py. About an hour on one core of a
+# which the name alone leaves open. Measure with recipes/caption_probe.sh (benchmarks/long_prompt.py). About an hour on one core of a
 # 2-core CPU; on a GPU raise STEPS and --batch-size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
