@@ -176,7 +176,8 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split:
     captions = [caption_of(source, j) for j in range(len(source))]  # read once: the controls and the bound
     pool = source.val_items if split == "val" and len(source.val_items) else source.train_items
     if swaps:
-        pool = pool[[swap_phrase(text(captions[int(j)]), swaps) is not None for j in pool]]
+        swapped = {int(j): swap_phrase(text(captions[int(j)]), swaps) for j in pool}  # None: no phrase to swap
+        pool = pool[[swapped[int(j)] is not None for j in pool]]
         if not len(pool):
             raise DatasetError(f"no {split} item's caption holds any --swap phrase ({', '.join(o for o, _ in swaps)})")
     if split == "val" and len(source.val_items):
@@ -184,8 +185,7 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split:
     else:  # evenly spaced, so the items are not all of one kind (the folder is sorted)
         picked = pool[np.linspace(0, len(pool) - 1, min(items, len(pool))).astype(np.int64)]
     if swaps:
-        wrongs = [np.frombuffer(swap_phrase(text(captions[int(i)]), swaps).encode(), np.uint8).astype(np.int64)
-                  for i in picked]  # fmt: skip
+        wrongs = [np.frombuffer(swapped[int(i)].encode(), np.uint8).astype(np.int64) for i in picked]
     else:
         wrongs = wrong_captions(source, captions, picked)
     N = model.cfg.n_latents
