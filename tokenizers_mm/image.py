@@ -1,7 +1,14 @@
-"""Images as raw RGB sub-pixels: ids 256 + value in raster order (row, column, then R, G, B).
+"""Images as tokens in raster order, in one of two modes (``tokenizers_mm.vocab.IMAGE_MODES``):
 
-Lossless by construction: a 32x32 image is 3,072 tokens, a 64x64 image 12,288. Inputs are normalised before
-tokenizing:
+- ``"subpixel"`` (default): raw RGB sub-pixels, ids 256 + value (row, column, then R, G, B). Lossless: a 32x32
+  image is 3,072 tokens.
+- ``"palette"``: one colour token per pixel, id 256 + index of the nearest colour of a palette of up to 256
+  colours (Image GPT's colour tokens). A third of the tokens, so three times the images per unit of compute,
+  and the model predicts a colour instead of doing colour arithmetic across three tokens; the palette's own
+  error is the price (PSNR of the quantised image, see ``benchmarks/palette.py``). The palette is fitted by
+  k-means on the training images (:func:`fit_palette`) and saved with the checkpoint's tokenizer config.
+
+Inputs are normalised before tokenizing:
 
 - mode: RGBA / LA / P-with-transparency are alpha-composited onto white; L, P, CMYK, I, F, ... are converted
   to RGB by Pillow.
@@ -21,7 +28,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tokenizers_mm.errors import TokenizerError
-from tokenizers_mm.vocab import MAX_IMAGE_SIDE, PIXEL_OFFSET, PIXEL_SIZE, check_in_range
+from tokenizers_mm.vocab import (
+    IMAGE_MODES, MAX_IMAGE_SIDE, PIXEL_OFFSET, PIXEL_SIZE, check_image_mode, check_in_range, image_section_begin,
+)  # fmt: skip
 
 RESIZE_POLICIES = ("fit", "crop", "stretch")
 WHITE = (255, 255, 255)
@@ -45,20 +54,78 @@ def to_rgb(img: Image.Image, background=WHITE) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_palette(palette) -> np.ndarray:
+    """A palette as a (K, 3) uint8 array, 1 <= K <= 256, or a TokenizerError saying what is wrong."""
+    try:
+        a = np.asarray(palette)
+    except (TypeError, ValueError) as e:
+        raise TokenizerError(f"palette is not an array of RGB colours: {e}") from None
+    if a.ndim != 2 or a.shape[1] != 3 or not 1 <= a.shape[0] <= PIXEL_SIZE:
+        raise TokenizerError(f"palette must be K x 3 RGB colours with 1 <= K <= {PIXEL_SIZE}, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() > 255:
+        raise TokenizerError("palette colours must be integers in 0..255")
+    return a.astype(np.uint8)
+
+
+def cube_palette() -> np.ndarray:
+    """A fixed 256-colour palette: the 6x6x6 RGB cube plus 40 greys (no fitting, no data needed)."""
+    lv = np.round(np.linspace(0, 255, 6)).astype(np.uint8)
+    cube = np.stack(np.meshgrid(lv, lv, lv, indexing="ij"), -1).reshape(-1, 3)  # (216, 3)
+    greys = np.round(np.linspace(0, 255, 42)[1:-1]).astype(np.uint8)  # 40 greys between black and white
+    return np.concatenate([cube, np.repeat(greys[:, None], 3, 1)])
+
+
+def fit_palette(images, k: int = PIXEL_SIZE, *, max_pixels: int = 400_000, seed: int = 0) -> np.ndarray:
+    """k-means palette (k, 3) uint8 of an iterable of (H, W, 3) uint8 arrays (pixels subsampled to ``max_pixels``).
+
+    Sorted by luminance so that nearby ids are similar colours (it only eases reading a dump of ids)."""
+    import torch
+
+    from tokenizers_mm.kmeans import kmeans
+
+    px = np.concatenate([np.asarray(a, dtype=np.uint8).reshape(-1, 3) for a in images])  # (P, 3)
+    if px.shape[0] < k:
+        raise TokenizerError(f"a {k}-colour palette needs at least {k} pixels, got {px.shape[0]}")
+    rng = np.random.default_rng(seed)
+    if px.shape[0] > max_pixels:
+        px = px[rng.choice(px.shape[0], max_pixels, replace=False)]
+    c = kmeans(torch.from_numpy(px.astype(np.float32)), k, iters=20, seed=seed).numpy()
+    c = np.clip(np.round(c), 0, 255).astype(np.uint8)
+    return c[np.argsort(c.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32), kind="stable")]
+
+
 class ImageTokenizer:
     MAX_SIDE = MAX_IMAGE_SIDE
 
-    def __init__(self, height: int = 32, width: int = 32, resize: str = "fit"):
+    def __init__(self, height: int = 32, width: int = 32, resize: str = "fit", *, mode: str = "subpixel", palette=None):
         for name, v in (("height", height), ("width", width)):
             if not 1 <= int(v) <= self.MAX_SIDE:
                 raise TokenizerError(f"image {name}={v} must be in 1..{self.MAX_SIDE}")
         if resize not in RESIZE_POLICIES:
             raise TokenizerError(f"resize={resize!r}; expected one of {RESIZE_POLICIES}")
         self.height, self.width, self.resize = int(height), int(width), resize
+        self.mode = check_image_mode(mode)
+        self.palette: np.ndarray | None = None  # (K, 3) uint8 in palette mode
+        if self.mode == "palette":
+            if palette is None:
+                raise TokenizerError("palette mode needs a palette (fit_palette(...) or cube_palette())")
+            self.palette = check_palette(palette)
+        elif palette is not None:
+            raise TokenizerError("a palette is only used in palette mode (mode='palette')")
+
+    @property
+    def channels(self) -> int:
+        """Tokens per pixel: 3 sub-pixels, or 1 colour token."""
+        return IMAGE_MODES[self.mode][1]
 
     @property
     def n_tokens(self) -> int:
-        return self.height * self.width * 3
+        return self.height * self.width * self.channels
+
+    @property
+    def section_begin(self) -> int:
+        """The id that opens this layout's image section (IMAGE_BEGIN or PALETTE_BEGIN)."""
+        return image_section_begin(self.mode)
 
     def check_fits(self, context_len: int, prompt_len: int = 0) -> None:
         """Raise if a full image sequence (markers + header + pixels + ``prompt_len`` bytes) exceeds context."""
@@ -70,11 +137,16 @@ class ImageTokenizer:
             )
 
     def to_dict(self) -> dict:
-        return {"height": self.height, "width": self.width, "resize": self.resize}
+        d = {"height": self.height, "width": self.width, "resize": self.resize, "mode": self.mode}
+        if self.palette is not None:
+            d["palette"] = self.palette.tolist()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ImageTokenizer":
-        return cls(d["height"], d["width"], d.get("resize", "fit"))
+        if not isinstance(d, dict) or "height" not in d or "width" not in d:
+            raise TokenizerError(f"an image tokenizer config needs height and width, got {d!r:.200}")
+        return cls(d["height"], d["width"], d.get("resize", "fit"), mode=d.get("mode", "subpixel"), palette=d.get("palette"))
 
     # ------------------------------------------------------------------------------------------- encoding
 
@@ -124,21 +196,36 @@ class ImageTokenizer:
         """The RGB height x width image that ``encode`` tokenizes (what a lossless round trip returns)."""
         return self._resize(to_rgb(self._open(src)))
 
+    def quantize(self, rgb: np.ndarray) -> np.ndarray:
+        """(..., 3) uint8 colours -> (...) int64 index of the nearest palette colour (squared RGB distance)."""
+        x = np.asarray(rgb, dtype=np.int32)[..., None, :]  # (..., 1, 3)
+        d = ((x - self.palette.astype(np.int32)) ** 2).sum(-1)  # (..., K)
+        return d.argmin(-1).astype(np.int64)
+
     def encode(self, src) -> list[int]:
-        """PIL image, file path or uint8 array -> height*width*3 pixel ids (256 + value)."""
-        a = np.asarray(self.preprocess(src), dtype=np.int64)  # (H, W, 3)
-        return (a.reshape(-1) + PIXEL_OFFSET).tolist()
+        """PIL image, file path or uint8 array -> pixel ids: h*w*3 sub-pixels (256 + value) or h*w colours."""
+        a = np.asarray(self.preprocess(src), dtype=np.uint8)  # (H, W, 3)
+        if self.mode == "palette":
+            return (self.quantize(a).reshape(-1) + PIXEL_OFFSET).tolist()
+        return (a.reshape(-1).astype(np.int64) + PIXEL_OFFSET).tolist()
 
     # ------------------------------------------------------------------------------------------- decoding
 
     def decode(self, ids, partial_ok: bool = True, background=WHITE) -> Image.Image:
-        """Pixel ids -> RGB image. A partial sequence gives the sub-pixels so far; the rest is ``background``."""
-        arr = check_in_range(ids, PIXEL_OFFSET, PIXEL_OFFSET + PIXEL_SIZE, "a pixel id")
+        """Pixel ids -> RGB image. A partial sequence gives the pixels so far; the rest is ``background``."""
+        size = PIXEL_SIZE if self.palette is None else len(self.palette)
+        arr = check_in_range(ids, PIXEL_OFFSET, PIXEL_OFFSET + size, "a pixel id" if self.palette is None else "a colour id")
         n = self.n_tokens
+        shape = f"{self.height}x{self.width}x{self.channels}"
         if arr.size > n:
-            raise TokenizerError(f"{arr.size} pixel ids is more than a {self.height}x{self.width}x3 image ({n})")
+            raise TokenizerError(f"{arr.size} pixel ids is more than a {shape} image ({n})")
         if arr.size < n and not partial_ok:
-            raise TokenizerError(f"{arr.size} pixel ids, expected {n} for {self.height}x{self.width}x3")
+            raise TokenizerError(f"{arr.size} pixel ids, expected {n} for {shape}")
+        if self.palette is not None:
+            rgb = np.empty((n, 3), dtype=np.uint8)
+            rgb[:] = np.asarray(background, dtype=np.uint8)
+            rgb[: arr.size] = self.palette[arr - PIXEL_OFFSET]
+            return Image.fromarray(rgb.reshape(self.height, self.width, 3), "RGB")
         flat = np.empty(n, dtype=np.uint8)
         flat[:] = np.tile(np.asarray(background, dtype=np.uint8), n // 3)
         flat[: arr.size] = arr - PIXEL_OFFSET

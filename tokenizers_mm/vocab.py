@@ -7,13 +7,15 @@ Id ranges (half-open)::
     audio  512 .. 4608   audio codebook index c -> 512 + c   (AUDIO_CODES = 4096 at most)
     num   4608 .. 5632   header number k -> 4608 + k         (image h/w, audio length digits)
     special 5632 ..      PAD BOS EOS TEXT_BEGIN TEXT_END IMAGE_BEGIN IMAGE_END AUDIO_BEGIN AUDIO_END SEP
-                         (5642..5647 reserved); VOCAB_SIZE = 5696 (5648 used, padded to a multiple of 64
+                         PALETTE_BEGIN (5643..5647 reserved); VOCAB_SIZE = 5696 (5648 used, padded to a multiple of 64
                          so the embedding / output matmuls tile evenly)
 
 Sequence layout (built only by :func:`build_sequence`, parsed only by :func:`split_sequence`)::
 
     image: [BOS] [TEXT_BEGIN] prompt-bytes [TEXT_END] [SEP] [IMAGE_BEGIN] [NUM h] [NUM w]
            pixels (h*w*3, raster order: row, col, R, G, B) [IMAGE_END] [EOS]
+    image, palette mode: the same with [PALETTE_BEGIN] for [IMAGE_BEGIN] and h*w colour ids (raster order,
+           one per pixel: id 256 + index into the checkpoint's palette of up to 256 colours)
     audio: [BOS] [TEXT_BEGIN] prompt-bytes [TEXT_END] [SEP] [AUDIO_BEGIN] [NUM n//1024] [NUM n%1024]
            codes (n) [AUDIO_END] [EOS]
     text:  [BOS] [TEXT_BEGIN] text-bytes [TEXT_END] [EOS]      (a continuation: the generation prompt is
@@ -27,6 +29,7 @@ value 0 meaning "none", each below ``FEATURE_SIZES``:
 
     pixel token inside an image section   (row + 1, col + 1, channel + 1)   from the header h, w and the
                                           token's index in the section; 1..256, 1..256, 1..3
+    colour token inside a palette section (row + 1, col + 1, 4)             one token per pixel
     audio code inside an audio section    (0, 0, band + 1) where band = index % AUDIO_FREQ_BANDS is the
                                           frequency patch of the code (AUDIO_FREQ_BANDS = 1 today: one code
                                           covers all 80 mel bins of a frame, so every code gets (0, 0, 1))
@@ -64,7 +67,8 @@ IMAGE_END = 5638
 AUDIO_BEGIN = 5639
 AUDIO_END = 5640
 SEP = 5641
-N_SPECIAL = 16  # 5632..5647; 5642..5647 reserved
+PALETTE_BEGIN = 5642  # an image section of colour tokens (one per pixel) instead of sub-pixels
+N_SPECIAL = 16  # 5632..5647; 5643..5647 reserved
 VOCAB_SIZE = 5696  # 5648 used, padded to a multiple of 64 for efficient matmuls
 
 N_FEATURES = 3
@@ -77,7 +81,7 @@ MAX_AUDIO_TOKENS = NUM_VALUES**2 - 1
 SPECIAL_NAMES = {
     PAD: "PAD", BOS: "BOS", EOS: "EOS", TEXT_BEGIN: "TEXT_BEGIN", TEXT_END: "TEXT_END",
     IMAGE_BEGIN: "IMAGE_BEGIN", IMAGE_END: "IMAGE_END", AUDIO_BEGIN: "AUDIO_BEGIN", AUDIO_END: "AUDIO_END",
-    SEP: "SEP",
+    SEP: "SEP", PALETTE_BEGIN: "PALETTE_BEGIN",
 }  # fmt: skip
 
 _RANGES = {
@@ -90,6 +94,26 @@ _RANGES = {
 _BEGIN = {"image": IMAGE_BEGIN, "audio": AUDIO_BEGIN}
 _END = {"image": IMAGE_END, "audio": AUDIO_END, "text": TEXT_END}
 MODALITIES = ("text", "image", "audio")
+# Image section layouts: mode -> (section-begin id, tokens per pixel). Both end with IMAGE_END and use the
+# pixel id range: a sub-pixel value v or a palette index c is id 256 + v / 256 + c.
+IMAGE_MODES = {"subpixel": (IMAGE_BEGIN, 3), "palette": (PALETTE_BEGIN, 1)}
+PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
+
+
+def check_image_mode(mode: str) -> str:
+    if mode not in IMAGE_MODES:
+        raise TokenizerError(f"unknown image mode {mode!r}; expected one of {sorted(IMAGE_MODES)}")
+    return mode
+
+
+def image_section_begin(mode: str = "subpixel") -> int:
+    """The id that opens an image section of this layout."""
+    return IMAGE_MODES[check_image_mode(mode)][0]
+
+
+def image_tokens(height: int, width: int, mode: str = "subpixel") -> int:
+    """Content ids of an h x w image section: h*w*3 sub-pixels or h*w colour tokens."""
+    return int(height) * int(width) * IMAGE_MODES[check_image_mode(mode)][1]
 
 
 def allowed_range(modality: str) -> tuple[int, int]:
@@ -148,19 +172,7 @@ class Vocabulary:
     AUDIO_BEGIN: int = AUDIO_BEGIN
     AUDIO_END: int = AUDIO_END
     SEP: int = SEP
-
-    # Upper-case aliases so `vocab.VOCAB_SIZE` etc. read like the module constants.
-    @property
-    def VOCAB_SIZE(self) -> int:  # noqa: N802
-        return self.size
-
-    @property
-    def FEATURE_SIZES(self) -> tuple[int, ...]:  # noqa: N802
-        return tuple(self.feature_sizes)
-
-    @property
-    def N_FEATURES(self) -> int:  # noqa: N802
-        return self.n_features
+    PALETTE_BEGIN: int = PALETTE_BEGIN
 
     def range(self, modality: str) -> tuple[int, int]:
         return allowed_range(modality)
@@ -247,11 +259,14 @@ def build_sequence(
     width: int | None = None,
     n_audio_tokens: int | None = None,
     complete: bool = True,
+    image_mode: str = "subpixel",
 ) -> list[int]:
     """The one function that lays out a sequence (see the module docstring for the layout).
 
     prompt: str (UTF-8 encoded here), raw bytes, or text ids 0..255; None or "" is the unconditional prompt.
     target: the modality's content ids (pixel ids 256..511, audio ids 512..4607, text byte ids 0..255).
+    image_mode: "subpixel" (h*w*3 sub-pixel ids after [IMAGE_BEGIN]) or "palette" (h*w colour ids after
+    [PALETTE_BEGIN]).
     complete=False returns the generation prefix: everything up to and including the header, then the given
     (possibly partial) target, with no end markers. For audio, n_audio_tokens defaults to len(target) when
     complete; for text, the target bytes simply follow the prompt bytes.
@@ -265,9 +280,11 @@ def build_sequence(
         seq = [BOS, TEXT_BEGIN, *p, *tgt]
         return seq + [TEXT_END, EOS] if complete else seq
 
+    begin = _BEGIN.get(modality)
     if modality == "image":
         header = image_header(height, width)
-        expected = int(height) * int(width) * 3
+        expected = image_tokens(height, width, image_mode)
+        begin = image_section_begin(image_mode)
     else:
         if n_audio_tokens is None:
             if not complete:
@@ -276,11 +293,11 @@ def build_sequence(
         header = audio_header(n_audio_tokens)
         expected = int(n_audio_tokens)
     if complete and len(tgt) != expected:
-        what = f"{height}x{width}x3" if modality == "image" else "n_audio_tokens"
+        what = f"{height}x{width}x{IMAGE_MODES[image_mode][1]}" if modality == "image" else "n_audio_tokens"
         raise TokenizerError(f"{modality} target has {len(tgt)} ids but the header says {expected} ({what})")
     if not complete and len(tgt) > expected:
         raise TokenizerError(f"partial {modality} target has {len(tgt)} ids, more than the {expected} declared")
-    seq = [BOS, TEXT_BEGIN, *p, TEXT_END, SEP, _BEGIN[modality], *header, *tgt]
+    seq = [BOS, TEXT_BEGIN, *p, TEXT_END, SEP, begin, *header, *tgt]
     return seq + [_END[modality], EOS] if complete else seq
 
 
@@ -298,6 +315,7 @@ class ParsedSequence:
     height: int | None = None
     width: int | None = None
     n_audio_tokens: int | None = None
+    image_mode: str | None = None  # "subpixel" | "palette" for an image section
     target: list[int] = field(default_factory=list)
     complete: bool = False
 
@@ -337,13 +355,14 @@ def split_sequence(ids) -> ParsedSequence:
             return out
         i += 1
     # Else no TEXT_BEGIN: still look for a media section so a bare "[IMAGE_BEGIN] h w pixels" parses.
-    if i >= n or ids[i] not in (IMAGE_BEGIN, AUDIO_BEGIN):
+    if i >= n or ids[i] not in (IMAGE_BEGIN, PALETTE_BEGIN, AUDIO_BEGIN):
         return out
-    modality = "image" if ids[i] == IMAGE_BEGIN else "audio"
+    modality = "audio" if ids[i] == AUDIO_BEGIN else "image"
     out.modality = modality
     a, b = _num(ids, i + 1), _num(ids, i + 2)
     if modality == "image":
         out.height, out.width = a, b
+        out.image_mode = "palette" if ids[i] == PALETTE_BEGIN else "subpixel"
     elif a is not None and b is not None:
         out.n_audio_tokens = a * NUM_VALUES + b
     i += 1 + (a is not None) + (a is not None and b is not None)
@@ -362,7 +381,7 @@ def split_sequence(ids) -> ParsedSequence:
 class FeatureTracker:
     """Incremental, causal position features for generation: ``extend(prefix)`` then ``push(id)`` per token.
 
-    State machine: IMAGE_BEGIN/AUDIO_BEGIN open a header; two NUM ids complete it (a non-NUM id aborts it);
+    State machine: IMAGE_BEGIN/PALETTE_BEGIN/AUDIO_BEGIN open a header; two NUM ids complete it (a non-NUM id aborts it);
     then each id of the section's modality advances an index; any other id closes the section.
     """
 
@@ -373,9 +392,11 @@ class FeatureTracker:
         self._ready = False  # header complete
         self._h = self._w = 0
         self._index = 0  # content tokens seen in the section
+        self._channels = 3  # tokens per pixel of the open image section
 
-    def _start(self, modality: str) -> None:
+    def _start(self, modality: str, channels: int = 3) -> None:
         self._section, self._header, self._ready, self._index = modality, [], False, 0
+        self._channels = channels
 
     def _close(self) -> None:
         self._section, self._header, self._ready = None, [], False
@@ -413,6 +434,8 @@ class FeatureTracker:
                 self._close()
             if tok == IMAGE_BEGIN:
                 self._start("image")
+            elif tok == PALETTE_BEGIN:
+                self._start("image", channels=1)
             elif tok == AUDIO_BEGIN:
                 self._start("audio")
             t += 1
@@ -423,11 +446,13 @@ class FeatureTracker:
             h, w = self._h, self._w
             if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
                 return  # malformed header: no features
-            ok = idx < h * w * 3
-            row, col, ch = idx // (w * 3), (idx // 3) % w, idx % 3
+            c = self._channels
+            ok = idx < h * w * c
+            row, col = idx // (w * c), (idx // c) % w
+            ch = idx % 3 + 1 if c == 3 else np.full_like(idx, PALETTE_CHANNEL)
             out[:, 0] = np.where(ok, row + 1, 0)
             out[:, 1] = np.where(ok, col + 1, 0)
-            out[:, 2] = np.where(ok, ch + 1, 0)
+            out[:, 2] = np.where(ok, ch, 0)
         else:
             out[:, 2] = idx % self.audio_freq_bands + 1
 

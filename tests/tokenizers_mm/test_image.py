@@ -90,3 +90,72 @@ def test_errors(tmp_path):
     ImageTokenizer(32, 32).check_fits(4096)
     with pytest.raises(TokenizerError, match=r"64x64 image needs 12297 .* holds 8192"):
         ImageTokenizer(64, 64).check_fits(8192)
+
+
+# ------------------------------------------------------------------------------------------- palette mode
+
+
+def _palette_tok(side=4):
+    from tokenizers_mm.image import cube_palette
+
+    return ImageTokenizer(side, side, mode="palette", palette=cube_palette())
+
+
+def test_palette_round_trip_is_exact_on_palette_colours_and_nearest_otherwise():
+    from tokenizers_mm.image import cube_palette
+
+    pal = cube_palette()
+    tok = _palette_tok(4)
+    rng = np.random.default_rng(0)
+    a = pal[rng.integers(0, len(pal), 16)].reshape(4, 4, 3)
+    ids = tok.encode(a)
+    assert len(ids) == tok.n_tokens == 16 and min(ids) >= 256 and max(ids) < 256 + len(pal)
+    assert np.array_equal(np.asarray(tok.decode(ids)), a)
+    # an off-palette colour goes to its nearest palette colour (brute force over the palette)
+    b = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    got = np.asarray(tok.decode(tok.encode(b))).reshape(-1, 3).astype(int)
+    d = ((b.reshape(-1, 1, 3).astype(int) - pal[None].astype(int)) ** 2).sum(-1)
+    assert np.array_equal(((got - b.reshape(-1, 3)) ** 2).sum(-1), d.min(1))
+
+
+def test_palette_sequence_layout_features_and_parse():
+    from tokenizers_mm.vocab import PALETTE_BEGIN, build_sequence, position_features, split_sequence
+
+    tok = _palette_tok(3)
+    ids = tok.encode(np.full((3, 3, 3), 255, np.uint8))
+    seq = build_sequence("white", "image", ids, height=3, width=3, image_mode="palette")
+    assert PALETTE_BEGIN in seq and len(seq) == len("white") + 9 + 9
+    parsed = split_sequence(seq)
+    assert parsed.modality == "image" and parsed.image_mode == "palette" and parsed.target == ids and parsed.complete
+    f = position_features(seq)
+    start = seq.index(PALETTE_BEGIN) + 3
+    assert [tuple(r) for r in f[start : start + 9]] == [(r + 1, c + 1, 4) for r in range(3) for c in range(3)]
+    with pytest.raises(TokenizerError, match="3x3x1"):
+        build_sequence("x", "image", ids[:-1], height=3, width=3, image_mode="palette")
+
+
+def test_palette_config_round_trip_and_errors():
+    tok = _palette_tok(5)
+    again = ImageTokenizer.from_dict(tok.to_dict())
+    assert again.mode == "palette" and np.array_equal(again.palette, tok.palette) and again.n_tokens == 25
+    assert ImageTokenizer.from_dict({"height": 2, "width": 2}).mode == "subpixel"
+    with pytest.raises(TokenizerError, match="needs a palette"):
+        ImageTokenizer(4, 4, mode="palette")
+    with pytest.raises(TokenizerError, match="K x 3"):
+        ImageTokenizer(4, 4, mode="palette", palette=[[1, 2]])
+    with pytest.raises(TokenizerError, match="0..255"):
+        ImageTokenizer(4, 4, mode="palette", palette=[[1, 2, 300]])
+    with pytest.raises(TokenizerError, match="unknown image mode"):
+        ImageTokenizer(4, 4, mode="hsv")
+    with pytest.raises(TokenizerError, match="colour id"):
+        tok.decode([256 + 300])
+
+
+def test_fit_palette_recovers_the_colours_of_a_few_colour_set():
+    from tokenizers_mm.image import fit_palette
+
+    colours = np.array([[255, 0, 0], [0, 0, 255], [255, 255, 255], [20, 200, 20]], np.uint8)
+    rng = np.random.default_rng(1)
+    imgs = [colours[rng.integers(0, 4, (8, 8))] for _ in range(10)]
+    pal = fit_palette(imgs, k=4)
+    assert sorted(map(tuple, pal.tolist())) == sorted(map(tuple, colours.tolist()))
