@@ -41,6 +41,9 @@ class PerceiverARConfig:
     # (look back exactly d tokens), which the copy task and image rows (look one row up)
     # need and which weights alone only learn after a long plateau.
     attn_bias: bool = True
+    # Width of the short causal depthwise convolution over the token embeddings before the cross-attention
+    # (perceiverar.layers.ShortConv); 0 disables it (checkpoints trained before it existed).
+    conv_kernel: int = 0
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:

@@ -128,8 +128,11 @@ def append(stream: Stream, ids: torch.Tensor) -> None:
     stream.length = t + 1
 
 
-def _embed(model: PerceiverAR, stream: Stream, lo: int, hi: int) -> torch.Tensor:
-    return model.embed(stream.tokens[:, lo:hi], stream.features[:, lo:hi])  # (B, hi - lo, C)
+def _embed(model: PerceiverAR, stream: Stream, lo: int, hi: int, start: int) -> torch.Tensor:
+    """Embeddings (B, hi - lo, C) of positions [lo, hi) in a window starting at ``start``: the short
+    convolution reads the few positions before lo, but none before the window (as the crop in training)."""
+    h0 = max(start, lo - max(0, model.cfg.conv_kernel - 1))
+    return model.embed_tokens(stream.tokens[:, h0:hi], stream.features[:, h0:hi], history=lo - h0)
 
 
 def _rope(model: PerceiverAR, lo: int, hi: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +150,7 @@ def fill_context(model: PerceiverAR, stream: Stream, end: int) -> None:
     dev = stream.tokens.device
     for lo in range(s + c.cross_len, end, CONTEXT_CHUNK):
         hi = min(end, lo + CONTEXT_CHUNK)
-        k, v = model.cross.kv(_embed(model, stream, lo, hi), _rope(model, lo - s, hi - s, dev))  # (B, H, hi-lo, D)
+        k, v = model.cross.kv(_embed(model, stream, lo, hi, s), _rope(model, lo - s, hi - s, dev))  # (B, H, hi-lo, D)
         c.cross_k[:, :, lo - s : hi - s] = k
         c.cross_v[:, :, lo - s : hi - s] = v
     c.cross_len = max(c.cross_len, end - s)
@@ -157,7 +160,7 @@ def cross_latents(model: PerceiverAR, stream: Stream, lo: int, hi: int) -> torch
     """Cross-attention outputs (B, hi - lo, C) of positions [lo, hi); the context must hold [start, hi)."""
     c = stream.cache
     s = c.start
-    x = _embed(model, stream, lo, hi)
+    x = _embed(model, stream, lo, hi, s)
     return model.cross(x, _rope(model, lo - s, hi - s, x.device), c.cross_k, c.cross_v, cache_len=hi - s)
 
 
@@ -193,7 +196,7 @@ def decode_one_token(model: PerceiverAR, stream: Stream) -> torch.Tensor:
     s, a = c.start, c.first_latent
     if c.cross_len != p - s or c.n_latents != p - a:
         raise RuntimeError(f"cache out of step: position {p}, window ({s}, {a}), {c.cross_len} context / {c.n_latents} latents")
-    x = _embed(model, stream, p, p + 1)  # (B, 1, C)
+    x = _embed(model, stream, p, p + 1, s)  # (B, 1, C)
     rope = _rope(model, p - s, p - s + 1, x.device)
     k, v = model.cross.kv(x, rope)  # (B, H, 1, D)
     c.cross_k[:, :, p - s] = k[:, :, 0]

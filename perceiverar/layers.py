@@ -63,3 +63,31 @@ class TokenEmbedding(nn.Module):
             for slot, emb in enumerate(self.features):
                 x = x + emb(features[..., slot])
         return x
+
+
+class ShortConv(nn.Module):
+    """x + a causal depthwise convolution over the last ``kernel`` positions (H3 / Hyena / Mamba's short conv).
+
+    Placed on the token embeddings before the cross-attention, it lets a key know its neighbourhood (a byte
+    its word, a pixel the pixels before it) and a latent's query its last few tokens, where attention values
+    alone carry no position: "red" and "der" stop being the same bag of bytes. Zero-initialised, so a model
+    starts as if it were absent. Positions before the crop are zero padding: the window's first positions see
+    only what is inside it, which is what keeps cached generation exact (see ``perceiverar.generation``).
+    """
+
+    def __init__(self, width: int, kernel: int):
+        super().__init__()
+        self.kernel = int(kernel)
+        self.weight = nn.Parameter(torch.zeros(self.kernel, width))  # (K, C): weight[i] scales x[t - i]
+
+    def forward(self, x: torch.Tensor, history: int = 0) -> torch.Tensor:
+        """x: (B, T, C) -> (B, T - history, C); the first ``history`` positions only feed the convolution."""
+        T = x.shape[1]
+        pad = max(0, self.kernel - 1 - history)
+        xp = F.pad(x, (0, 0, pad, 0))  # (B, pad + T, C): zeros stand for positions before the crop
+        n = T - history
+        out = x[:, history:]
+        for i in range(self.kernel):
+            start = pad + history - i  # xp index of x[t - i] for the first output t = history
+            out = out + self.weight[i] * xp[:, start : start + n]
+        return out

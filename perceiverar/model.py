@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from perceiverar.attention import CrossAttentionBlock, SelfAttentionBlock
 from perceiverar.config import PerceiverARConfig
-from perceiverar.layers import TokenEmbedding, rope_angles
+from perceiverar.layers import ShortConv, TokenEmbedding, rope_angles
 
 
 class PerceiverAR(nn.Module):
@@ -27,6 +27,7 @@ class PerceiverAR(nn.Module):
         self.cfg = cfg
         self.embed = TokenEmbedding(cfg.vocab_size, cfg.width, cfg.feature_sizes)
         self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.conv = ShortConv(cfg.width, cfg.conv_kernel) if cfg.conv_kernel > 0 else None
         self.cross = CrossAttentionBlock(cfg)
         self.blocks = nn.ModuleList(SelfAttentionBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.width, eps=cfg.norm_eps)
@@ -46,6 +47,8 @@ class PerceiverAR(nn.Module):
         for emb in self.embed.features:
             with torch.no_grad():
                 emb.weight[0].zero_()  # padding_idx row: "no feature"
+        if self.conv is not None:
+            nn.init.zeros_(self.conv.weight)  # starts as the identity
         # Zero output projection: the untrained model predicts uniform logits, so the
         # first loss is log(vocab) and early gradients are not dominated by noise.
         nn.init.zeros_(self.head.weight)
@@ -54,6 +57,17 @@ class PerceiverAR(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ---- pieces used by both the full forward pass and cached generation ----
+
+    def embed_tokens(self, tokens: torch.Tensor, features: torch.Tensor | None = None, *, history: int = 0) -> torch.Tensor:
+        """Embeddings (B, T - history, C) of tokens (B, T) after the short convolution.
+
+        The first ``history`` positions only feed the convolution (generation passes the few tokens before
+        a chunk); the crop's own start is zero-padded, as in training.
+        """
+        x = self.embed(tokens, features)  # (B, T, C)
+        if self.conv is not None:
+            return self.conv(x, history)
+        return x[:, history:]
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_base)
@@ -93,7 +107,7 @@ class PerceiverAR(nn.Module):
                 f"sequence of {T} tokens exceeds the model's context of {self.cfg.context_len}; crop it or use generate()"
             )
         n = self._num_latents(T, n_latents)
-        x = self.embed_dropout(self.embed(tokens, features))  # (B, T, C)
+        x = self.embed_dropout(self.embed_tokens(tokens, features))  # (B, T, C)
         pos = torch.arange(T, device=tokens.device)
         ctx, ctx_pos = x, pos
         if self.training and self.cfg.context_dropout > 0 and T > n:

@@ -5,7 +5,7 @@ The checkpoint's tokenizer config (``config.json["tokenizer"]``, written by the 
 
     {"vocab": Vocabulary().to_dict(),
      "modalities": ["image", "audio", "text"],            # the subset the model was trained on
-     "image": {"height": h, "width": w},                  # when image
+     "image": {"height": h, "width": w, "mode": "subpixel"}, # when image; mode "palette" adds "palette": K x 3
      "audio": {"dir": "audio_tokenizer", "seconds": s},   # when audio; AudioTokenizer.save(ckpt / dir)
      "defaults": {"temperature": 1.0, "top_k": null, "top_p": 0.95, "cfg_scale": 1.0, ...},
      "caption_template": "{text}; {style} style"}          # optional: how the training captions were built
@@ -48,6 +48,8 @@ def make_tokenizer_config(
     audio_seconds: float | None = None,
     audio_dir: str = "audio_tokenizer",
     defaults: dict | None = None,
+    image_mode: str = "subpixel",
+    palette=None,
 ) -> dict:
     """The tokenizer section of a checkpoint's config.json (see the module docstring)."""
     mods = [m for m in MODALITIES if m in set(modalities)]
@@ -58,7 +60,9 @@ def make_tokenizer_config(
     if "image" in mods:
         if height is None or width is None:
             raise ValueError("an image checkpoint needs its image height and width")
-        cfg["image"] = {"height": int(height), "width": int(width)}
+        img = ImageTokenizer(int(height), int(width), mode=image_mode, palette=palette).to_dict()
+        img.pop("resize")  # the app resizes nothing: generation only needs the size and the layout
+        cfg["image"] = img
     if "audio" in mods:
         cfg["audio"] = {"dir": audio_dir, "seconds": float(audio_seconds if audio_seconds is not None else 10.0)}
     cfg["defaults"] = {**DEFAULTS, **(defaults or {})}
@@ -131,6 +135,11 @@ class Pipeline:
             raise ValueError("this checkpoint has no default image size: pass height and width")
         return int(h), int(w)
 
+    def image_tokenizer(self, height=None, width=None) -> ImageTokenizer:
+        """The checkpoint's image tokenizer (its layout and palette) at the requested or default size."""
+        h, w = self._image_size(height, width)
+        return ImageTokenizer.from_dict({**self.config.get("image", {}), "height": h, "width": w})
+
     def _audio_tokens(self, seconds) -> int:
         s = seconds if seconds is not None else self.config.get("audio", {}).get("seconds", 10.0)
         if not float(s) > 0:
@@ -150,9 +159,9 @@ class Pipeline:
         self._check_modality(modality)
         data = self._prompt_bytes(prompt)
         if modality == "image":
-            h, w = self._image_size(height, width)
-            kw = dict(height=h, width=w)
-            n_new = h * w * 3 + _END_TOKENS
+            tok = self.image_tokenizer(height, width)
+            kw = dict(height=tok.height, width=tok.width, image_mode=tok.mode)
+            n_new = tok.n_tokens + _END_TOKENS
         elif modality == "audio":
             n = self._audio_tokens(seconds)
             kw = dict(n_audio_tokens=n)
@@ -235,16 +244,16 @@ class Pipeline:
         A cancelled run (``stop_event``) returns the partial images (unfinished pixels white).
         """
         ids, n_new, kw = self._layout(prompt, "image", height=height, width=width)
-        h, w = kw["height"], kw["width"]
-        tok = ImageTokenizer(h, w)
-        n_px = h * w * 3
-        every = max(1, h // 16) * w * 3  # report every few rows: at most ~16 partial images
+        tok = self.image_tokenizer(kw["height"], kw["width"])
+        h, w, n_px = tok.height, tok.width, tok.n_tokens
+        every = max(1, h // 16) * w * tok.channels  # report every few rows: at most ~16 partial images
+        n_ids = 256 if tok.palette is None else len(tok.palette)
         steps: list[torch.Tensor] = []
 
         def pixels(out: torch.Tensor) -> list[Image.Image]:
             rows = []
             for r in out.tolist():
-                px = [t for t in r[:n_px] if PIXEL_OFFSET <= t < PIXEL_OFFSET + 256]
+                px = [t for t in r[:n_px] if PIXEL_OFFSET <= t < PIXEL_OFFSET + n_ids]
                 rows.append(tok.decode(px))
             return rows
 
@@ -254,7 +263,9 @@ class Pipeline:
             if on_progress is not None and (done % every == 0 or done == n_px):
                 on_progress(min(1.0, done / n_px), pixels(torch.stack(steps, 1)))
 
-        out = self._run("image", ids, n_new, kw, ModalityConstraint("image", height=h, width=w),
+        constraint = ModalityConstraint("image", height=h, width=w, image_mode=tok.mode,
+                                        content_range=(PIXEL_OFFSET, PIXEL_OFFSET + n_ids))
+        out = self._run("image", ids, n_new, kw, constraint,
                         num_samples=num_samples, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
                         cfg_scale=cfg_scale, n_latents=n_latents, overflow=overflow, stop_event=stop_event,
                         on_token=on_token)  # fmt: skip

@@ -6,7 +6,7 @@ import torch
 
 from tokenizers_mm.vocab import (
     AUDIO_BEGIN, AUDIO_END, EOS, IMAGE_BEGIN, IMAGE_END, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, NUM_OFFSET, NUM_VALUES,
-    PAD, SEP, TEXT_BEGIN, TEXT_END, allowed_range, token_name,
+    PAD, SEP, TEXT_BEGIN, TEXT_END, allowed_range, image_section_begin, image_tokens, token_name,
 )  # fmt: skip
 
 
@@ -60,7 +60,9 @@ _PRE, _CONTENT, _END_STAGE, _DONE = range(4)
 class ModalityConstraint:
     """Masks logits so that generation produces one well-formed section of a modality.
 
-    image: [IMAGE_BEGIN h w] (whatever of it the prompt lacks), exactly h*w*3 pixel ids, IMAGE_END, EOS.
+    image: [IMAGE_BEGIN h w] (whatever of it the prompt lacks), exactly h*w*3 pixel ids, IMAGE_END, EOS;
+           with image_mode="palette", [PALETTE_BEGIN h w] and h*w colour ids (below ``content_range``'s end:
+           the palette's size).
     audio: [AUDIO_BEGIN hi lo] likewise, exactly n_audio_tokens codes, AUDIO_END, EOS.
     text:  byte ids (or TEXT_END to stop early) for at most ``max_bytes`` new bytes, then TEXT_END, EOS.
     After EOS a row only gets PAD; ``done`` is True once every row has finished.
@@ -78,17 +80,20 @@ class ModalityConstraint:
         n_audio_tokens: int | None = None,
         max_bytes: int | None = None,
         content_range: tuple[int, int] | None = None,
+        image_mode: str = "subpixel",
     ):
         """content_range narrows the content ids (e.g. an audio codebook smaller than the vocabulary's room)."""
         if modality not in ("image", "audio", "text"):
             raise ValueError(f"unknown modality {modality!r}; expected image, audio or text")
         self.modality = modality
+        self.begin_id = _BEGIN.get(modality)
         if modality == "image":
             for name, v in (("height", height), ("width", width)):
                 if v is None or not 1 <= int(v) <= MAX_IMAGE_SIDE:
                     raise ValueError(f"image {name}={v} must be in 1..{MAX_IMAGE_SIDE}")
             self.header = [NUM_OFFSET + int(height), NUM_OFFSET + int(width)]
-            self.n_content = int(height) * int(width) * 3
+            self.n_content = image_tokens(height, width, image_mode)
+            self.begin_id = image_section_begin(image_mode)
         elif modality == "audio":
             if n_audio_tokens is None or not 1 <= int(n_audio_tokens) <= MAX_AUDIO_TOKENS:
                 raise ValueError(f"n_audio_tokens={n_audio_tokens} must be in 1..{MAX_AUDIO_TOKENS}")
@@ -128,7 +133,7 @@ class ModalityConstraint:
                     raise ValueError("text generation needs max_bytes or max_new_tokens")
                 self.n_content = max(0, int(max_new_tokens) - len(self.end))
         else:
-            begin = _BEGIN[self.modality]
+            begin = self.begin_id
             at = max((i for i, t in enumerate(ids) if t == begin), default=-1)
             if at >= 0:
                 tail = ids[at + 1 :]

@@ -34,6 +34,8 @@ def debug_model(**overrides) -> PerceiverAR:
     for name, p in model.named_parameters():
         if name.endswith(".bias"):
             torch.nn.init.normal_(p, std=0.02)
+    if model.conv is not None:  # zero-initialised: give it weights so a wrong conv window changes the logits
+        torch.nn.init.normal_(model.conv.weight, std=0.5)
     return model.eval()
 
 
@@ -73,6 +75,10 @@ CASES = [
     pytest.param({}, 300, 60, None, None, id="prompt-longer-than-context"),  # s and a slide together
     pytest.param(dict(context_len=48, n_latents=16), 30, 80, None, 5, id="small-context-odd-stride"),
     pytest.param({}, 100, 40, 8, None, id="fewer-latents"),
+    # The short convolution reads positions before a chunk but never before the window: slides of s must
+    # restart it at the new window's start, as a training crop does.
+    pytest.param(dict(conv_kernel=4), 300, 60, None, None, id="conv-context-slides"),
+    pytest.param(dict(conv_kernel=3, context_len=48, n_latents=16), 30, 80, None, 5, id="conv-small-context"),
 ]
 
 
@@ -107,8 +113,9 @@ def test_cached_logits_equal_full_forward(overrides, P, steps, n_latents, stride
 
 
 @pytest.mark.parametrize("P", [20, 300])
-def test_greedy_identical_with_and_without_cache(P):
-    model = debug_model()
+@pytest.mark.parametrize("conv_kernel", [0, 4])
+def test_greedy_identical_with_and_without_cache(P, conv_kernel):
+    model = debug_model(conv_kernel=conv_kernel)
     prompt = image_prompt(P)
     kw = dict(top_k=1, num_samples=2, overflow="truncate")
     with pytest.warns(UserWarning) if P + 60 > 256 else _nullcontext():
@@ -279,3 +286,29 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_conv_exact_across_context_chunks(monkeypatch):
+    """fill_context embeds the window in chunks: each chunk's convolution must read the tokens before it."""
+    import perceiverar.generation as gen
+
+    monkeypatch.setattr(gen, "CONTEXT_CHUNK", 7)
+    model = debug_model(conv_kernel=4)
+    prompt = image_prompt(120)
+    with torch.inference_mode():
+        a = generate(model, prompt, 40, top_k=1, use_cache=True)
+        b = generate(model, prompt, 40, top_k=1, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_palette_image_constraint_one_token_per_pixel_within_the_palette():
+    from tokenizers_mm.vocab import PALETTE_BEGIN
+
+    model = debug_model()
+    prompt = build_sequence("a red square", "image", height=4, width=3, complete=False, image_mode="palette")
+    assert prompt[-3] == PALETTE_BEGIN
+    c = ModalityConstraint("image", height=4, width=3, image_mode="palette", content_range=(256, 256 + 10))
+    out = generate(model, prompt, 12 + 2, constraint=c, seed=0, num_samples=2)[0].tolist()
+    assert all(256 <= t < 266 for t in out[:12]) and out[12:] == [IMAGE_END, EOS]
+    with pytest.raises(ValueError, match="header"):  # a sub-pixel request does not continue a palette header
+        ModalityConstraint("image", height=5, width=3, image_mode="palette").begin(prompt, 1)

@@ -246,3 +246,23 @@ def test_presets_sizes():
     cfg = PerceiverARConfig.preset("base")
     assert (cfg.context_len, cfg.n_latents) == (65_536, 2_048)
     assert PerceiverARConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_short_conv_matches_conv1d_and_history():
+    """ShortConv is x + a causal depthwise conv (zero padding before the crop); ``history`` drops leading rows."""
+    import torch.nn.functional as F
+
+    from perceiverar.layers import ShortConv
+
+    torch.manual_seed(0)
+    conv = ShortConv(8, 3)
+    torch.nn.init.normal_(conv.weight)
+    x = torch.randn(2, 10, 8)
+    # conv1d is a cross-correlation: weight index j multiplies x[t - (K - 1) + j], i.e. our weight[K - 1 - j]
+    w = conv.weight.flip(0).T[:, None, :]  # (C, 1, K)
+    want = x + F.conv1d(F.pad(x.transpose(1, 2), (2, 0)), w, groups=8).transpose(1, 2)
+    torch.testing.assert_close(conv(x), want)
+    torch.testing.assert_close(conv(x, history=4), want[:, 4:])
+    # With one position of history, the second output row still sees zero padding two steps back.
+    torch.testing.assert_close(conv(x[:, 3:], history=1), (x[:, 3:] + F.conv1d(F.pad(x[:, 3:].transpose(1, 2), (2, 0)), w, groups=8).transpose(1, 2))[:, 1:])
+
