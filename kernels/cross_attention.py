@@ -5,13 +5,13 @@ key j <= T - N + i (``diag = T - N``). Self-attention is the same kernel with T 
 
 Layout of this file (reference -> configs -> kernels -> launchers -> autograd -> public):
   * reference: ``kernels.reference.causal_cross_attention_ref`` / ``attention_lse_ref``.
-  * ``_attn_fwd_kernel``: one program per (query block, batch*head, key split). Online softmax in
+  * ``attn_fwd_kernel``: one program per (query block, batch*head, key split). Online softmax in
     base 2; writes the output and the natural-log log-sum-exp (fp32), or, when the key range is
     split (split-KV, for small B*H*ceil(N/BLOCK_M) next to the SM count), a normalised fp32
-    partial output and its lse that ``_combine_kernel`` merges. Key blocks wholly visible to the
+    partial output and its lse that ``combine_kernel`` merges. Key blocks wholly visible to the
     whole query block run without a mask; blocks above the diagonal are never loaded.
-  * backward: ``_bwd_preprocess_kernel`` (delta = rowsum(dO * O)), ``_bwd_dkdv_kernel`` (one program
-    per key block, loops over the query blocks that see it) and ``_bwd_dq_kernel`` (one program per
+  * backward: ``bwd_preprocess_kernel`` (delta = rowsum(dO * O)), ``bwd_dkdv_kernel`` (one program
+    per key block, loops over the query blocks that see it) and ``bwd_dq_kernel`` (one program per
     query block and key split; splits summed in a fixed order, so the backward is deterministic).
   * ``causal_cross_attention_fn`` / ``causal_self_attention_fn``: autograd-aware public entries.
 
@@ -125,7 +125,28 @@ def _fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, hi, r
 
 
 @triton.jit
-def _attn_fwd_kernel(
+def _key_range(pid_s, m0, N, T, split_size, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               SPLIT_ALIGN: tl.constexpr):
+    """Keys [lo, hi) that split ``pid_s`` gives the query block of rows [m0, m0 + BLOCK_M), and mid.
+
+    Keys at or past ``diag + m0 + BLOCK_M`` (diag = T - N) are invisible to every row of the block,
+    so hi stops there: blocks above the diagonal are never loaded. Keys < ``diag + m0 + 1`` are
+    visible to every row, so whole BLOCK_N blocks in [lo, mid) run without a mask and [mid, hi)
+    with it. mid stays BLOCK_N-aligned from lo: if hi < diag + m0 + 1 then hi = lo + split_size,
+    which the launcher makes a multiple of SPLIT_ALIGN, itself a multiple of BLOCK_N.
+    """
+    tl.static_assert(SPLIT_ALIGN % BLOCK_N == 0, "split boundaries must be multiples of BLOCK_N")
+    diag = T - N
+    kv_end = tl.minimum(T, diag + m0 + BLOCK_M)
+    lo = pid_s * split_size
+    hi = tl.minimum(lo + split_size, kv_end)
+    full_end = diag + m0 + 1
+    mid = tl.maximum(lo, tl.minimum(hi, lo + (full_end - lo) // BLOCK_N * BLOCK_N))
+    return lo, mid, hi
+
+
+@triton.jit
+def attn_fwd_kernel(
     Q, K, V, O, LSE, qk_scale,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -134,6 +155,7 @@ def _attn_fwd_kernel(
     stride_lb, stride_lh, stride_ln, stride_ls,
     H, N, T, split_size, N_BUCKET, T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    SPLIT_ALIGN: tl.constexpr,  # split_size is a multiple of this
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -151,13 +173,7 @@ def _attn_fwd_kernel(
     v_ptrs = V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + dims[None, :] * stride_vd
 
     diag = T - N
-    kv_end = tl.minimum(T, diag + m0 + BLOCK_M)  # keys at or past this are invisible to the whole block
-    lo = pid_s * split_size
-    hi = tl.minimum(lo + split_size, kv_end)
-    # Keys < diag + m0 + 1 are visible to every row of the block: those whole blocks skip the mask.
-    # (If hi < that bound then hi = lo + split_size, a multiple of BLOCK_N, so mid stays aligned.)
-    full_end = diag + m0 + 1
-    mid = tl.maximum(lo, tl.minimum(hi, lo + (full_end - lo) // BLOCK_N * BLOCK_N))
+    lo, mid, hi = _key_range(pid_s, m0, N, T, split_size, BLOCK_M, BLOCK_N, SPLIT_ALIGN)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -178,11 +194,11 @@ def _attn_fwd_kernel(
     tl.store(LSE + pid_s * stride_ls + b * stride_lb + h * stride_lh + rows * stride_ln, lse, mask=rows < N)
 
 
-_attn_fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY)(_attn_fwd_kernel)
+_attn_fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY)(attn_fwd_kernel)
 
 
 @triton.jit
-def _combine_kernel(
+def combine_kernel(
     OP, LSEP, O, LSE, num_splits, stride_ps, stride_pls,  # split strides of OP and LSEP
     stride_ob, stride_oh, stride_on, stride_od,
     H, N,
@@ -225,7 +241,7 @@ def _combine_kernel(
 
 
 @triton.jit
-def _bwd_preprocess_kernel(
+def bwd_preprocess_kernel(
     O, DO, DELTA,
     stride_ob, stride_oh, stride_on, stride_od,
     stride_db, stride_dh, stride_dn, stride_dd,
@@ -274,7 +290,7 @@ def _dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, stride_qn, stride_don, LSE_row, D
 
 
 @triton.jit
-def _bwd_dkdv_kernel(
+def bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -323,7 +339,7 @@ def _bwd_dkdv_kernel(
              dv.to(DV.dtype.element_ty), mask=key_ok)
 
 
-_bwd_dkdv_tuned = triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)(_bwd_dkdv_kernel)
+_bwd_dkdv_tuned = triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)(bwd_dkdv_kernel)
 
 
 @triton.jit
@@ -348,7 +364,7 @@ def _dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, 
 
 
 @triton.jit
-def _bwd_dq_kernel(
+def bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -357,6 +373,7 @@ def _bwd_dq_kernel(
     stride_dqb, stride_dqh, stride_dqn, stride_dqd, stride_dqs,  # stride_dqs: per key split (0 if unsplit)
     H, N, T, split_size, N_BUCKET, T_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    SPLIT_ALIGN: tl.constexpr,  # split_size is a multiple of this
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -377,12 +394,8 @@ def _bwd_dq_kernel(
     k_ptrs = K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kn + dims[None, :] * stride_kd
     v_ptrs = V + b * stride_vb + h * stride_vh + cols[:, None] * stride_vn + dims[None, :] * stride_vd
 
-    diag = T - N  # same key range logic as the forward
-    kv_end = tl.minimum(T, diag + m0 + BLOCK_M)
-    lo = pid_s * split_size
-    hi = tl.minimum(lo + split_size, kv_end)
-    full_end = diag + m0 + 1
-    mid = tl.maximum(lo, tl.minimum(hi, lo + (full_end - lo) // BLOCK_N * BLOCK_N))
+    diag = T - N
+    lo, mid, hi = _key_range(pid_s, m0, N, T, split_size, BLOCK_M, BLOCK_N, SPLIT_ALIGN)
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     dq = _dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, lo, mid, rows, cols, diag, T,
@@ -394,7 +407,7 @@ def _bwd_dq_kernel(
              + dims[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
-_bwd_dq_tuned = triton.autotune(configs=_DQ_CONFIGS, key=_KEY)(_bwd_dq_kernel)
+_bwd_dq_tuned = triton.autotune(configs=_DQ_CONFIGS, key=_KEY)(bwd_dq_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,7 +416,7 @@ _bwd_dq_tuned = triton.autotune(configs=_DQ_CONFIGS, key=_KEY)(_bwd_dq_kernel)
 
 
 @functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
+def num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
@@ -416,7 +429,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _check_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+def check_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     _check(q, k, v)
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
@@ -441,7 +454,7 @@ def _split_plan(bh: int, n_query_blocks: int, T: int, device: torch.device, num_
     elif device.type != "cuda":
         splits = 1
     else:
-        sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+        sms = num_sms(device.index if device.index is not None else torch.cuda.current_device())
         programs = bh * n_query_blocks
         # A 128-row program holds one SM's shared memory (the FA2 regime), so ~one program per SM is a
         # full GPU; below that, split the keys to get back to about one wave.
@@ -457,12 +470,16 @@ def _strides4(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
 
-def _launch_forward(q, k, v, scale, splits, split_size, kernel, grid_m, **meta):
+def launch_forward(q, k, v, scale, splits, split_size, split_align, kernel, grid_m, **meta):
     """Run ``kernel`` (tuned or raw) over (query blocks, B*H, splits) and combine if split.
 
-    ``grid_m(META)`` gives the number of query blocks; ``meta`` holds explicit constexprs for a raw
-    kernel (the decode launcher). Returns out (B, H, N, D) in q's dtype and lse (B, H, N) fp32.
+    ``split_size`` must be a multiple of ``split_align``, and that of every BLOCK_N the kernel may
+    use (the kernel asserts the latter at compile time). ``grid_m(META)`` gives the number of query
+    blocks; ``meta`` holds explicit constexprs for a raw kernel (the decode launcher).
+    Returns out (B, H, N, D) in q's dtype and lse (B, H, N) fp32.
     """
+    if split_size % split_align:
+        raise ValueError(f"split_size {split_size} is not a multiple of split_align {split_align}")
     B, H, N, D = q.shape
     T = k.shape[2]
     out = torch.empty((B, H, N, D), device=q.device, dtype=q.dtype)
@@ -480,11 +497,11 @@ def _launch_forward(q, k, v, scale, splits, split_size, kernel, grid_m, **meta):
         q, k, v, o_buf, l_buf, scale * _LOG2E,
         *_strides4(q), *_strides4(k), *_strides4(v), *o_strides, *l_strides,
         H, N, T, split_size, _bucket(N), _bucket(T),
-        HEAD_DIM=D, PREC=_precision(q.dtype), **meta,
+        HEAD_DIM=D, PREC=_precision(q.dtype), SPLIT_ALIGN=split_align, **meta,
     )
     if splits > 1:
         block_m = 16 if INTERPRET else 32
-        _combine_kernel[(triton.cdiv(N, block_m), B * H)](
+        combine_kernel[(triton.cdiv(N, block_m), B * H)](
             o_buf, l_buf, out, lse, splits, o_buf.stride(0), l_buf.stride(0), *_strides4(out), H, N,
             HEAD_DIM=D, BLOCK_M=block_m,
         )
@@ -493,13 +510,13 @@ def _launch_forward(q, k, v, scale, splits, split_size, kernel, grid_m, **meta):
 
 def attention_forward(q, k, v, scale: float | None = None, *, num_splits: int | None = None):
     """Forward pass: out (B, H, N, D) and the natural-log lse (B, H, N) fp32. D must be 64 or 128."""
-    _check_supported(q, k, v)
+    check_supported(q, k, v)
     B, H, N, D = q.shape
     T = k.shape[2]
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     splits, split_size = _split_plan(B * H, triton.cdiv(N, 128), T, q.device, num_splits)
-    return _launch_forward(q, k, v, scale, splits, split_size, _attn_fwd_tuned,
-                           lambda META: triton.cdiv(N, META["BLOCK_M"]))
+    return launch_forward(q, k, v, scale, splits, split_size, _SPLIT_ALIGN, _attn_fwd_tuned,
+                          lambda META: triton.cdiv(N, META["BLOCK_M"]))
 
 
 def attention_backward(do, q, k, v, out, lse, scale: float | None = None, *, num_splits: int | None = None):
@@ -510,7 +527,7 @@ def attention_backward(do, q, k, v, out, lse, scale: float | None = None, *, num
     prec = _precision(q.dtype)
     delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     pre_m = 16 if INTERPRET else 64
-    _bwd_preprocess_kernel[(triton.cdiv(N, pre_m), B * H)](
+    bwd_preprocess_kernel[(triton.cdiv(N, pre_m), B * H)](
         out, do, delta, *_strides4(out), *_strides4(do), H, N, HEAD_DIM=D, BLOCK_M=pre_m,
     )
     lse = lse.contiguous()
@@ -531,7 +548,7 @@ def attention_backward(do, q, k, v, out, lse, scale: float | None = None, *, num
     _bwd_dq_tuned[lambda META: (triton.cdiv(N, META["BLOCK_M"]), B * H, splits)](
         q, k, v, do, lse, delta, dq_buf, scale * _LOG2E, scale,
         *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *dq_strides,
-        H, N, T, split_size, _bucket(N), _bucket(T), HEAD_DIM=D, PREC=prec,
+        H, N, T, split_size, _bucket(N), _bucket(T), HEAD_DIM=D, PREC=prec, SPLIT_ALIGN=_SPLIT_ALIGN,
     )
     if splits > 1:
         dq = dq_buf.sum(0).to(q.dtype)  # fixed-order reduction: deterministic

@@ -40,7 +40,7 @@ def _decode_plan(bh: int, cache_len: int, block_n: int, device: torch.device, nu
     elif device.type != "cuda":
         splits = 1
     else:
-        sms = ca._num_sms(device.index if device.index is not None else torch.cuda.current_device())
+        sms = ca.num_sms(device.index if device.index is not None else torch.cuda.current_device())
         splits = max(1, min(triton.cdiv(4 * sms, bh), triton.cdiv(cache_len, _MIN_KEYS_PER_SPLIT)))
     split_size = triton.cdiv(triton.cdiv(cache_len, splits), block_n) * block_n
     return triton.cdiv(cache_len, split_size), split_size
@@ -63,10 +63,11 @@ def decode_attention_fn(q, k_cache, v_cache, cache_len: int, scale: float | None
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if needs_grad or M > _MAX_DECODE_QUERIES or D not in ca.SUPPORTED_HEAD_DIMS:
         return ca.causal_cross_attention_fn(q, k, v, scale)
-    ca._check_supported(q, k, v)
+    ca.check_supported(q, k, v)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     cfg = _decode_config(M, D)
     splits, split_size = _decode_plan(B * H, cache_len, cfg["BLOCK_N"], q.device, num_splits)
-    out, _ = ca._launch_forward(q, k, v, scale, splits, split_size, ca._attn_fwd_kernel,
-                                lambda META: triton.cdiv(M, cfg["BLOCK_M"]), **cfg)
+    # split_size is a multiple of the config's BLOCK_N (_decode_plan), so that is its alignment.
+    out, _ = ca.launch_forward(q, k, v, scale, splits, split_size, cfg["BLOCK_N"], ca.attn_fwd_kernel,
+                               lambda META: triton.cdiv(M, cfg["BLOCK_M"]), **cfg)
     return out

@@ -171,6 +171,19 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+def test_misaligned_splits_are_rejected():
+    # Split boundaries not on BLOCK_N would let mid fall off the block grid: the launcher refuses a
+    # split_size off its alignment, and the kernel refuses an alignment that BLOCK_N does not divide.
+    q, k, v, _ = _inputs(1, 1, 16, 40, 64, torch.float32)
+    raw = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+    with pytest.raises(ValueError, match="not a multiple of split_align"):
+        ca.launch_forward(q, k, v, 0.1, 2, 24, 16, ca.attn_fwd_kernel, lambda meta: 1, **raw)
+    with pytest.raises(Exception, match="multiples of BLOCK_N"):
+        ca.launch_forward(q, k, v, 0.1, 5, 8, 8, ca.attn_fwd_kernel, lambda meta: 1, **raw)
+    out, _ = ca.launch_forward(q, k, v, 0.1, 3, 16, 16, ca.attn_fwd_kernel, lambda meta: 1, **raw)
+    torch.testing.assert_close(out, causal_cross_attention_ref(q, k, v, 0.1), atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # GPU: bf16/fp16 at larger shapes, split-KV on (heuristic at B*H = 2) and off, error-ratio tolerance
 # ----------------------------------------------------------------------------------------------
