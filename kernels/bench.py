@@ -71,7 +71,7 @@ def fwd_flops(B: int, H: int, N: int, T: int, D: int) -> float:
 def _ours(op: str):
     from kernels import triton_ops  # noqa: PLC0415
 
-    return triton_ops.causal_self_attention if op.startswith("self") else triton_ops.causal_cross_attention
+    return triton_ops.causal_self_attention_fn if op.startswith("self") else triton_ops.causal_cross_attention_fn
 
 
 def _sdpa(N: int, T: int):
@@ -159,7 +159,7 @@ def time_decode(impl: str, B: int, H: int, M: int, L: int, D: int, dtype: torch.
         from kernels import triton_ops  # noqa: PLC0415
 
         def run():
-            return triton_ops.decode_attention(q, k_cache, v_cache, L, num_splits=splits)
+            return triton_ops.decode_attention_fn(q, k_cache, v_cache, L, num_splits=splits)
     else:
         fn = _impl(impl, "decode", M, L, device)
         k, v = k_cache[:, :, :L], v_cache[:, :, :L]

@@ -47,19 +47,19 @@ def backend_for(t: torch.Tensor) -> str:
 def causal_cross_attention(q, k, v, scale: float | None = None):
     """(B, H, N, D) queries of the last N positions into (B, H, T, D) keys/values, bottom-right causal."""
     if backend_for(q) == "triton":
-        return _triton_ops().causal_cross_attention(q, k, v, scale)
+        return _triton_ops().causal_cross_attention_fn(q, k, v, scale)
     return reference.causal_cross_attention_ref(q, k, v, scale)
 
 
 def causal_self_attention(q, k, v, scale: float | None = None):
     """Causal self-attention over (B, H, N, D)."""
     if backend_for(q) == "triton":
-        return _triton_ops().causal_self_attention(q, k, v, scale)
+        return _triton_ops().causal_self_attention_fn(q, k, v, scale)
     return reference.causal_self_attention_ref(q, k, v, scale)
 
 
 def decode_attention(q, k_cache, v_cache, cache_len: int, scale: float | None = None):
     """(B, H, M, D) new queries against the first ``cache_len`` entries of a preallocated (B, H, S, D) cache."""
     if backend_for(q) == "triton":
-        return _triton_ops().decode_attention(q, k_cache, v_cache, cache_len, scale)
+        return _triton_ops().decode_attention_fn(q, k_cache, v_cache, cache_len, scale)
     return reference.decode_attention_ref(q, k_cache, v_cache, cache_len, scale)

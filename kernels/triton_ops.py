@@ -11,16 +11,9 @@ from kernels.cross_attention import (
 )
 from kernels.decode import decode_attention_fn
 
-causal_cross_attention = causal_cross_attention_fn
-causal_self_attention = causal_self_attention_fn
-decode_attention = decode_attention_fn
-
 __all__ = [
-    "causal_cross_attention",
     "causal_cross_attention_fn",
     "causal_cross_attention_lse",
-    "causal_self_attention",
     "causal_self_attention_fn",
-    "decode_attention",
     "decode_attention_fn",
 ]

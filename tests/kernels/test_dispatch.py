@@ -34,19 +34,20 @@ _REF = {
     "decode": reference.decode_attention_ref,
 }
 _NAME = {"cross": "causal_cross_attention", "self": "causal_self_attention", "decode": "decode_attention"}
+_TRITON_NAME = {op: name + "_fn" for op, name in _NAME.items()}
 
 
 @pytest.mark.parametrize("op", OPS)
 def test_forced_triton_runs_triton(monkeypatch, op):
     triton_ops = dispatch._triton_ops()
     calls = []
-    real = getattr(triton_ops, _NAME[op])
+    real = getattr(triton_ops, _TRITON_NAME[op])
 
     def spy(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(triton_ops, _NAME[op], spy)
+    monkeypatch.setattr(triton_ops, _TRITON_NAME[op], spy)
     monkeypatch.setenv("PERCEIVERAR_ATTENTION", "triton")
     out = getattr(dispatch, _NAME[op])(*_args(op))
     assert calls, "the dispatcher did not call the Triton kernel"
@@ -56,7 +57,7 @@ def test_forced_triton_runs_triton(monkeypatch, op):
 @pytest.mark.parametrize("op", OPS)
 def test_forced_reference_runs_reference(monkeypatch, op):
     triton_ops = dispatch._triton_ops()
-    monkeypatch.setattr(triton_ops, _NAME[op], lambda *a, **k: pytest.fail("Triton called"))
+    monkeypatch.setattr(triton_ops, _TRITON_NAME[op], lambda *a, **k: pytest.fail("Triton called"))
     monkeypatch.setenv("PERCEIVERAR_ATTENTION", "reference")
     out = getattr(dispatch, _NAME[op])(*_args(op))
     assert torch.equal(out, _REF[op](*_args(op)))

@@ -34,11 +34,11 @@ def test_debug_model_triton_matches_reference(monkeypatch, T):
     from kernels import triton_ops
 
     calls = []
-    for name in ("causal_cross_attention", "causal_self_attention"):
+    for name in ("causal_cross_attention_fn", "causal_self_attention_fn"):
         fn = getattr(triton_ops, name)
         monkeypatch.setattr(triton_ops, name, lambda *a, _fn=fn, _n=name, **k: calls.append(_n) or _fn(*a, **k))
     tri_logits, tri_grads = _run(model, tokens, "triton", monkeypatch)
-    assert {"causal_cross_attention", "causal_self_attention"} <= set(calls)  # the kernels really ran
+    assert {"causal_cross_attention_fn", "causal_self_attention_fn"} <= set(calls)  # the kernels really ran
     torch.testing.assert_close(tri_logits, ref_logits, atol=2e-4, rtol=2e-4)
     assert ref_grads.keys() == tri_grads.keys()
     for name, g in ref_grads.items():
