@@ -65,6 +65,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 CODEBOOK_FILE = "codebook.safetensors"
 CONFIG_FILE = "audio_tokenizer.json"
 FORMAT_VERSION = 1
+PHASE_INITS = ("random", "zeros", "peaks")
 
 
 @dataclass(kw_only=True)
@@ -79,6 +80,7 @@ class AudioConfig:
     nnls_iters: int = 50  # multiplicative NNLS updates for mel -> linear spectrum
     griffin_lim_iters: int = 32
     griffin_lim_momentum: float = 0.99
+    griffin_lim_init: str = "random"  # Griffin-Lim's first phase: "random" (seeded), "zeros" or "peaks" (see _phase_init)
     seed: int = 0  # k-means and Griffin-Lim phase initialisation
 
     def __post_init__(self):
@@ -86,6 +88,8 @@ class AudioConfig:
             raise TokenizerError(f"codebook_size={self.codebook_size} must be in 1..{AUDIO_CODES}")
         if self.patch_frames < 1:
             raise TokenizerError(f"patch_frames={self.patch_frames} must be >= 1")
+        if self.griffin_lim_init not in PHASE_INITS:
+            raise TokenizerError(f"griffin_lim_init={self.griffin_lim_init!r} must be one of {PHASE_INITS}")
 
     @property
     def patch_dim(self) -> int:
@@ -397,13 +401,48 @@ class AudioTokenizer:
             s = s * atb / (at @ (a @ s)).clamp_min(1e-12)
         return s
 
-    def _griffin_lim(self, magnitude: torch.Tensor, length: int) -> torch.Tensor:
-        """Fast Griffin-Lim (momentum, Perraudin et al. 2013) from a seeded random phase. magnitude (n_freq, T)."""
+    def _phase_init(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """Griffin-Lim's starting phase (n_freq, T), by ``griffin_lim_init``:
+
+        - random: uniform, from a generator seeded with ``seed`` (deterministic);
+        - zeros: all zero;
+        - peaks: the phase a sum of steady sinusoids would have (a phase-locked vocoder): each frame's spectral
+          peaks give their frequency by quadratic interpolation of the log magnitude, every bin follows its
+          nearest peak, the phase at the frame centre advances by frequency x hop from frame to frame, and a bin
+          k of a Hann-windowed STFT whose frames start at the window's first sample reads that centre phase
+          minus pi k. Notes then start coherent across frames and bins instead of as noise.
+        """
         c = self.config
-        g = torch.Generator().manual_seed(c.seed)
+        if c.griffin_lim_init == "random":
+            g = torch.Generator().manual_seed(c.seed)
+            return 2 * torch.pi * torch.rand(magnitude.shape, generator=g)
+        if c.griffin_lim_init == "zeros":
+            return torch.zeros_like(magnitude)
+        n_freq, _ = magnitude.shape
+        logm = magnitude.clamp_min(1e-10).log()  # (F, T)
+        lo = torch.cat([torch.full_like(logm[:1], -torch.inf), logm[:-1]])  # neighbour below, (F, T)
+        hi = torch.cat([logm[1:], torch.full_like(logm[:1], -torch.inf)])  # neighbour above
+        k = torch.arange(n_freq)[:, None].expand_as(logm)  # (F, T) bin index
+        peak = (logm >= lo) & (logm > hi)
+        below = torch.where(peak, k, -n_freq).cummax(0).values  # nearest peak at or below each bin (or none)
+        above = torch.where(peak, k, 2 * n_freq).flip(0).cummin(0).values.flip(0)  # at or above
+        nearest = torch.where(k - below <= above - k, below, above).clamp(0, n_freq - 1)  # (F, T) its peak
+        a, b, cc = (t.gather(0, nearest) for t in (lo, logm, hi))
+        curv = a - 2 * b + cc
+        ok = torch.isfinite(a) & torch.isfinite(cc) & (curv < 0)
+        delta = torch.where(ok, 0.5 * (a - cc) / torch.where(ok, curv, -1.0), 0.0).clamp(-0.5, 0.5)
+        omega = 2 * torch.pi * (nearest + delta) / c.n_fft  # (F, T) radians per sample of each bin's peak
+        step = c.hop_length * 0.5 * (omega[:, 1:] + omega[:, :-1])  # centre-phase advance between frames
+        centre = torch.cat([torch.zeros_like(omega[:, :1]), step.cumsum(1)], 1)  # (F, T), each bin's own track
+        # lock each bin to its peak's track, so the bins of one partial agree (a Hann main lobe is real, positive)
+        return (centre.gather(0, nearest) - torch.pi * k) % (2 * torch.pi)
+
+    def _griffin_lim(self, magnitude: torch.Tensor, length: int) -> torch.Tensor:
+        """Fast Griffin-Lim (momentum, Perraudin et al. 2013) from ``_phase_init``'s phase. magnitude (n_freq, T)."""
+        c = self.config
         stft = lambda x: torch.stft(x, c.n_fft, c.hop_length, window=self._window, return_complex=True)  # noqa: E731
         istft = lambda s: torch.istft(s, c.n_fft, c.hop_length, window=self._window, length=length)  # noqa: E731
-        angles = torch.polar(torch.ones_like(magnitude), 2 * torch.pi * torch.rand(magnitude.shape, generator=g))
+        angles = torch.polar(torch.ones_like(magnitude), self._phase_init(magnitude))
         prev = torch.zeros_like(angles)
         alpha = c.griffin_lim_momentum / (1 + c.griffin_lim_momentum)
         for _ in range(c.griffin_lim_iters):
