@@ -55,10 +55,10 @@ import torch
 from benchmarks.results_io import save_result
 from perceiverar import PerceiverAR, load_checkpoint
 from perceiverar.data import (
-    CAPTION_SEP, DatasetError, Filler, bury_caption, parse_data_arg, prepare_source, prepare_sources, prompted_sequence,
+    CAPTION_SEP, DatasetError, Filler, bury_caption, default_cache_dir, parse_data_arg, prepare_source, prepare_sources,
+    prompted_sequence,
 )  # fmt: skip
 from perceiverar.evaluate import METRIC, data_settings, score_item
-from perceiverar.train import default_cache_dir
 
 CONDITIONS = ("caption_far", "caption_near", "no_caption", "caption_only", "empty", "wrong_far", "wrong_near", "wrong_only")
 

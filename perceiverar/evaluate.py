@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from perceiverar.data import DatasetError, PreparedSource, SourceSpec, TokenizerSettings, load_audio_codec, prepare_sources
+from perceiverar.data import (
+    DatasetError, PreparedSource, SourceSpec, TokenizerSettings, default_cache_dir, load_audio_codec, parse_data_arg,
+    prepare_sources,
+)  # fmt: skip
 
 METRIC = {"image": "bits_per_dim", "audio": "bits_per_token", "text": "bits_per_byte"}
 
@@ -176,7 +179,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from perceiverar.checkpoint import CheckpointError, load_checkpoint  # noqa: PLC0415
-    from perceiverar.train import default_cache_dir  # noqa: PLC0415
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
@@ -184,8 +186,6 @@ def main(argv=None) -> dict:
         ckpt = load_checkpoint(args.checkpoint, device=device)
         tok = ckpt.tokenizer or {}
         settings, codec = data_settings(tok, args.checkpoint)
-        from perceiverar.data import parse_data_arg  # noqa: PLC0415
-
         specs: list[SourceSpec] = [parse_data_arg(d) for d in args.data]
         sources, _ = prepare_sources(specs, settings, args.cache_dir or default_cache_dir(), codec=codec,
                                      log=lambda m: print(m, file=sys.stderr))  # fmt: skip

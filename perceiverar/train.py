@@ -25,342 +25,40 @@ AdamW state are sharded with FSDP2 (``torch.distributed.fsdp.fully_shard``) per 
 batch is ``--batch-size x --grad-accum x world size`` sequences; change the world size and keep the global
 batch by adjusting ``--batch-size``/``--grad-accum`` (a resumed run may use a different world size).
 
-Run directory::
+The run directory (checkpoints, ``best``, metrics, samples) is described in ``perceiverar.rundir``. The parts
+of a run have their own modules: ``train_args`` (the command line), ``distributed`` (ranks, DDP/FSDP), ``optim``
+(AdamW, the schedule, RNG state) and ``runlog`` (log, metrics, plots, samples); this one holds the loop and main().
 
-    RUN_DIR/run.json                 the arguments of the first launch
-    RUN_DIR/metrics.jsonl            one JSON object per step ("kind": "train") and per validation ("val")
-    RUN_DIR/train.log                the log lines (also printed)
-    RUN_DIR/loss.png                 the loss curve (train and val), rewritten at every validation
-    RUN_DIR/samples/                 step-XXXXXXX-<modality>.png/.txt/.wav samples
-    RUN_DIR/checkpoints/step-XXXXXXX model.safetensors + config.json (a perceiverar checkpoint) + training_state.pt
-                                     (optimizer, RNG states, step); the last --keep-last are kept
-    RUN_DIR/best                     the checkpoint with the lowest validation loss (model + config only)
-
-Batches: one crop length per micro-step for the whole global batch (no padding; see ``perceiverar.data``).
+Batches: one crop length per micro-step for the whole global batch (no padding; see ``perceiverar.data.batches``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
-import errno
 import json
 import math
-import os
-import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 from tqdm.auto import tqdm
 
-from perceiverar.checkpoint import CheckpointError, read_checkpoint_config, save_checkpoint
-from perceiverar.config import PRESETS, PerceiverARConfig
+from perceiverar.checkpoint import CheckpointError, read_checkpoint_config
+from perceiverar.config import PerceiverARConfig
 from perceiverar.data import (
-    AUDIO_TOKENIZER_DIR, DatasetError, Filler, Mixture, SourceSpec, TokenizerSettings, detect_modality,
-    load_audio_codec, parse_data_arg, prepare_source, prepare_sources,
+    AUDIO_TOKENIZER_DIR, DatasetError, Filler, Mixture, SourceSpec, TokenizerSettings, default_cache_dir,
+    detect_modality, load_audio_codec, parse_data_arg, prepare_source, prepare_sources,
 )  # fmt: skip
+from perceiverar.distributed import Dist, full_state, load_optimizer_state, setup_dist, wrap_model
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
 from perceiverar.model import PerceiverAR
-
-TRAINING_STATE = "training_state.pt"
-CKPT_PREFIX = "step-"
-
-
-class UsageError(ValueError):
-    """A bad command line or data folder: reported as ``perceiverar-train: error: ...``."""
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("PERCEIVERAR_CACHE"):
-        return Path(os.environ["PERCEIVERAR_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "perceiverar" / "datasets"
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):  # show "(default: x)" only where it says something
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="perceiverar-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=_HelpFormatter)  # fmt: skip
-    g = p.add_argument_group("data")
-    g.add_argument("--data", action="append", required=True, metavar="DIR[:WEIGHT]",
-                   help="data folder (images or audio with captions, or .txt documents); repeat to mix, with weights")
-    g.add_argument("--modality", choices=["image", "audio", "text"], default=None,
-                   help="force the modality of every --data folder (default: detected from the file types)")
-    g.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="H",
-                   help="image size: H, or H W; images are resized (fit + white padding) to it (default: 32 x 32)")
-    g.add_argument("--audio-codebook-size", type=int, default=1024, help="audio codebook entries (fitted once)")
-    g.add_argument("--audio-fit-files", type=int, default=32, help="fit the audio codebook on at most this many files")
-    g.add_argument("--audio-seconds", type=float, default=None,
-                   help="default clip length written into the checkpoint (default: median training clip, fit to L)")
-    g.add_argument("--cache-dir", default=None, help="token cache root (default $PERCEIVERAR_CACHE or ~/.cache/perceiverar/datasets)")
-    g.add_argument("--caption-template", default="{text}", metavar="TEMPLATE",
-                   help="build each caption from its captions.jsonl fields, e.g. '{text}; {style} style'")
-    g.add_argument("--filler", default=None, metavar="DIR[:PROB]",
-                   help="folder of .txt documents: bury captions in long runs of its text in this fraction of media "
-                        "batches (default 0.5), so captions steer from far away in long prompts")
-    g.add_argument("--prompt-dropout", type=float, default=0.1,
-                   help="probability of training an item with the empty prompt (for classifier-free guidance)")
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
-    g.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="start from this checkpoint's weights and architecture (fine-tuning; --context-len and "
-                        "--n-latents may still change, the optimizer starts afresh); audio reuses its codebook")
-    g.add_argument("--n-latents", type=int, default=None, help="override the preset's N (latents)")
-    g.add_argument("--context-len", type=int, default=None, help="override the preset's L (context)")
-    g.add_argument("--context-dropout", type=float, default=0.0, help="fraction of prefix keys dropped per step (paper)")
-    g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
-    g.add_argument("--activation-checkpointing", action="store_true", help="recompute latent blocks in backward")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--out", required=True, help="run directory (checkpoints, metrics, samples)")
-    g.add_argument("--max-steps", type=int, required=True, help="optimizer steps in all")
-    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per rank per micro-step")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
-    g.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the cosine (default lr/10)")
-    g.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
-    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices and embeddings only)")
-    g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (under torchrun: cuda:LOCAL_RANK)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the data order and dropout")
-    g.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
-    g = p.add_argument_group("monitoring")
-    g.add_argument("--val-every", type=int, default=500, help="validate every this many steps (and at the end)")
-    g.add_argument("--val-items", type=int, default=32, help="validation items per folder")
-    g.add_argument("--val-windows", type=int, default=8, help="sliding windows per validation item at most")
-    g.add_argument("--sample-every", type=int, default=2000, help="save generated samples every this many steps (0: never)")
-    g.add_argument("--save-every", type=int, default=1000, help="checkpoint every this many steps (and at the end)")
-    g.add_argument("--keep-last", type=int, default=3, help="checkpoints kept in RUN_DIR/checkpoints")
-    g.add_argument("--log-every", type=int, default=1, help="metrics.jsonl line every this many steps")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--debug-step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow steps down
-    args = p.parse_args(argv)
-    if args.preset not in PRESETS:
-        p.error(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "val_every", "save_every", "log_every"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if not 0 <= args.prompt_dropout <= 1:
-        p.error(f"--prompt-dropout must be in [0, 1], got {args.prompt_dropout}")
-    if len(args.image_size) > 2:
-        p.error("--image-size takes H or H W")
-    if args.min_lr is None:
-        args.min_lr = args.lr / 10
-    return args
-
-
-# ------------------------------------------------------------------------------------------ distributed
-
-
-@dataclasses.dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def sum_(self, values: list[float]) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64)
-        if self.device.type == "cuda":
-            t = t.to(self.device)
-        dist.all_reduce(t)
-        return t.cpu().tolist()
-
-
-def setup_dist(device_arg: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_arg)
-        if device.type == "cuda" and device.index is None and world > 1:
-            device = torch.device(f"cuda:{local}")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, local, device)
-
-
-class LossModule(nn.Module):
-    """model.loss behind forward(), so DDP / FSDP see the whole step as one forward call."""
-
-    def __init__(self, model: PerceiverAR):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(tokens, features)
-
-
-# ------------------------------------------------------------------------------------------ schedule
-
-
-def lr_at(step: int, args) -> float:
-    """Linear warm-up to --lr over --warmup steps, then cosine decay to --min-lr at --max-steps."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    span = max(1, args.max_steps - args.warmup)
-    t = min(1.0, (step - args.warmup) / span)
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * t))
-
-
-def make_optimizer(model: nn.Module, args) -> torch.optim.AdamW:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, args.beta2), eps=1e-8)
-
-
-# ------------------------------------------------------------------------------------------ run state
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class _Weights:
-    """What save_checkpoint needs of a model (cfg + state_dict), for a gathered FSDP state."""
-
-    def __init__(self, cfg: PerceiverARConfig, state: dict):
-        self.cfg, self._state = cfg, state
-
-    def state_dict(self) -> dict:
-        return self._state
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    d = run_dir / "checkpoints"
-    if not d.is_dir():
-        return []
-    out = [c for c in d.iterdir() if c.name.startswith(CKPT_PREFIX) and c.name[len(CKPT_PREFIX):].isdigit()]
-    return sorted(out, key=lambda c: int(c.name[len(CKPT_PREFIX):]))
-
-
-def latest_checkpoint(run_dir: Path, log) -> Path | None:
-    for c in reversed(list_checkpoints(run_dir)):
-        try:
-            read_checkpoint_config(c)
-            if (c / TRAINING_STATE).is_file():
-                return c
-        except CheckpointError as e:
-            log(f"skipping unusable checkpoint {c}: {e}")
-    return None
-
-
-class Logger:
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = run_dir / "train.log"
-        self.bar: tqdm | None = None
-
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)  # above the progress bar
-        else:
-            print(line, file=sys.stderr, flush=True)
-        with open(self.path, "a") as fh:
-            fh.write(line + "\n")
-
-
-def append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-        fh.flush()
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the lines a killed run wrote after its last checkpoint (they will be produced again)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by the kill
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(s + "\n" for s in keep))
-    os.replace(tmp, path)
-
-
-def plot_losses(metrics: Path, out: Path) -> None:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    train, val = [], []
-    for line in metrics.read_text().splitlines():
-        r = json.loads(line)
-        if r.get("kind") == "train":
-            train.append((r["step"], r["loss"]))
-        elif r.get("kind") == "val":
-            val.append((r["step"], r["val_loss"]))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), lw=0.8, label="train loss (nats/token)")
-    if val:
-        ax.plot(*zip(*val), "o-", label="val loss (nats/target token)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
-
-
-# ------------------------------------------------------------------------------------------ trainer
+from perceiverar.optim import lr_at, make_optimizer, rng_state, set_rng_state
+from perceiverar.rundir import TRAINING_STATE, Weights, latest_checkpoint, list_checkpoints, save_best, save_step
+from perceiverar.runlog import Logger, append_metrics, plot_losses, save_samples, truncate_metrics
+from perceiverar.train_args import UsageError, parse_args
 
 
 def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) -> PerceiverARConfig:
@@ -383,6 +81,8 @@ def audio_seconds(sources, codec, cfg: PerceiverARConfig) -> float:
 
 
 class Trainer:
+    """One training run: data, model, optimizer and the loop, for this rank (rank 0 also logs and saves)."""
+
     def __init__(self, args, dd: Dist):
         self.args, self.dd = args, dd
         self.run_dir = Path(args.out)
@@ -476,22 +176,8 @@ class Trainer:
                 self.log(f"weights from {init_dir} (step {init_meta.get('training', {}).get('step', '?')})")
         model.to(dd.device)
         self.model = model  # the plain module: validation, samples, checkpoints
-        net: nn.Module = LossModule(model)
         self.fsdp = a.fsdp and dd.world > 1
-        if self.fsdp:
-            from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
-
-            for block in model.blocks:
-                fully_shard(block)
-            fully_shard(model.cross)  # the full forward computes keys/values inside cross.forward
-            fully_shard(model)  # the root: embeddings, norm and head
-        if a.compile:
-            net = torch.compile(net)
-        if dd.world > 1 and not self.fsdp:
-            from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
-
-            net = DDP(net, device_ids=[dd.device.index] if dd.device.type == "cuda" else None)
-        self.net = net
+        self.net = wrap_model(model, dd, fsdp=self.fsdp, compile=a.compile)
         self.opt = make_optimizer(model, a)
         self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
                                filler=self.filler)  # fmt: skip
@@ -499,12 +185,7 @@ class Trainer:
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume_dir is not None:
             state = torch.load(resume_dir / TRAINING_STATE, map_location="cpu", weights_only=True)
-            if self.fsdp:
-                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # noqa: PLC0415
-
-                set_optimizer_state_dict(model, self.opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-            else:
-                self.opt.load_state_dict(state["optimizer"])
+            load_optimizer_state(model, self.opt, state["optimizer"], fsdp=self.fsdp)
             self.step, self.best_val, self.tokens_seen = int(state["step"]), float(state["best_val"]), int(state["tokens_seen"])
             rngs = state["rng"]
             set_rng_state(rngs[dd.rank] if dd.rank < len(rngs) else rngs[0])
@@ -514,16 +195,6 @@ class Trainer:
                  f"global batch {a.batch_size * a.grad_accum * dd.world} sequences")  # fmt: skip
 
     # ---- checkpoints ----
-
-    def _gather(self) -> tuple[dict, dict]:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
-                StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-            )  # fmt: skip
-
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return get_model_state_dict(self.model, options=opts), get_optimizer_state_dict(self.model, self.opt, options=opts)
-        return self.model.state_dict(), self.opt.state_dict()
 
     def _training_meta(self, val: float | None = None) -> dict:
         a = vars(self.args).copy()
@@ -542,44 +213,25 @@ class Trainer:
         return write
 
     def save(self) -> bool:
-        """Checkpoint RUN_DIR/checkpoints/step-XXXXXXX atomically; on failure keep the old ones and say so."""
-        weights, opt_state = self._gather()
-        rngs = [rng_state()]
-        if self.dd.world > 1:
-            gathered = [None] * self.dd.world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
+        """Checkpoint RUN_DIR/checkpoints/step-XXXXXXX (see ``rundir.save_step``); False if that failed."""
+        weights, opt_state = full_state(self.model, self.opt, fsdp=self.fsdp)
+        rngs = self.dd.gather(rng_state())
         ok = True
         if self.dd.main:
-            target = self.run_dir / "checkpoints" / f"{CKPT_PREFIX}{self.step:07d}"
+            a = self.args
             state = {"step": self.step, "optimizer": opt_state, "rng": rngs, "best_val": self.best_val,
-                     "tokens_seen": self.tokens_seen, "schedule": {"kind": "cosine", "warmup": self.args.warmup,
-                     "lr": self.args.lr, "min_lr": self.args.min_lr, "max_steps": self.args.max_steps}}  # fmt: skip
-            try:
-                save_checkpoint(target, _Weights(self.cfg, weights), self.tok_cfg, training=self._training_meta(),
-                                extra_files=self._extra(state))  # fmt: skip
-                self.log(f"saved checkpoint {target}")
-                for old in list_checkpoints(self.run_dir)[: -self.args.keep_last]:
-                    shutil.rmtree(old, ignore_errors=True)
-            except Exception as e:  # noqa: BLE001  (a full disk, a permission error, ...: never lose the run)
-                prev = [c for c in list_checkpoints(self.run_dir) if c != target]
-                hint = " (disk full)" if isinstance(e, OSError) and e.errno == errno.ENOSPC else ""
-                self.log(f"ERROR: saving checkpoint {target} failed{hint}: {type(e).__name__}: {e}; "
-                         f"the previous checkpoint {prev[-1] if prev else '(none)'} is intact; training continues")  # fmt: skip
-                ok = False
+                     "tokens_seen": self.tokens_seen, "schedule": {"kind": "cosine", "warmup": a.warmup,
+                     "lr": a.lr, "min_lr": a.min_lr, "max_steps": a.max_steps}}  # fmt: skip
+            ok = save_step(self.run_dir, self.step, Weights(self.cfg, weights), self.tok_cfg, training=self._training_meta(),
+                           extra_files=self._extra(state), keep_last=a.keep_last, log=self.log)  # fmt: skip
         self.dd.barrier()
         return ok
 
     def save_best(self, val: float) -> None:
-        weights, _ = self._gather()
-        if not self.dd.main:
-            return
-        try:
-            save_checkpoint(self.run_dir / "best", _Weights(self.cfg, weights), self.tok_cfg,
-                            training=self._training_meta(val), extra_files=self._extra(None))  # fmt: skip
-            self.log(f"new best val loss {val:.4f} nats: saved {self.run_dir / 'best'}")
-        except Exception as e:  # noqa: BLE001
-            self.log(f"ERROR: saving the best checkpoint failed: {type(e).__name__}: {e}; the previous best is intact")
+        weights, _ = full_state(self.model, self.opt, fsdp=self.fsdp)
+        if self.dd.main:
+            save_best(self.run_dir, Weights(self.cfg, weights), self.tok_cfg, training=self._training_meta(val),
+                      extra_files=self._extra(None), val=val, log=self.log)  # fmt: skip
 
     # ---- validation and samples ----
 
@@ -616,40 +268,7 @@ class Trainer:
         if self.fsdp:
             self.log("samples are skipped under --fsdp (the weights are sharded)")
             return
-        try:
-            from perceiverar.pipeline import Pipeline  # noqa: PLC0415
-        except ImportError as e:
-            self.log(f"no samples: perceiverar.pipeline is not available ({e})")
-            return
-        out = self.run_dir / "samples"
-        out.mkdir(exist_ok=True)
-        pipe = Pipeline(self.model, self.tok_cfg, None, audio_tokenizer=self.codec.tokenizer if self.codec else None)
-        was = self.model.training
-        try:
-            for src in self.sources:
-                i = int((src.val_items if len(src.val_items) else src.train_items)[0])
-                ids = src.item(i)
-                stem = out / f"step-{self.step:07d}-{src.modality}"
-                if src.modality == "image":
-                    prompt = bytes(int(t) for t in ids[2 : 2 + src.index[i, 2]]).decode("utf-8", "replace")
-                    pipe.generate_image(prompt, seed=0, overflow="truncate")[0].save(f"{stem}.png")
-                    (out / f"{stem.name}.prompt.txt").write_text(prompt + "\n")
-                elif src.modality == "audio":
-                    import soundfile  # noqa: PLC0415
-
-                    prompt = bytes(int(t) for t in ids[2 : 2 + src.index[i, 2]]).decode("utf-8", "replace")
-                    wav, sr = pipe.generate_audio(prompt, seconds=2.0, seed=0, overflow="truncate")[0]
-                    soundfile.write(f"{stem}.wav", wav, sr)
-                else:
-                    a, _ = src.target_range(i)
-                    prompt = bytes(int(t) for t in ids[a : a + 64]).decode("utf-8", "replace") or "The"
-                    text = pipe.generate_text(prompt, max_new_bytes=128, seed=0, overflow="truncate")[0]
-                    Path(f"{stem}.txt").write_text(f"{prompt}|{text}\n")
-            self.log(f"samples saved to {out}")
-        except Exception as e:  # noqa: BLE001  (a sample must never stop training)
-            self.log(f"sample generation failed: {type(e).__name__}: {e}")
-        finally:
-            self.model.train(was)
+        save_samples(self.model, self.tok_cfg, self.sources, self.codec, self.run_dir / "samples", self.step, self.log)
 
     # ---- the loop ----
 

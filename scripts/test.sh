@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --dev || { echo "installation failed" >&2; exit 1; }
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=25 "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then
   echo "pytest collected no tests: treating that as a failure" >&2

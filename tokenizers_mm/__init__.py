@@ -4,7 +4,6 @@ Data flows file -> tokenizer -> ids -> (model) -> ids -> tokenizer -> media; see
 the id ranges and layout.
 """
 
-from tokenizers_mm.audio import AudioConfig, AudioTokenizer, load_audio, render_midi
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.text import TextTokenizer
@@ -22,3 +21,15 @@ __all__ = [
     "PAD", "BOS", "EOS", "TEXT_BEGIN", "TEXT_END", "IMAGE_BEGIN", "IMAGE_END", "AUDIO_BEGIN", "AUDIO_END", "SEP", "PALETTE_BEGIN",
     "VOCAB_SIZE", "N_FEATURES", "FEATURE_SIZES", "AUDIO_FREQ_BANDS", "MAX_IMAGE_SIDE", "MAX_AUDIO_TOKENS",
 ]  # fmt: skip
+
+# The audio tokenizer pulls in torchaudio and librosa (seconds to import): load it on first use, so that
+# ``import perceiverar.config`` or an image-only program never pays for it.
+_AUDIO_NAMES = ("AudioConfig", "AudioTokenizer", "load_audio", "render_midi")
+
+
+def __getattr__(name: str):
+    if name in _AUDIO_NAMES:
+        from tokenizers_mm import audio  # noqa: PLC0415
+
+        return getattr(audio, name)
+    raise AttributeError(f"module 'tokenizers_mm' has no attribute {name!r}")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +83,7 @@ def test_prepare_images_and_text(folders, monkeypatch):
     assert bytes(joined[2:-2].tolist()) == doc
     assert 0.03 < src_txt.length(va) / len(joined) < 0.07
     # re-running reuses the cache: nothing is tokenized again
-    monkeypatch.setattr(D, "_tokenize", lambda *a, **k: pytest.fail("re-tokenized a cached folder"))
+    monkeypatch.setattr(D.cache, "_tokenize", lambda *a, **k: pytest.fail("re-tokenized a cached folder"))
     again, _ = D.prepare_sources([D.parse_data_arg(str(img)), D.parse_data_arg(str(txt))], SETTINGS, cache, progress=False)
     assert again[0].dir == src_img.dir and again[1].dir == src_txt.dir
 
@@ -264,3 +267,16 @@ def test_prepare_audio_midi(shared_data, tmp_path):
     assert b - a > 100 and codes.min() >= 512 and codes.max() < 512 + 16
     feats = src.features(src.item(0))
     assert (feats[a:b, 2] == 1).all() and (feats[:a] == 0).all()
+
+
+def test_imports_stay_light_and_one_way():
+    """The config never loads torchaudio (the audio tokenizer is imported on first use), evaluation never loads
+    the trainer, and ``tokenizers_mm.AudioTokenizer`` still resolves."""
+    code = ("import sys, perceiverar.config, perceiverar.evaluate, perceiverar.data; "
+            "bad = [m for m in ('torchaudio', 'tokenizers_mm.audio', 'perceiverar.train') if m in sys.modules]; "
+            "assert not bad, bad; "
+            "from tokenizers_mm import AudioTokenizer, render_midi; assert 'torchaudio' in sys.modules")  # fmt: skip
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]

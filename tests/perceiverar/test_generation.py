@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from perceiverar import PerceiverAR, PerceiverARConfig, generate
+from perceiverar import generate
 from perceiverar.cache import Window
 from perceiverar.generation import Schedule, append, make_schedule, new_stream, next_logits, unconditional_prompt
 from perceiverar.sampling import ModalityConstraint, guide, sample
@@ -15,28 +15,7 @@ from tokenizers_mm.vocab import (
     AUDIO_END, EOS, IMAGE_BEGIN, IMAGE_END, NUM_OFFSET, PAD, SEP, TEXT_END, build_sequence, position_features,
 )  # fmt: skip
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Decoding is many tiny matmuls: on a shared 2-core machine, intra-op threads only add
-    # spin-wait contention (25x slower under load), so these tests run single-threaded.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def debug_model(**overrides) -> PerceiverAR:
-    torch.manual_seed(0)
-    model = PerceiverAR(PerceiverARConfig.preset("debug", **overrides))
-    # The output projection starts at zero; give it (and the biases) weights so logits depend on the input.
-    torch.nn.init.normal_(model.head.weight, std=0.02)
-    for name, p in model.named_parameters():
-        if name.endswith(".bias"):
-            torch.nn.init.normal_(p, std=0.02)
-    if model.conv is not None:  # zero-initialised: give it weights so a wrong conv window changes the logits
-        torch.nn.init.normal_(model.conv.weight, std=0.5)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def image_prompt(n_tokens: int, side: int = 16) -> list[int]:
@@ -49,7 +28,7 @@ def image_prompt(n_tokens: int, side: int = 16) -> list[int]:
 # ---------------------------------------------------------------------------------------- the schedule
 
 
-def test_schedule_first_window_and_slides():
+def test_schedule_first_window_and_slides(debug_model):
     sch = Schedule(context_len=10, n_latents=4, stride=2)
     w = sch.window(None, 3)  # a short prompt: everything fits
     assert w == Window(0, 0)
@@ -83,7 +62,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("overrides,P,steps,n_latents,stride", CASES)
-def test_cached_logits_equal_full_forward(overrides, P, steps, n_latents, stride):
+def test_cached_logits_equal_full_forward(debug_model, overrides, P, steps, n_latents, stride):
     model = debug_model(**overrides)
     prompt = image_prompt(P)
     sch = make_schedule(model, n_latents, stride)
@@ -114,7 +93,7 @@ def test_cached_logits_equal_full_forward(overrides, P, steps, n_latents, stride
 
 @pytest.mark.parametrize("P", [20, 300])
 @pytest.mark.parametrize("conv_kernel", [0, 4])
-def test_greedy_identical_with_and_without_cache(P, conv_kernel):
+def test_greedy_identical_with_and_without_cache(debug_model, P, conv_kernel):
     model = debug_model(conv_kernel=conv_kernel)
     prompt = image_prompt(P)
     kw = dict(top_k=1, num_samples=2, overflow="truncate")
@@ -126,7 +105,7 @@ def test_greedy_identical_with_and_without_cache(P, conv_kernel):
     assert torch.equal(a, b)
 
 
-def test_guidance_cached_equals_uncached_and_first_step():
+def test_guidance_cached_equals_uncached_and_first_step(debug_model):
     model = debug_model()
     prompt = build_sequence("a big blue circle on grey", "image", height=8, width=8, complete=False)
     uncond = build_sequence("", "image", height=8, width=8, complete=False)
@@ -162,7 +141,7 @@ def test_sample_top_k_top_p_temperature():
     assert len(set(hot.tolist())) == 4
 
 
-def test_seed_reproducible_and_samples_differ():
+def test_seed_reproducible_and_samples_differ(debug_model):
     model = debug_model()
     prompt = image_prompt(20)
     a = generate(model, prompt, 12, seed=7, num_samples=3, temperature=5.0)
@@ -177,7 +156,7 @@ def test_seed_reproducible_and_samples_differ():
 # ------------------------------------------------------------------------------- constrained decoding
 
 
-def test_image_constraint_exact_pixels_then_end():
+def test_image_constraint_exact_pixels_then_end(debug_model):
     model = debug_model()
     prompt = build_sequence("cat", "image", height=4, width=5, complete=False)
     con = ModalityConstraint("image", height=4, width=5)
@@ -187,7 +166,7 @@ def test_image_constraint_exact_pixels_then_end():
     assert (out[:, -2] == IMAGE_END).all() and (out[:, -1] == EOS).all()
 
 
-def test_image_constraint_forces_missing_header_and_counts_partial_content():
+def test_image_constraint_forces_missing_header_and_counts_partial_content(debug_model):
     model = debug_model()
     prompt = build_sequence("cat", "image", height=2, width=2, complete=False)[:-3]  # ends with SEP
     assert prompt[-1] == SEP
@@ -202,7 +181,7 @@ def test_image_constraint_forces_missing_header_and_counts_partial_content():
         generate(model, prompt, 10, constraint=ModalityConstraint("image", height=2, width=2))
 
 
-def test_audio_and_text_constraints():
+def test_audio_and_text_constraints(debug_model):
     model = debug_model()
     prompt = build_sequence("drums", "audio", n_audio_tokens=7, complete=False)
     out = generate(model, prompt, 20, constraint=ModalityConstraint("audio", n_audio_tokens=7), seed=0)[0]
@@ -229,7 +208,7 @@ def test_audio_and_text_constraints():
 # ---------------------------------------------------------------------------------- streaming, cancel
 
 
-def test_on_token_streams_and_stop_event_cancels():
+def test_on_token_streams_and_stop_event_cancels(debug_model):
     model = debug_model()
     seen = []
     stop = threading.Event()
@@ -248,7 +227,7 @@ def test_on_token_streams_and_stop_event_cancels():
 # ---------------------------------------------------------------------------------------------- errors
 
 
-def test_clear_errors():
+def test_clear_errors(debug_model):
     model = debug_model()
     with pytest.raises(ValueError, match="empty prompt"):
         generate(model, [], 5)
@@ -269,7 +248,7 @@ def test_clear_errors():
         generate(model, long, 100)
 
 
-def test_truncate_drops_oldest_condition_tokens():
+def test_truncate_drops_oldest_condition_tokens(debug_model):
     model = debug_model()
     long = build_sequence(b"A" * 100 + b"B" * 100, "image", height=4, width=4, complete=False)  # 207 tokens
     with pytest.warns(UserWarning, match="dropped the 51 oldest condition tokens"):
@@ -288,7 +267,7 @@ class _nullcontext:
         return False
 
 
-def test_conv_exact_across_context_chunks(monkeypatch):
+def test_conv_exact_across_context_chunks(debug_model, monkeypatch):
     """fill_context embeds the window in chunks: each chunk's convolution must read the tokens before it."""
     import perceiverar.generation as gen
 
@@ -301,7 +280,7 @@ def test_conv_exact_across_context_chunks(monkeypatch):
     assert torch.equal(a, b)
 
 
-def test_palette_image_constraint_one_token_per_pixel_within_the_palette():
+def test_palette_image_constraint_one_token_per_pixel_within_the_palette(debug_model):
     from tokenizers_mm.vocab import PALETTE_BEGIN
 
     model = debug_model()

@@ -10,17 +10,6 @@ import torch
 from perceiverar import PerceiverAR, PerceiverARConfig
 
 
-def debug_model(**overrides) -> PerceiverAR:
-    torch.manual_seed(0)
-    model = PerceiverAR(PerceiverARConfig.preset("debug", **overrides))
-    # The output projection starts at zero; give it weights so that logits depend on the input.
-    torch.nn.init.normal_(model.head.weight, std=0.02)
-    for name, p in model.named_parameters():
-        if name.endswith(".bias"):  # zero at init; make them matter
-            torch.nn.init.normal_(p, std=0.1)
-    return model.eval()
-
-
 def random_features(B: int, T: int, cfg: PerceiverARConfig) -> torch.Tensor:
     return torch.stack([torch.randint(0, s, (B, T)) for s in cfg.feature_sizes], dim=-1)
 
@@ -103,8 +92,8 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
 
 
 @torch.no_grad()
-def test_matches_independent_loop_reference():
-    model = debug_model(n_latents=6, n_layers=2)
+def test_matches_independent_loop_reference(debug_model):
+    model = debug_model(bias_std=0.1, n_latents=6, n_layers=2)
     T = 14
     tokens = torch.randint(0, model.cfg.vocab_size, (1, T))
     feats = random_features(1, T, model.cfg)
@@ -116,8 +105,8 @@ def test_matches_independent_loop_reference():
 
 @torch.no_grad()
 @pytest.mark.parametrize("j", [3, 40, 50, 63])  # inside the prefix (T - N = 32) and inside the latent block
-def test_causality(j):
-    model = debug_model()
+def test_causality(debug_model, j):
+    model = debug_model(bias_std=0.1)
     T, N = 64, model.cfg.n_latents
     tokens = torch.randint(0, model.cfg.vocab_size, (2, T))
     base = model(tokens)  # (2, N, V); row i predicts position T - N + i + 1, having read up to T - N + i
@@ -131,8 +120,8 @@ def test_causality(j):
 
 
 @torch.no_grad()
-def test_fewer_latents_and_short_sequences_stay_causal():
-    model = debug_model()
+def test_fewer_latents_and_short_sequences_stay_causal(debug_model):
+    model = debug_model(bias_std=0.1)
     T = 50
     tokens = torch.randint(0, model.cfg.vocab_size, (1, T))
     full = model(tokens)
@@ -155,10 +144,10 @@ def test_fewer_latents_and_short_sequences_stay_causal():
 
 
 @torch.no_grad()
-def test_latent_depends_only_on_its_prefix_and_first_latent():
+def test_latent_depends_only_on_its_prefix_and_first_latent(debug_model):
     # What exact cached generation relies on: latent i of a forward with k latents equals the last
     # latent of a forward over the prefix ending at its position with the same first latent.
-    model = debug_model()
+    model = debug_model(bias_std=0.1)
     T, k = 40, 12
     tokens = torch.randint(0, model.cfg.vocab_size, (1, T))
     full = model(tokens, n_latents=k)
@@ -167,8 +156,8 @@ def test_latent_depends_only_on_its_prefix_and_first_latent():
         torch.testing.assert_close(full[:, i], model(tokens[:, :end], n_latents=i + 1)[:, -1], atol=1e-5, rtol=1e-5)
 
 
-def test_rejects_bad_input():
-    model = debug_model()
+def test_rejects_bad_input(debug_model):
+    model = debug_model(bias_std=0.1)
     with pytest.raises(ValueError, match="exceeds the model's context"):
         model(torch.zeros(1, model.cfg.context_len + 1, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(B, T\)"):
@@ -195,8 +184,8 @@ def test_overfits_one_batch():
     assert loss.item() < 0.25 * first
 
 
-def test_loss_mask_and_z_loss():
-    model = debug_model(z_loss=1e-3)
+def test_loss_mask_and_z_loss(debug_model):
+    model = debug_model(bias_std=0.1, z_loss=1e-3)
     tokens = torch.randint(0, model.cfg.vocab_size, (2, 41))
     nll, logits = model.token_nll(tokens)
     mask = torch.ones_like(tokens)
@@ -208,8 +197,8 @@ def test_loss_mask_and_z_loss():
     torch.testing.assert_close(got, want)
 
 
-def test_context_dropout_trains_and_is_off_in_eval():
-    model = debug_model(context_dropout=0.5)
+def test_context_dropout_trains_and_is_off_in_eval(debug_model):
+    model = debug_model(bias_std=0.1, context_dropout=0.5)
     tokens = torch.randint(0, model.cfg.vocab_size, (2, 100))
     model.eval()
     with torch.no_grad():

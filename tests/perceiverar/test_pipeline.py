@@ -11,25 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from perceiverar import PerceiverAR, PerceiverARConfig, Pipeline, save_checkpoint
+from perceiverar import Pipeline, save_checkpoint
 from perceiverar.generate_cli import main as cli_main
 from perceiverar.pipeline import make_tokenizer_config
 from tokenizers_mm.vocab import Vocabulary
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add contention on a shared machine
-    yield
-    torch.set_num_threads(n)
-
-
-def debug_model() -> PerceiverAR:
-    torch.manual_seed(0)
-    model = PerceiverAR(PerceiverARConfig.preset("debug"))
-    torch.nn.init.normal_(model.head.weight, std=0.02)
-    return model.eval()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_audio_tokenizer():
@@ -40,7 +27,7 @@ def tiny_audio_tokenizer():
 
 
 @pytest.fixture
-def image_text_pipe() -> Pipeline:
+def image_text_pipe(debug_model) -> Pipeline:
     return Pipeline(debug_model(), make_tokenizer_config(["image", "text"], height=4, width=5))
 
 
@@ -107,7 +94,7 @@ def test_errors_and_budget(image_text_pipe):
         pipe.generate_image(123)
 
 
-def test_load_checkpoint_with_audio_and_cli(tmp_path):
+def test_load_checkpoint_with_audio_and_cli(debug_model, tmp_path):
     at = tiny_audio_tokenizer()
     cfg = make_tokenizer_config(["image", "audio"], height=3, width=3, audio_seconds=0.1)
     ckpt = save_checkpoint(tmp_path / "ckpt", debug_model(), cfg, extra_files=lambda d: at.save(d / "audio_tokenizer"))

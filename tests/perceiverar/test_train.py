@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from perceiverar import load_checkpoint
+from perceiverar import rundir
 from perceiverar import train as T
 from test_data import make_image_folder, make_text_folder
 from tokenizers_mm.vocab import Vocabulary
@@ -210,7 +211,7 @@ def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
 
 def test_failed_save_keeps_previous_checkpoint(data, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    real, calls = T.save_checkpoint, []
+    real, calls = rundir.save_checkpoint, []
 
     def flaky(directory, *a, **kw):
         calls.append(Path(directory).name)
@@ -218,7 +219,7 @@ def test_failed_save_keeps_previous_checkpoint(data, tmp_path, monkeypatch, caps
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(directory, *a, **kw)
 
-    monkeypatch.setattr(T, "save_checkpoint", flaky)
+    monkeypatch.setattr(rundir, "save_checkpoint", flaky)
     train_in_process(["--out", str(run), *common(data)])  # saves at 4, 8 (fails), 12
     err = capsys.readouterr().err
     assert "step-0000008 failed (disk full)" in err and "step-0000004 is intact" in err and "training continues" in err
@@ -229,7 +230,7 @@ def test_failed_save_keeps_previous_checkpoint(data, tmp_path, monkeypatch, caps
 
     # a failing final save ends the run with an error status after saying so
     run2 = tmp_path / "run2"
-    monkeypatch.setattr(T, "save_checkpoint", lambda d, *a, **k: (_ for _ in ()).throw(PermissionError(13, "read-only", str(d))))
+    monkeypatch.setattr(rundir, "save_checkpoint", lambda d, *a, **k: (_ for _ in ()).throw(PermissionError(13, "read-only", str(d))))
     with pytest.raises(SystemExit) as e:
         T.main(["--out", str(run2), *common(data, **{"max-steps": 2})])
     assert e.value.code == 1 and "final checkpoint could not be saved" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""Batches: a weighted mixture of prepared folders -> equal-length random crops.
+
+Each optimizer micro-step samples one crop length for the whole (global) batch, so a batch needs no padding
+(left padding would shift positions and add PAD keys the model would attend). Length ``l`` is uniform in
+``[min(N + 1, m), min(L + 1, m)]`` where ``m`` is the shortest item in the batch; an item no longer than L + 1
+gives its prefix of length ``l`` (so generation's situation, whole prompt in context, is what training sees and
+every prefix length is trained), a longer item (a text document) a window of length ``l`` ending anywhere. The
+batch for (step, micro) is a pure function of ``(seed, step, micro)``: resuming and sharding over ranks (each
+rank takes its rows of the same global batch) are exact by construction.
+
+A batch with buried captions (:class:`~perceiverar.data.filler.Filler`) holds the whole prompt and the first
+``k`` tokens after it (``k`` uniform in ``[N, header + target]``, so the latents, where the loss is, sit on the
+media, not on the filler), and the filler is sized so every row of the batch has one length, drawn uniform in
+``[longest need, L + 1]``: every caption-to-target distance the context allows is trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from perceiverar.data.cache import PreparedSource
+from perceiverar.data.filler import Filler, prompted_sequence
+from perceiverar.data.sources import DatasetError
+
+
+@dataclass
+class Mixture:
+    """Weighted mixture of prepared sources -> equal-length crop batches, a pure function of (seed, step, micro)."""
+
+    sources: list[PreparedSource]
+    context_len: int  # L
+    n_latents: int  # N
+    prompt_dropout: float = 0.1
+    seed: int = 0
+    filler: Filler | None = None
+    probs: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        w = np.asarray([s.weight if len(s.train_items) else 0.0 for s in self.sources], dtype=np.float64)
+        if w.sum() <= 0:
+            raise DatasetError("no training items in any data folder")
+        self.probs = w / w.sum()
+
+    def batch(self, step: int, micro: int, rows: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Global batch ``rows`` x (l) tokens and (rows, l, 3) features for one micro-step; plus stats."""
+        rng = np.random.default_rng([self.seed, step, micro])
+        picks = []
+        for _ in range(rows):
+            s = int(rng.choice(len(self.sources), p=self.probs))
+            src = self.sources[s]
+            i = int(src.train_items[rng.integers(len(src.train_items))])
+            drop = bool(src.index[i, 2] > 0 and rng.random() < self.prompt_dropout)
+            picks.append((s, i, drop))
+        if self.filler is not None and rng.random() < self.filler.prob:
+            if all(self.sources[s].modality != "text" for s, _, _ in picks):
+                return self._buried_batch(rng, picks)
+        m = min(self.sources[s].length(i, d) for s, i, d in picks)
+        hi = min(self.context_len + 1, m)
+        lo = min(self.n_latents + 1, hi)
+        length = int(rng.integers(lo, hi + 1))
+        toks, feats = [], []
+        for s, i, drop in picks:
+            src = self.sources[s]
+            n = src.length(i, drop)
+            if n <= self.context_len + 1:
+                start = 0  # a prefix: the whole prompt is in context, as at generation time
+            else:
+                start = int(rng.integers(length, n + 1)) - length  # a window ending anywhere
+            ids, f = src.crop(i, start, start + length, drop)
+            toks.append(ids)
+            feats.append(f)
+        tokens = torch.from_numpy(np.stack(toks))  # (rows, l)
+        features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)
+        stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks)}
+        return tokens, features, stats
+
+    def _buried_batch(self, rng: np.random.Generator, picks: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """A batch whose captions are buried in filler text (see "Long prompts" in the module docstring)."""
+        rows = []
+        for s, i, drop in picks:
+            src = self.sources[s]
+            ids = src.item(i)
+            plen = int(src.index[i, 2])
+            caption = ids[2 : 2 + plen] if not drop else ids[:0]
+            rest = ids[2 + plen :]  # [TEXT_END] [SEP] [BEGIN] [h] [w] target [END] [EOS]
+            # Tokens after the prompt inside the crop: at least N, so the latents (and the loss) sit on the
+            # header and target only; the filler is context to look past, not text to learn.
+            k = int(rng.integers(min(self.n_latents, len(rest)), len(rest) + 1))
+            where = float(rng.choice([0.0, 1.0, rng.random()]))
+            rows.append((caption, rest, k, where))
+        need = max(2 + len(c) + k for c, _, k, _ in rows)  # no filler at all
+        length = int(rng.integers(need, max(need, self.context_len + 1) + 1))
+        toks, feats, fill = [], [], []
+        for caption, rest, k, where in rows:
+            prompt = self.filler.prompt(rng, caption, where, length - 2 - k)
+            ids, feat = prompted_sequence(prompt, rest[:k])  # (length,), (length, 3)
+            toks.append(ids)
+            feats.append(feat)
+            fill.append(len(prompt) - len(caption))
+        tokens = torch.from_numpy(np.stack(toks))  # (rows, l)
+        features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)
+        stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "filler_bytes": fill}
+        return tokens, features, stats

@@ -1,0 +1,281 @@
+"""The token cache: each data folder tokenized once into a memory-mapped directory, then reused.
+
+Cache format (one directory per folder, ``<cache_root>/<modality>-<key>/``, written to a temp dir then renamed)
+-------------------------------------------------------------------------------------------------------------
+``ids.bin``        every item's full token sequence, concatenated, raw little-endian int16 (ids < 5,696), read
+                   back with ``np.memmap``. Position features are *not* stored: they need the full sequence
+                   (the image header may lie outside a crop) and are cheap to recompute per item (text has none).
+``index.npy``      (n_items, 6) int64 rows ``offset, length, prompt_len, split (0 train / 1 val), target_start,
+                   target_end``; offsets/lengths in tokens of ``ids.bin``, the target range relative to the item
+                   (the pixels, audio codes or text bytes that the bits-per-dim/token/byte metrics average over).
+``manifest.json``  format version, key, folder, modality, tokenizer settings, counts, the item file names (aligned
+                   with ``index.npy``) and ``skipped``: ``[{"file", "reason"}]`` for every unreadable, corrupt or
+                   uncaptioned file (skipped, never a crash).
+
+The key is a hash of the folder listing (relative names, sizes, mtimes), the captions file and the tokenizer
+settings (image size; audio codebook fingerprint), so a re-run with unchanged inputs reuses the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from perceiverar.data.codec import AudioCodec, audio_ids, fit_audio_codec
+from perceiverar.data.sources import (
+    CACHE_FORMAT, VAL_PERMILLE, DatasetError, Entry, SourceSpec, TokenizerSettings, detect_modality, hash_int, is_val,
+    list_entries, listing_hash,
+)  # fmt: skip
+from tokenizers_mm.errors import TokenizerError
+from tokenizers_mm.image import ImageTokenizer
+from tokenizers_mm.vocab import BOS, EOS, N_FEATURES, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence, position_features
+
+assert VOCAB_SIZE < 2**15  # ids fit int16
+
+
+def default_cache_dir() -> Path:
+    """``$PERCEIVERAR_CACHE``, else ``$XDG_CACHE_HOME/perceiverar/datasets`` (``~/.cache/...``)."""
+    if os.environ.get("PERCEIVERAR_CACHE"):
+        return Path(os.environ["PERCEIVERAR_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "perceiverar" / "datasets"
+
+
+class PreparedSource:
+    """One tokenized folder, memory-mapped from its cache directory."""
+
+    def __init__(self, directory: Path, weight: float = 1.0):
+        self.dir = Path(directory)
+        self.weight = float(weight)
+        self.manifest = json.loads((self.dir / "manifest.json").read_text())
+        self.modality: str = self.manifest["modality"]
+        self.index = np.load(self.dir / "index.npy")  # (n, 6) int64
+        n_tok = int(self.manifest["n_tokens"])
+        self.ids = np.memmap(self.dir / "ids.bin", dtype="<i2", mode="r", shape=(n_tok,)) if n_tok else np.zeros(0, "<i2")
+        self.train_items = np.flatnonzero(self.index[:, 3] == 0)
+        self.val_items = np.flatnonzero(self.index[:, 3] == 1)
+
+    @property
+    def name(self) -> str:
+        return Path(self.manifest["folder"]).name
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def length(self, i: int, drop_prompt: bool = False) -> int:
+        off, n, plen = self.index[i, :3]
+        return int(n - (plen if drop_prompt else 0))
+
+    def item(self, i: int, drop_prompt: bool = False) -> np.ndarray:
+        """Full int64 ids of item i; with ``drop_prompt`` the caption bytes are removed (the empty prompt)."""
+        off, n, plen = (int(x) for x in self.index[i, :3])
+        ids = np.asarray(self.ids[off : off + n], dtype=np.int64)
+        if drop_prompt and plen:
+            ids = np.concatenate([ids[:2], ids[2 + plen :]])  # [BOS][TEXT_BEGIN] | prompt | [TEXT_END] ...
+        return ids
+
+    def features(self, ids: np.ndarray) -> np.ndarray:
+        """(T, 3) position features of a *full* item's ids (text: all zero, no need to run the tracker)."""
+        if self.modality == "text":
+            return np.zeros((len(ids), N_FEATURES), dtype=np.int64)
+        return position_features(ids)
+
+    def crop(self, i: int, start: int, end: int, drop_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """ids, features of positions [start, end) of item i; features computed on the full item, then cropped."""
+        if self.modality == "text":
+            off = int(self.index[i, 0])
+            ids = np.asarray(self.ids[off + start : off + end], dtype=np.int64)
+            return ids, np.zeros((len(ids), N_FEATURES), dtype=np.int64)
+        full = self.item(i, drop_prompt)
+        return full[start:end], self.features(full)[start:end]
+
+    def target_range(self, i: int) -> tuple[int, int]:
+        return int(self.index[i, 4]), int(self.index[i, 5])
+
+    def file(self, i: int) -> str:
+        return self.manifest["items"][i]
+
+
+def _cache_key(spec_path: Path, modality: str, entries: list[Entry], settings: TokenizerSettings, codec) -> str:
+    relevant = {"format": CACHE_FORMAT, "folder": str(spec_path), "modality": modality}
+    if modality == "image":
+        relevant["image"] = [settings.image_height, settings.image_width, settings.image_resize]
+    if modality == "audio":
+        relevant["audio_codec"] = codec.fingerprint
+    h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
+    h.update(listing_hash(spec_path, entries).encode())
+    return h.hexdigest()[:20]
+
+
+def _tokenize(spec: SourceSpec, modality: str, e: Entry, settings, image_tok, codec) -> tuple[list[int], int, int, int]:
+    """ids of one entry, its prompt length and target range; raises TokenizerError/OSError/... on bad files."""
+    path = spec.path / e.file
+    if modality == "text":
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise TokenizerError(f"not UTF-8 text ({err})") from None
+        if not raw:
+            raise TokenizerError("empty text file")
+        ids = [BOS, TEXT_BEGIN, *raw, TEXT_END, EOS]
+        return ids, 0, 2, len(ids) - 2
+    prompt = e.text.encode("utf-8")
+    if modality == "image":
+        target = image_tok.encode(path)
+        ids = build_sequence(prompt, "image", target, height=image_tok.height, width=image_tok.width)
+    else:
+        target = audio_ids(codec, path)
+        if not target:
+            raise TokenizerError("no audio codes (empty or silent file)")
+        ids = build_sequence(prompt, "audio", target)
+    start = 2 + len(prompt) + 5  # [BOS][TEXT_BEGIN] p [TEXT_END][SEP][BEGIN][h][w]
+    return ids, len(prompt), start, start + len(target)
+
+
+def prepare_source(
+    spec: SourceSpec,
+    settings: TokenizerSettings,
+    cache_root: str | os.PathLike,
+    *,
+    codec: AudioCodec | None = None,
+    progress: bool = True,
+    log=print,
+) -> PreparedSource:
+    """Tokenize ``spec``'s folder once into the cache (or reuse it) and memory-map it."""
+    folder = spec.path
+    if not folder.is_dir():
+        raise DatasetError(f"data folder {str(folder)!r} does not exist or is not a directory")
+    modality = spec.modality or detect_modality(folder)
+    if modality not in ("image", "audio", "text"):
+        raise DatasetError(f"unknown modality {modality!r}; expected image, audio or text")
+    entries, skipped = list_entries(folder, modality, settings.caption_template)
+    if not entries:
+        why = f" ({len(skipped)} files skipped: {skipped[0]['file']}: {skipped[0]['reason']} ...)" if skipped else ""
+        raise DatasetError(f"{modality} folder {str(folder)!r} is empty: no items to train on{why}")
+    if modality == "audio" and codec is None:
+        raise DatasetError("an audio folder needs a fitted audio codebook (fit_audio_codec)")
+    key = _cache_key(folder, modality, entries, settings, codec)
+    final = Path(cache_root) / f"{modality}-{key}"
+    if (final / "manifest.json").is_file():
+        src = PreparedSource(final, spec.weight)
+        _check_usable(src, folder)
+        return src
+
+    image_tok = ImageTokenizer(settings.image_height, settings.image_width, settings.image_resize) if modality == "image" else None
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        rows, files, offset = [], [], 0
+        with open(tmp / "ids.bin", "wb") as fh:
+            for e in tqdm(entries, desc=f"tokenizing {folder.name} ({modality})", unit="file", disable=not progress):
+                try:
+                    ids, plen, a, b = _tokenize(spec, modality, e, settings, image_tok, codec)
+                except (TokenizerError, OSError, ValueError, RuntimeError, MemoryError) as err:
+                    skipped.append({"file": e.file, "reason": f"{type(err).__name__}: {err}"})
+                    continue
+                np.asarray(ids, dtype="<i2").tofile(fh)
+                rows.append([offset, len(ids), plen, int(is_val(e.file)), a, b])
+                files.append(e.file)
+                offset += len(ids)
+        index = np.asarray(rows, dtype=np.int64).reshape(-1, 6)
+        index, files = _fix_split(index, files, modality)
+        manifest = {
+            "format_version": CACHE_FORMAT,
+            "key": key,
+            "folder": str(folder),
+            "modality": modality,
+            "tokenizer": _settings_for(modality, settings, codec),
+            "n_items": len(index),
+            "n_train": int((index[:, 3] == 0).sum()),
+            "n_val": int((index[:, 3] == 1).sum()),
+            "n_tokens": int(offset),
+            "n_skipped": len(skipped),
+            "skipped": skipped,
+            "items": files,
+        }
+        np.save(tmp / "index.npy", index)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if final.exists():  # a concurrent preparer finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if skipped:
+        log(f"{folder}: skipped {len(skipped)} file(s) (listed in {final / 'manifest.json'}), e.g. "
+            f"{skipped[0]['file']}: {skipped[0]['reason']}")
+    src = PreparedSource(final, spec.weight)
+    _check_usable(src, folder)
+    return src
+
+
+def _check_usable(src: PreparedSource, folder: Path) -> None:
+    if len(src) == 0:
+        sk = src.manifest["skipped"]
+        raise DatasetError(
+            f"{src.modality} folder {str(folder)!r} is empty after skipping {len(sk)} unreadable file(s) "
+            f"(e.g. {sk[0]['file']}: {sk[0]['reason']}); see {src.dir / 'manifest.json'}"
+            if sk else f"{src.modality} folder {str(folder)!r} is empty"
+        )
+
+
+def _settings_for(modality: str, s: TokenizerSettings, codec) -> dict:
+    if modality == "image":
+        return {"height": s.image_height, "width": s.image_width, "resize": s.image_resize}
+    if modality == "audio":
+        return {"codebook_size": s.audio_codebook_size, "codec_fingerprint": codec.fingerprint}
+    return {}
+
+
+def _fix_split(index: np.ndarray, files: list[str], modality: str) -> tuple[np.ndarray, list[str]]:
+    """Make sure a usable folder has both a train and a val part (see the module docstring)."""
+    n = len(index)
+    n_val = int((index[:, 3] == 1).sum())
+    if n == 0 or (0 < n_val < n):
+        return index, files
+    if n >= 2:
+        index[:, 3] = 0
+        index[int(np.argmin([hash_int(f) for f in files])), 3] = 1
+        return index, files
+    if modality == "text":  # one document: its last 5 % is the val row
+        rows, out_files = [], []
+        for row, f in zip(index, files):
+            off, length, plen, _, a, b = (int(x) for x in row)
+            cut = a + int((b - a) * (1 - VAL_PERMILLE / 1000))
+            rows.append([off, cut, plen, 0, a, cut])
+            rows.append([off + cut, length - cut, 0, 1, 0, b - cut])
+            out_files += [f, f + "#tail"]
+        return np.asarray(rows, dtype=np.int64), out_files
+    index[:, 3] = 0  # a single media item: train on it, no validation
+    return index, files
+
+
+def prepare_sources(
+    specs: list[SourceSpec],
+    settings: TokenizerSettings,
+    cache_root: str | os.PathLike,
+    *,
+    codec: AudioCodec | None = None,
+    progress: bool = True,
+    log=print,
+) -> tuple[list[PreparedSource], AudioCodec | None]:
+    """Prepare every folder; fit one audio codebook for all audio folders first when needed."""
+    if not specs:
+        raise DatasetError("no data folders given (use --data DIR)")
+    specs = [s if s.modality else SourceSpec(s.path, s.weight, detect_modality(s.path)) for s in specs]
+    audio = [s for s in specs if s.modality == "audio"]
+    if audio and codec is None:
+        codec = fit_audio_codec(audio, settings, cache_root, progress=progress, log=log)
+    sources = [prepare_source(s, settings, cache_root, codec=codec, progress=progress, log=log) for s in specs]
+    if codec is not None:
+        codec.waveforms.clear()
+    return sources, codec

@@ -1,0 +1,86 @@
+"""Long prompts (``perceiverar-train --filler DIR``): captions buried in long runs of unrelated text.
+
+So that a caption still steers the output from far away, a fraction of the media batches get their caption
+buried in a long run of unrelated text (another folder's training documents, e.g. Shakespeare): the prompt
+becomes ``caption + blank line + filler``, ``filler + blank line + caption`` or the caption in the middle of
+the filler (a third of the time each; a dropped caption leaves the filler alone). How such a batch is cropped
+is in ``perceiverar.data.batches``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from perceiverar.data.sources import DatasetError
+from tokenizers_mm.vocab import BOS, N_FEATURES, TEXT_BEGIN, position_features
+
+if TYPE_CHECKING:
+    from perceiverar.data.cache import PreparedSource
+
+CAPTION_SEP = b"\n\n"  # a blank line between a caption and the filler text around it
+
+
+def bury_caption(caption: np.ndarray, filler: np.ndarray, where: float) -> np.ndarray:
+    """Prompt ids: ``caption`` placed at fraction ``where`` of ``filler`` (0: before it, 1: after it).
+
+    The caption is set off by a blank line on each side that touches filler; an empty caption gives the
+    filler alone. Both arrays hold text-byte ids (0..255).
+    """
+    caption, filler = np.asarray(caption, np.int64), np.asarray(filler, np.int64)
+    if caption.size == 0:
+        return filler
+    sep = np.frombuffer(CAPTION_SEP, np.uint8).astype(np.int64)
+    cut = int(round(min(max(where, 0.0), 1.0) * len(filler)))
+    head, tail = filler[:cut], filler[cut:]
+    parts = [head, sep] if head.size else []
+    parts.append(caption)
+    if tail.size:
+        parts += [sep, tail]
+    return np.concatenate(parts)
+
+
+def prompted_sequence(prompt: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ids (T,) and position features (T, 3) of ``[BOS][TEXT_BEGIN] prompt rest``, ``rest`` starting at [TEXT_END].
+
+    Text has no features; the media section's restart at its header, inside ``rest``, so a prompt of any
+    length costs nothing to featurize.
+    """
+    ids = np.concatenate([[BOS, TEXT_BEGIN], prompt, rest]).astype(np.int64)
+    feats = np.concatenate([np.zeros((2 + len(prompt), N_FEATURES), np.int64), position_features(rest)])
+    return ids, feats
+
+
+class Filler:
+    """Unrelated text to bury captions in: the training documents of a prepared text source, concatenated."""
+
+    def __init__(self, source: PreparedSource, prob: float = 0.5, split: str = "train"):
+        if source.modality != "text":
+            raise DatasetError(f"--filler needs a folder of .txt documents, got a {source.modality} folder")
+        if not 0 < prob <= 1:
+            raise DatasetError(f"--filler probability must be in (0, 1], got {prob}")
+        docs = []
+        for i in source.train_items if split == "train" else source.val_items:  # 'val': unseen text, for evaluation
+            off = int(source.index[i, 0])
+            a, b = source.target_range(int(i))
+            docs.append(np.asarray(source.ids[off + a : off + b], dtype=np.int16))
+        self.text = np.concatenate(docs) if docs else np.zeros(0, np.int16)  # (n_bytes,) text-byte ids
+        if self.text.size < 1024:
+            raise DatasetError(f"filler folder {source.manifest['folder']!r} has too little text ({self.text.size} bytes)")
+        self.prob = float(prob)
+
+    def window(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` consecutive filler bytes from a random place (wrapping round the end)."""
+        start = int(rng.integers(len(self.text)))
+        return self.text[(start + np.arange(n)) % len(self.text)].astype(np.int64)
+
+    def prompt(self, rng: np.random.Generator, caption: np.ndarray, where: float, length: int) -> np.ndarray:
+        """A prompt of exactly ``length`` ids (>= len(caption)): the caption buried at ``where`` in filler."""
+        c = len(caption)
+        if c == 0:
+            return self.window(rng, length)
+        f = max(0, length - c - 2 * len(CAPTION_SEP))
+        p = bury_caption(caption, self.window(rng, f), where)
+        extra = self.window(rng, length - len(p))  # separators not needed at an edge: more filler, away from it
+        return np.concatenate([p, extra] if where < 0.5 else [extra, p])

@@ -1,0 +1,93 @@
+"""The ``perceiverar-train`` command line: options, their defaults and checks (the loop is ``perceiverar.train``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from perceiverar.config import PRESETS
+
+DESCRIPTION = "Train a Perceiver AR model on folders of captioned images, audio or text: ``perceiverar-train``."
+
+
+class UsageError(ValueError):
+    """A bad command line or data folder: reported as ``perceiverar-train: error: ...``."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # show "(default: x)" only where it says something
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="perceiverar-train", description=DESCRIPTION,
+                                formatter_class=_HelpFormatter)  # fmt: skip
+    g = p.add_argument_group("data")
+    g.add_argument("--data", action="append", required=True, metavar="DIR[:WEIGHT]",
+                   help="data folder (images or audio with captions, or .txt documents); repeat to mix, with weights")
+    g.add_argument("--modality", choices=["image", "audio", "text"], default=None,
+                   help="force the modality of every --data folder (default: detected from the file types)")
+    g.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="H",
+                   help="image size: H, or H W; images are resized (fit + white padding) to it (default: 32 x 32)")
+    g.add_argument("--audio-codebook-size", type=int, default=1024, help="audio codebook entries (fitted once)")
+    g.add_argument("--audio-fit-files", type=int, default=32, help="fit the audio codebook on at most this many files")
+    g.add_argument("--audio-seconds", type=float, default=None,
+                   help="default clip length written into the checkpoint (default: median training clip, fit to L)")
+    g.add_argument("--cache-dir", default=None, help="token cache root (default $PERCEIVERAR_CACHE or ~/.cache/perceiverar/datasets)")
+    g.add_argument("--caption-template", default="{text}", metavar="TEMPLATE",
+                   help="build each caption from its captions.jsonl fields, e.g. '{text}; {style} style'")
+    g.add_argument("--filler", default=None, metavar="DIR[:PROB]",
+                   help="folder of .txt documents: bury captions in long runs of its text in this fraction of media "
+                        "batches (default 0.5), so captions steer from far away in long prompts")
+    g.add_argument("--prompt-dropout", type=float, default=0.1,
+                   help="probability of training an item with the empty prompt (for classifier-free guidance)")
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
+    g.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights and architecture (fine-tuning; --context-len and "
+                        "--n-latents may still change, the optimizer starts afresh); audio reuses its codebook")
+    g.add_argument("--n-latents", type=int, default=None, help="override the preset's N (latents)")
+    g.add_argument("--context-len", type=int, default=None, help="override the preset's L (context)")
+    g.add_argument("--context-dropout", type=float, default=0.0, help="fraction of prefix keys dropped per step (paper)")
+    g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    g.add_argument("--activation-checkpointing", action="store_true", help="recompute latent blocks in backward")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--out", required=True, help="run directory (checkpoints, metrics, samples)")
+    g.add_argument("--max-steps", type=int, required=True, help="optimizer steps in all")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    g.add_argument("--batch-size", type=int, default=8, help="sequences per rank per micro-step")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the cosine (default lr/10)")
+    g.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices and embeddings only)")
+    g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (under torchrun: cuda:LOCAL_RANK)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the data order and dropout")
+    g.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
+    g = p.add_argument_group("monitoring")
+    g.add_argument("--val-every", type=int, default=500, help="validate every this many steps (and at the end)")
+    g.add_argument("--val-items", type=int, default=32, help="validation items per folder")
+    g.add_argument("--val-windows", type=int, default=8, help="sliding windows per validation item at most")
+    g.add_argument("--sample-every", type=int, default=2000, help="save generated samples every this many steps (0: never)")
+    g.add_argument("--save-every", type=int, default=1000, help="checkpoint every this many steps (and at the end)")
+    g.add_argument("--keep-last", type=int, default=3, help="checkpoints kept in RUN_DIR/checkpoints")
+    g.add_argument("--log-every", type=int, default=1, help="metrics.jsonl line every this many steps")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug-step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow steps down
+    args = p.parse_args(argv)
+    if args.preset not in PRESETS:
+        p.error(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "val_every", "save_every", "log_every"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.prompt_dropout <= 1:
+        p.error(f"--prompt-dropout must be in [0, 1], got {args.prompt_dropout}")
+    if len(args.image_size) > 2:
+        p.error("--image-size takes H or H W")
+    if args.min_lr is None:
+        args.min_lr = args.lr / 10
+    return args
