@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from perceiverar.checkpoint import load_checkpoint
+from perceiverar.checkpoint import CheckpointError, load_checkpoint
 from perceiverar.generation import generate
 from perceiverar.model import PerceiverAR
 from perceiverar.sampling import ModalityConstraint
+from perceiverar.sampling_options import SamplingOptions
 from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.text import TextTokenizer
 from tokenizers_mm.vocab import AUDIO_OFFSET, PIXEL_OFFSET, TEXT_END, Vocabulary, build_sequence
@@ -70,9 +71,20 @@ def make_tokenizer_config(
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1', ...; a GPU that is not there is a ValueError."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {str(device)!r} ({e}); use 'auto', 'cpu' or 'cuda'") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is available here; use 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {str(device)!r}: this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
+    return dev
 
 
 class Pipeline:
@@ -98,6 +110,12 @@ class Pipeline:
     @classmethod
     def load(cls, checkpoint_dir: str | os.PathLike, device: str | torch.device = "auto") -> "Pipeline":
         ckpt = load_checkpoint(checkpoint_dir, device=resolve_device(device))
+        bad = [name for name, t in ckpt.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
+        if bad:  # sampling would fail later with an obscure multinomial error
+            raise CheckpointError(
+                f"{Path(checkpoint_dir) / 'model.safetensors'} is broken: {len(bad)} weight tensor(s) hold NaN or "
+                f"infinite values (first: {bad[0]}); re-export or re-download the checkpoint"
+            )
         return cls(ckpt.model, ckpt.tokenizer, ckpt.path)
 
     # ------------------------------------------------------------------------------ what it offers
@@ -186,9 +204,14 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------ generation
 
-    def _run(self, modality, prompt, n_new, kw, constraint, *, num_samples, seed, temperature, top_k, top_p,
-             cfg_scale, n_latents, overflow, stop_event, on_token):  # fmt: skip
-        ids, d = prompt, self.defaults
+    def sampling(self, options: SamplingOptions | None = None, *, pick_seed: bool = False, **overrides) -> SamplingOptions:
+        """The options a generation would use: None fields take this checkpoint's defaults (see SamplingOptions)."""
+        opts = SamplingOptions.of(options, **overrides)
+        return opts.resolved(self.defaults, self.model.cfg.n_latents, pick_seed=pick_seed)
+
+    def _run(self, modality, prompt, n_new, kw, constraint, options: SamplingOptions, *, overflow, stop_event,
+             on_token):  # fmt: skip
+        ids = prompt
         total = len(ids) + n_new
         if total > self.context_len and overflow == "error":
             n_bytes = len(ids) - len(build_sequence("", modality, complete=False, **kw))
@@ -199,22 +222,14 @@ class Pipeline:
                 f"= {total} tokens, but the model's context holds {self.context_len}; {hint}, or pass "
                 "overflow='truncate' (drops the oldest prompt bytes, then slides the window)"
             )
-        cfg_scale = d["cfg_scale"] if cfg_scale is None else cfg_scale
-        uncond = build_sequence("", modality, complete=False, **kw) if float(cfg_scale) != 1.0 else None
-        top_k = d["top_k"] if top_k is None else top_k
-        top_p = d["top_p"] if top_p is None else top_p
+        opts = self.sampling(options).generate_kwargs()
+        uncond = build_sequence("", modality, complete=False, **kw) if opts["cfg_scale"] != 1.0 else None
         return generate(
             self.model,
             ids,
             n_new,
-            temperature=d["temperature"] if temperature is None else temperature,
-            top_k=top_k or None,
-            top_p=None if top_p is None or float(top_p) >= 1.0 else float(top_p),
-            cfg_scale=float(cfg_scale),
+            **opts,
             uncond_prompt_ids=uncond,
-            seed=seed,
-            n_latents=d.get("n_latents") if n_latents is None else n_latents,
-            num_samples=num_samples,
             on_token=on_token,
             constraint=constraint,
             overflow=overflow,
@@ -227,20 +242,17 @@ class Pipeline:
         *,
         height: int | None = None,
         width: int | None = None,
-        num_samples: int = 1,
-        seed: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        cfg_scale: float | None = None,
-        n_latents: int | None = None,
+        sampling: SamplingOptions | None = None,
         on_progress: Progress | None = None,
         stop_event: threading.Event | None = None,
         overflow: str = "error",
+        **options,
     ) -> list[Image.Image]:
         """``num_samples`` RGB images. on_progress(fraction, partial_images) is called every few pixel rows.
 
-        Sampling options left at None take the checkpoint's ``defaults`` (top_k=0 / top_p=1 disable them).
+        ``sampling`` (a SamplingOptions) and/or its fields as keywords (``seed=1, top_p=0.9``); options left at
+        None take the checkpoint's ``defaults`` (top_k=0 / top_p=1 disable them). The same holds for
+        generate_audio and generate_text.
         A cancelled run (``stop_event``) returns the partial images (unfinished pixels white).
         """
         ids, n_new, kw = self._layout(prompt, "image", height=height, width=width)
@@ -265,10 +277,8 @@ class Pipeline:
 
         constraint = ModalityConstraint("image", height=h, width=w, image_mode=tok.mode,
                                         content_range=(PIXEL_OFFSET, PIXEL_OFFSET + n_ids))
-        out = self._run("image", ids, n_new, kw, constraint,
-                        num_samples=num_samples, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
-                        cfg_scale=cfg_scale, n_latents=n_latents, overflow=overflow, stop_event=stop_event,
-                        on_token=on_token)  # fmt: skip
+        out = self._run("image", ids, n_new, kw, constraint, SamplingOptions.of(sampling, **options),
+                        overflow=overflow, stop_event=stop_event, on_token=on_token)  # fmt: skip
         return pixels(out)
 
     def generate_audio(
@@ -276,17 +286,12 @@ class Pipeline:
         prompt: str,
         *,
         seconds: float | None = None,
-        num_samples: int = 1,
-        seed: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        cfg_scale: float | None = None,
-        n_latents: int | None = None,
+        sampling: SamplingOptions | None = None,
         on_progress: Progress | None = None,
         stop_event: threading.Event | None = None,
         overflow: str = "error",
         partial_audio: bool = True,
+        **options,
     ) -> list[tuple[np.ndarray, int]]:
         """``num_samples`` (float32 mono waveform, sample_rate).
 
@@ -316,8 +321,7 @@ class Pipeline:
             if on_progress is not None and (done % every == 0 or done == n):
                 on_progress(min(1.0, done / n), audio(torch.stack(steps, 1)) if partial_audio else None)
 
-        out = self._run("audio", ids, n_new, kw, constraint, num_samples=num_samples, seed=seed,
-                        temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, n_latents=n_latents,
+        out = self._run("audio", ids, n_new, kw, constraint, SamplingOptions.of(sampling, **options),
                         overflow=overflow, stop_event=stop_event, on_token=on_token)  # fmt: skip
         return audio(out)
 
@@ -326,16 +330,11 @@ class Pipeline:
         prompt: str,
         *,
         max_new_bytes: int = 256,
-        num_samples: int = 1,
-        seed: int | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        cfg_scale: float | None = None,
-        n_latents: int | None = None,
+        sampling: SamplingOptions | None = None,
         on_progress: Progress | None = None,
         stop_event: threading.Event | None = None,
         overflow: str = "error",
+        **options,
     ) -> list[str]:
         """``num_samples`` continuations of ``prompt`` (the new text only, up to ``max_new_bytes`` UTF-8 bytes).
 
@@ -360,8 +359,7 @@ class Pipeline:
                 on_progress(min(1.0, (step + 1) / n_bytes), texts(torch.stack(steps, 1)))
 
         out = self._run("text", ids, n_new, kw, ModalityConstraint("text", max_bytes=n_bytes),
-                        num_samples=num_samples, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
-                        cfg_scale=cfg_scale, n_latents=n_latents, overflow=overflow, stop_event=stop_event,
+                        SamplingOptions.of(sampling, **options), overflow=overflow, stop_event=stop_event,
                         on_token=on_token)  # fmt: skip
         result = texts(out)
         if on_progress is not None:

@@ -11,8 +11,8 @@ from tokenizers_mm.vocab import (
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature is None or not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if temperature is None or not 0 <= temperature < float("inf"):  # also refuses NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and int(top_k) < 0:
         raise ValueError(f"top_k must be >= 1 (or None / 0 to disable), got {top_k}")
     if top_p is not None and not 0.0 < float(top_p) <= 1.0:
