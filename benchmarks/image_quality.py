@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
         records = IC.read_records(data)
     except (OSError, ValueError, CheckpointError) as e:
         raise SystemExit(f"image_quality: error: {e}") from None
-    tok = ImageTokenizer.from_dict(pipe.config["image"])
+    tok = pipe.image_tokenizer()  # the checkpoint's size, layout (and palette)
     mode = getattr(tok, "mode", "subpixel")
     template = pipe.config.get("caption_template", "{text}")
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
