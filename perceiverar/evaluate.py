@@ -176,13 +176,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> dict:
+def _fail(message: str):
+    """A bad checkpoint or data folder: one line on stderr and exit status 2, like a usage error."""
+    print(f"perceiverar-eval: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run(argv=None) -> dict:
+    """perceiverar-eval's work: print (and with --out write) the JSON, and return it as a dict."""
     args = parse_args(argv)
     from perceiverar.checkpoint import CheckpointError, load_checkpoint  # noqa: PLC0415
+    from perceiverar.pipeline import resolve_device  # noqa: PLC0415
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     try:
+        device = resolve_device(args.device)  # --device cuda without a GPU: a message, not a traceback
         ckpt = load_checkpoint(args.checkpoint, device=device)
         tok = ckpt.tokenizer or {}
         settings, codec = data_settings(tok, args.checkpoint)
@@ -190,7 +197,7 @@ def main(argv=None) -> dict:
         sources, _ = prepare_sources(specs, settings, args.cache_dir or default_cache_dir(), codec=codec,
                                      log=lambda m: print(m, file=sys.stderr))  # fmt: skip
     except (DatasetError, CheckpointError, ValueError) as e:
-        raise SystemExit(f"perceiverar-eval: error: {e}") from None
+        _fail(str(e))
     t0 = time.perf_counter()
     acc = evaluate_sources(ckpt.model, sources, split=args.split, max_items=args.max_items,
                            max_windows=args.max_windows, n_latents=args.n_latents, device=device)  # fmt: skip
@@ -205,7 +212,7 @@ def main(argv=None) -> dict:
             result["image_height"], result["image_width"] = settings.image_height, settings.image_width
     result["eval_seconds"] = round(time.perf_counter() - t0, 3)
     if not any(k in result for k in METRIC.values()):
-        raise SystemExit(f"perceiverar-eval: error: no {args.split} items to score in {', '.join(args.data)}")
+        _fail(f"no {args.split} items to score in {', '.join(args.data)}")
     if not args.no_speed:
         speed = _generation_speed(ckpt.model, tok, Path(args.checkpoint), device)
         if speed:
@@ -218,5 +225,11 @@ def main(argv=None) -> dict:
     return result
 
 
+def main(argv=None) -> int:
+    """The console script: 0 when the JSON was printed (a returned dict would make sys.exit print it and exit 1)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

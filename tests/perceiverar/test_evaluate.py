@@ -56,7 +56,7 @@ def test_eval_cli_keys(shared_data, tmp_path, capsys):
     ck = tmp_path / "ck"
     save_checkpoint(ck, _model(), make_tokenizer_config(["image", "text"], height=4, width=4))
     out = tmp_path / "eval.json"
-    res = E.main(["--checkpoint", str(ck), "--data", str(img), "--data", str(txt), "--max-items", "2", "--max-windows", "3",
+    res = E.run(["--checkpoint", str(ck), "--data", str(img), "--data", str(txt), "--max-items", "2", "--max-windows", "3",
                   "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
     assert json.loads(out.read_text()) == res and json.loads(capsys.readouterr().out) == res
     assert {"bits_per_dim", "image_height", "image_width", "bits_per_byte"} <= set(res)
@@ -65,5 +65,6 @@ def test_eval_cli_keys(shared_data, tmp_path, capsys):
     assert res["bits_per_dim"] == pytest.approx(math.log2(5696), abs=1e-4)
     assert res["bits_per_byte"] == pytest.approx(math.log2(5696), abs=1e-4)
     assert "generation" in res and res["generation"]["tokens_per_s"] > 0
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(SystemExit) as info:
         E.main(["--checkpoint", str(tmp_path / "nope"), "--data", str(img)])
+    assert info.value.code == 2 and "does not exist" in capsys.readouterr().err
