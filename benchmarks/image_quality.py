@@ -32,6 +32,7 @@ Everything runs on the CPU by default; set OMP_NUM_THREADS=1 on a shared machine
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import math
 import sys
@@ -253,6 +254,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from perceiverar import CheckpointError, Pipeline  # noqa: PLC0415  (after argument errors: no model import)
+    from perceiverar.checkpoint import WEIGHTS  # noqa: PLC0415
 
     t_start = time.perf_counter()
     data, ckpt = Path(args.data), Path(args.checkpoint)
@@ -263,6 +265,8 @@ def main(argv=None) -> dict:
         records = IC.read_records(data)
     except (OSError, ValueError, CheckpointError) as e:
         raise SystemExit(f"image_quality: error: {e}") from None
+    # which weights were measured (a checkpoint folder may be replaced by a newer model later)
+    weights_sha = hashlib.sha256((ckpt / WEIGHTS).read_bytes()).hexdigest()[:16]
     tok = pipe.image_tokenizer()  # the checkpoint's size, layout (and palette)
     mode = getattr(tok, "mode", "subpixel")
     template = pipe.config.get("caption_template", "{text}")
@@ -317,7 +321,7 @@ def main(argv=None) -> dict:
         prompts = [caption_from(r, template) for r, _, _ in rows]
         save_grid(grid, prompts, [a for _, a, _ in rows], [g for _, _, g in rows])
     fields = {
-        "checkpoint": str(ckpt), "data": str(data),
+        "checkpoint": str(ckpt), "weights_sha256": weights_sha, "data": str(data),
         "image": {"height": tok.height, "width": tok.width, "mode": mode}, "caption_template": template,
         "settings": {"n_captions": len(picked), "n_colour": len(colour), "samples_per_caption": args.samples,
                      "seed": args.seed, "bits_items": args.bits_items, **used,
