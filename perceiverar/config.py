@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from tokenizers_mm.vocab import FEATURE_SIZES, VOCAB_SIZE
@@ -47,16 +49,43 @@ class PerceiverARConfig:
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        self.feature_sizes = tuple(int(s) for s in self.feature_sizes)
+        # Types and bounds first: a config comes from JSON files people edit, and an absurd size would hang or
+        # exhaust memory while the model is built instead of failing with a message.
+        for name, (lo, hi) in _INT_BOUNDS.items():
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+            if not lo <= v <= hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi:,}], got {v:,}")
+            setattr(self, name, int(v))
+        for name, (lo, hi) in _REAL_BOUNDS.items():
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v < hi:
+                raise ValueError(f"{name} must be a number in [{lo}, {hi}), got {v!r}")
+            setattr(self, name, float(v))
+        for name in ("attn_bias", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        fs = self.feature_sizes
+        if isinstance(fs, (str, bytes)) or not hasattr(fs, "__iter__") or not all(
+                isinstance(x, numbers.Integral) and not isinstance(x, bool) and 1 <= x <= 1 << 20 for x in fs):  # fmt: skip
+            raise ValueError(f"feature_sizes must be a list of integers in [1, {1 << 20:,}], got {fs!r}")
+        self.feature_sizes = tuple(int(x) for x in fs)
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not 1 <= self.n_latents <= self.context_len:
             raise ValueError(f"need 1 <= n_latents <= context_len, got N={self.n_latents}, L={self.context_len}")
-        for name in ("width", "n_heads", "n_layers", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.context_dropout < 1.0:
-            raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
+        if not 0 < self.mlp_ratio or self.mlp_dim < 1:
+            raise ValueError(f"mlp_ratio must be positive (mlp_ratio x width >= 1), got {self.mlp_ratio}")
+        if self.n_params() > MAX_PARAMS:
+            raise ValueError(f"this config has ~{self.n_params() / 1e9:,.1f} B parameters, more than the {MAX_PARAMS / 1e9:g} B "
+                             "this code builds; check width, n_layers, n_heads, head_dim and mlp_ratio")  # fmt: skip
+
+    def n_params(self) -> int:
+        """The parameter count, estimated from the sizes alone (embeddings, head, cross-attention, latent blocks)."""
+        c, a, m = self.width, self.attn_dim, self.mlp_dim
+        block = c * 3 * a + a * c + 2 * c * m  # q/k/v, output, MLP
+        return 2 * self.vocab_size * c + sum(self.feature_sizes) * c + (self.n_layers + 1) * block
 
     @property
     def attn_dim(self) -> int:
@@ -86,11 +115,22 @@ class PerceiverARConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
+MAX_PARAMS = 20e9  # ~80 GB of fp32 weights: beyond it a config is a typo, not a model
+# Inclusive bounds of the integer sizes and [lo, hi) bounds of the real-valued ones: far above any sane model.
+_INT_BOUNDS = {
+    "vocab_size": (1, 1 << 20), "width": (1, 1 << 16), "n_heads": (1, 1024), "head_dim": (2, 1024),
+    "n_layers": (1, 1024), "context_len": (1, 1 << 24), "n_latents": (1, 1 << 24), "conv_kernel": (0, 64),
+}  # fmt: skip
+_REAL_BOUNDS = {
+    "mlp_ratio": (0.0, 64.0), "dropout": (0.0, 1.0), "context_dropout": (0.0, 1.0), "rope_base": (1.0, 1e12),
+    "z_loss": (0.0, 1e3), "norm_eps": (0.0, 1.0),
+}  # fmt: skip
+
 PRESETS: dict[str, dict] = {
     # Runs on a CPU in seconds: for tests and CI.
     "debug": dict(width=64, n_heads=2, head_dim=32, n_layers=2, context_len=256, n_latents=32),
     # The demo checkpoints: ~8.4 M parameters (17 MB in bf16), 65,536-token context, trainable on a CPU.
-    "small": dict(width=256, n_heads=4, head_dim=64, n_layers=6, context_len=65_536, n_latents=1_024),
+    "small": dict(width=256, n_heads=4, head_dim=64, n_layers=6, context_len=65_536, n_latents=1_024, conv_kernel=4),
     # A GPU model: ~217 M parameters, L = 65,536, N = 2,048.
-    "base": dict(width=1_024, n_heads=16, head_dim=64, n_layers=16, context_len=65_536, n_latents=2_048),
+    "base": dict(width=1_024, n_heads=16, head_dim=64, n_layers=16, context_len=65_536, n_latents=2_048, conv_kernel=4),
 }

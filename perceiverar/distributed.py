@@ -75,8 +75,8 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(tokens, features)
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.loss(tokens, features, loss_mask=loss_mask)
 
 
 def wrap_model(model: PerceiverAR, dd: Dist, *, fsdp: bool, compile: bool) -> nn.Module:

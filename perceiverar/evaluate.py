@@ -125,11 +125,17 @@ def evaluate_sources(
 def data_settings(tokenizer: dict, checkpoint_dir) -> tuple[TokenizerSettings, object]:
     """How a checkpoint's training data was tokenized (image size, caption template) and its audio codebook."""
     img = tokenizer.get("image", {})
+    palette = img.get("palette")
     settings = TokenizerSettings(image_height=img.get("height", 32), image_width=img.get("width", 32),
+                                 image_mode=img.get("mode", "subpixel"),
+                                 image_palette=tuple(map(tuple, palette)) if palette is not None else None,
                                  caption_template=tokenizer.get("caption_template", "{text}"))  # fmt: skip
     codec = None
     if "audio" in tokenizer.get("modalities", []):
-        codec = load_audio_codec(Path(checkpoint_dir) / tokenizer.get("audio", {}).get("dir", "audio_tokenizer"))
+        from perceiverar.checkpoint import checkpoint_file  # noqa: PLC0415
+
+        rel = (tokenizer.get("audio") or {}).get("dir", "audio_tokenizer")
+        codec = load_audio_codec(checkpoint_file(checkpoint_dir, rel, "tokenizer.audio.dir"))
     return settings, codec
 
 

@@ -46,17 +46,20 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from perceiverar.checkpoint import CheckpointError, read_checkpoint_config
+from perceiverar.checkpoint import WEIGHTS, CheckpointError, check_weights, read_checkpoint_config
 from perceiverar.config import PerceiverARConfig
 from perceiverar.data import (
     AUDIO_TOKENIZER_DIR, DatasetError, Filler, Mixture, SourceSpec, TokenizerSettings, default_cache_dir,
-    detect_modality, load_audio_codec, parse_data_arg, prepare_source, prepare_sources,
+    detect_modality, fit_source_palette, load_audio_codec, parse_data_arg, prepare_source, prepare_sources,
 )  # fmt: skip
 from perceiverar.distributed import Dist, full_state, load_optimizer_state, setup_dist, wrap_model
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
 from perceiverar.model import PerceiverAR
 from perceiverar.optim import lr_at, make_optimizer, rng_state, set_rng_state
-from perceiverar.rundir import TRAINING_STATE, Weights, latest_checkpoint, list_checkpoints, save_best, save_step
+from perceiverar.rundir import (
+    TRAINING_STATE, ResumePoint, Weights, disk_full, latest_resume_point, list_checkpoints, resume_differences, save_best,
+    save_step, tidy,
+)  # fmt: skip
 from perceiverar.runlog import Logger, append_metrics, plot_losses, save_samples, truncate_metrics
 from perceiverar.train_args import UsageError, parse_args
 
@@ -65,7 +68,8 @@ def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) ->
     if resume_cfg is not None:  # a resumed run keeps its architecture
         return PerceiverARConfig.from_dict({**resume_cfg, "activation_checkpointing": args.activation_checkpointing})
     over = {"context_dropout": args.context_dropout, "activation_checkpointing": args.activation_checkpointing}
-    for key, val in (("n_latents", args.n_latents), ("context_len", args.context_len), ("dropout", args.dropout)):
+    for key, val in (("n_latents", args.n_latents), ("context_len", args.context_len), ("dropout", args.dropout),
+                     ("conv_kernel", args.conv_kernel)):
         if val is not None:
             over[key] = val
     if init_cfg is not None:  # fine-tuning: the checkpoint's architecture, with the run-time knobs overridden
@@ -86,6 +90,7 @@ class Trainer:
     def __init__(self, args, dd: Dist):
         self.args, self.dd = args, dd
         self.run_dir = Path(args.out)
+        self.created = not self.run_dir.exists()  # a failed first launch removes what it made (see discard)
         if dd.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         dd.barrier()
@@ -106,6 +111,7 @@ class Trainer:
         self.settings = TokenizerSettings(image_height=h, image_width=w, audio_codebook_size=a.audio_codebook_size,
                                           audio_fit_files=a.audio_fit_files, caption_template=a.caption_template)  # fmt: skip
         cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
+        self._image_layout(specs, cache)
         filler_spec, filler_prob = None, 0.5
         if a.filler:
             filler_spec = parse_data_arg(a.filler)
@@ -137,6 +143,26 @@ class Trainer:
                      f"{s.manifest['n_val']} val items, {s.manifest['n_tokens']:,} tokens, {s.manifest['n_skipped']} skipped; "
                      f"cache {s.dir}")  # fmt: skip
 
+    def _image_layout(self, specs: list[SourceSpec], cache: Path) -> None:
+        """Sub-pixels or colour tokens: a fine-tune keeps its checkpoint's layout and palette (the weights know
+        those ids); a new palette run fits its palette on the training images."""
+        a = self.args
+        img = read_checkpoint_config(Path(a.init_from))["tokenizer"].get("image") if a.init_from else None
+        if img:
+            mode, palette = img.get("mode", "subpixel"), img.get("palette")
+            if a.image_mode not in (None, mode):
+                raise DatasetError(f"--image-mode {a.image_mode}: --init-from {a.init_from} was trained with {mode!r} images")
+            a.image_mode = mode
+            palette = tuple(map(tuple, palette)) if palette is not None else None
+        else:
+            a.image_mode = a.image_mode or "subpixel"
+            palette = None
+            if a.image_mode == "palette":
+                specs = [s if s.modality else SourceSpec(s.path, s.weight, detect_modality(s.path)) for s in specs]
+                palette = fit_source_palette(specs, self.settings, cache, colours=a.palette_colours,
+                                             log=self.log if self.dd.main else (lambda m: None))  # fmt: skip
+        self.settings.image_mode, self.settings.image_palette = a.image_mode, palette
+
     def tokenizer_config(self) -> dict:
         mods = sorted({s.modality for s in self.sources})
         audio_s = audio_seconds(self.sources, self.codec, self.cfg) if "audio" in mods else None
@@ -146,15 +172,16 @@ class Trainer:
 
         h, w = self.settings.image_height, self.settings.image_width
         cfg = make_tokenizer_config(mods, height=h if "image" in mods else None, width=w if "image" in mods else None,
-                                    audio_seconds=audio_s, audio_dir=AUDIO_TOKENIZER_DIR)  # fmt: skip
+                                    audio_seconds=audio_s, audio_dir=AUDIO_TOKENIZER_DIR,
+                                    image_mode=self.settings.image_mode, palette=self.settings.image_palette)  # fmt: skip
         if self.settings.caption_template != "{text}":  # how the training captions were written, for users and eval
             cfg["caption_template"] = self.settings.caption_template
         return cfg
 
-    def build(self, resume_dir: Path | None) -> None:
+    def build(self, resume: ResumePoint | None) -> None:
         a, dd = self.args, self.dd
-        resume_meta = read_checkpoint_config(resume_dir) if resume_dir else None
-        init_dir = Path(a.init_from) if a.init_from and resume_dir is None else None
+        resume_meta = resume.meta if resume else None
+        init_dir = Path(a.init_from) if a.init_from and resume is None else None
         init_meta = None
         if init_dir is not None:
             try:
@@ -164,27 +191,29 @@ class Trainer:
         self.cfg = build_config(a, resume_meta["model"] if resume_meta else None, init_meta["model"] if init_meta else None)
         torch.manual_seed(a.seed)  # same initial weights on every rank and every run
         model = PerceiverAR(self.cfg)
-        if resume_dir is not None or init_dir is not None:
+        if resume is not None:
+            model.load_state_dict(resume.weights)  # checked against the config by load_resume_point
+        elif init_dir is not None:
             from safetensors.torch import load_file  # noqa: PLC0415
 
-            weights = (resume_dir or init_dir) / "model.safetensors"
+            weights = init_dir / WEIGHTS
             try:
+                check_weights(weights, PerceiverARConfig.from_dict(init_meta["model"]))
                 model.load_state_dict(load_file(str(weights)))
-            except (OSError, RuntimeError) as e:  # missing, truncated or another architecture's file
-                raise UsageError(f"cannot load the weights {weights}: {e}") from None
-            if init_dir is not None:
-                self.log(f"weights from {init_dir} (step {init_meta.get('training', {}).get('step', '?')})")
+            except (CheckpointError, OSError, RuntimeError, ValueError) as e:  # missing, truncated, another model's
+                raise UsageError(f"--init-from: cannot load the weights {weights}: {e}") from None
+            self.log(f"weights from {init_dir} (step {init_meta.get('training', {}).get('step', '?')})")
         model.to(dd.device)
         self.model = model  # the plain module: validation, samples, checkpoints
         self.fsdp = a.fsdp and dd.world > 1
         self.net = wrap_model(model, dd, fsdp=self.fsdp, compile=a.compile)
         self.opt = make_optimizer(model, a)
         self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
-                               filler=self.filler)  # fmt: skip
+                               filler=self.filler, whole_items=not a.no_whole_items)  # fmt: skip
         self.tok_cfg = self.tokenizer_config()
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
-        if resume_dir is not None:
-            state = torch.load(resume_dir / TRAINING_STATE, map_location="cpu", weights_only=True)
+        if resume is not None:
+            state = resume.state
             load_optimizer_state(model, self.opt, state["optimizer"], fsdp=self.fsdp)
             self.step, self.best_val, self.tokens_seen = int(state["step"]), float(state["best_val"]), int(state["tokens_seen"])
             rngs = state["rng"]
@@ -280,16 +309,20 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         rows = a.batch_size * dd.world
         losses, lens, tokens = [], [], 0
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if dd.device.type == "cuda" else contextlib.nullcontext()
+        amp = contextlib.nullcontext()
+        if dd.device.type == "cuda" or a.cpu_bf16:  # bf16 matmuls: tensor cores, or a CPU's AVX-512 BF16 / AMX
+            amp = torch.autocast(dd.device.type, dtype=torch.bfloat16)
         for micro in range(a.grad_accum):
             toks, feats, st = self.mixture.batch(self.step, micro, rows)
             sl = slice(dd.rank * a.batch_size, (dd.rank + 1) * a.batch_size)
             toks, feats = toks[sl].to(dd.device), feats[sl].to(dd.device)
+            mask = st.get("loss_mask")
+            mask = None if mask is None else mask[sl].to(dd.device)
             last = micro == a.grad_accum - 1
             sync = self.net.no_sync() if (dd.world > 1 and not self.fsdp and not last) else contextlib.nullcontext()
             with sync:
                 with amp:
-                    loss = self.net(toks, feats)
+                    loss = self.net(toks, feats, mask)
                 (loss / a.grad_accum).backward()
             losses.append(loss.detach().float())
             lens.append(st["seq_len"])
@@ -304,24 +337,58 @@ class Trainer:
             loss = dd.sum_([loss])[0] / dd.world
         return {"loss": loss, "lr": lr, "grad_norm": gnorm, "seq_len": lens, "tokens": tokens}
 
+    def check_same_run(self) -> None:
+        """``--resume`` continues the run that RUN_DIR/run.json describes: refuse a command that changes what it
+        trains (the model, the data, the seed), naming each difference."""
+        path = self.run_dir / "run.json"
+        if not path.is_file():
+            return
+        try:
+            first = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            self.log(f"--resume: cannot read {path} ({e}); the command is not compared with the first launch's")
+            return
+        diff = resume_differences(first, self.args) if isinstance(first, dict) else []
+        if diff:
+            raise UsageError(f"--resume would change what {self.run_dir} trains: {'; '.join(diff)}. Resume with the "
+                             f"run's own options (see {path}), or start a new run (another --out; --init-from a "
+                             "checkpoint of this one to fine-tune it)")  # fmt: skip
+
+    def discard(self) -> None:
+        """After a failed first launch: remove the run directory it created, unless something besides the log is in it."""
+        if self.created and self.dd.main and self.run_dir.is_dir():
+            if all(p.name == "train.log" for p in self.run_dir.iterdir()):
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
     def run(self) -> int:
         a, dd = self.args, self.dd
-        resume_dir = None
+        resume = None
         if a.resume:
-            resume_dir = latest_checkpoint(self.run_dir, self.log)
-            if resume_dir is None:
+            if dd.main:
+                tidy(self.run_dir, self.log)  # saves a kill interrupted: finish or undo them, drop their temp folders
+            dd.barrier()
+            self.check_same_run()
+            try:
+                resume = latest_resume_point(self.run_dir, self.log)
+            except CheckpointError as e:
+                raise UsageError(str(e)) from None
+            if resume is None:
                 self.log(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}; starting from scratch")
         elif list_checkpoints(self.run_dir):
             raise UsageError(f"{self.run_dir} already holds checkpoints: pass --resume to continue, or another --out")
         self.prepare_data()
-        self.build(resume_dir)
+        self.build(resume)
         if dd.main:
-            if resume_dir is None:
+            if resume is None:
                 self.metrics.unlink(missing_ok=True)
                 (self.run_dir / "run.json").write_text(json.dumps(vars(a), indent=2))
             else:
-                truncate_metrics(self.metrics, self.step)
-                self.log(f"resumed from {resume_dir} at step {self.step}")
+                try:
+                    truncate_metrics(self.metrics, self.step)
+                except OSError as e:
+                    raise UsageError(f"cannot rewrite {self.metrics}{' (disk full)' if disk_full(e) else ''}: {e}; "
+                                     "free some space and --resume again") from None  # fmt: skip
+                self.log(f"resumed from {resume.dir} at step {self.step}")
         dd.barrier()
         if self.step >= a.max_steps:
             self.log(f"already at step {self.step} >= --max-steps {a.max_steps}: nothing to do")
@@ -378,9 +445,13 @@ class Trainer:
 def main(argv=None) -> int:
     args = parse_args(argv)
     dd = setup_dist(args.device)
+    trainer = None
     try:
-        code = Trainer(args, dd).run()
+        trainer = Trainer(args, dd)
+        code = trainer.run()
     except (DatasetError, UsageError) as e:
+        if trainer is not None:
+            trainer.discard()
         raise SystemExit(f"perceiverar-train: error: {e}") from None
     finally:
         if dist.is_initialized():

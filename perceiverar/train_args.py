@@ -30,6 +30,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="force the modality of every --data folder (default: detected from the file types)")
     g.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="H",
                    help="image size: H, or H W; images are resized (fit + white padding) to it (default: 32 x 32)")
+    g.add_argument("--image-mode", choices=["subpixel", "palette"], default=None,
+                   help="image tokens: 3 sub-pixels per pixel (lossless), or 1 colour token per pixel from a k-means "
+                        "palette fitted on the training images (a third of the tokens) (default: subpixel, or the "
+                        "--init-from checkpoint's)")
+    g.add_argument("--palette-colours", type=int, default=256, help="palette size in --image-mode palette (<= 256)")
+    g.add_argument("--no-whole-items", action="store_true",
+                   help="always train random-length prefix crops, even when whole items fit in the latents "
+                        "(by default such items are trained whole, loss on the media only)")
     g.add_argument("--audio-codebook-size", type=int, default=1024, help="audio codebook entries (fitted once)")
     g.add_argument("--audio-fit-files", type=int, default=32, help="fit the audio codebook on at most this many files")
     g.add_argument("--audio-seconds", type=float, default=None,
@@ -51,8 +59,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--context-len", type=int, default=None, help="override the preset's L (context)")
     g.add_argument("--context-dropout", type=float, default=0.0, help="fraction of prefix keys dropped per step (paper)")
     g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
+    g.add_argument("--conv-kernel", type=int, default=None,
+                   help="override the preset's short causal convolution before the cross-attention (0: none)")
     g.add_argument("--activation-checkpointing", action="store_true", help="recompute latent blocks in backward")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--cpu-bf16", action="store_true",
+                   help="bf16 autocast on the CPU too (about 3x faster with --compile on CPUs with AVX-512 BF16 or "
+                        "AMX; weights and optimizer stay fp32); CUDA always uses bf16 autocast")
     g = p.add_argument_group("optimisation")
     g.add_argument("--out", required=True, help="run directory (checkpoints, metrics, samples)")
     g.add_argument("--max-steps", type=int, required=True, help="optimizer steps in all")
@@ -86,6 +99,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.prompt_dropout <= 1:
         p.error(f"--prompt-dropout must be in [0, 1], got {args.prompt_dropout}")
+    if not 1 <= args.palette_colours <= 256:
+        p.error(f"--palette-colours must be in 1..256, got {args.palette_colours}")
+    if args.conv_kernel is not None and not 0 <= args.conv_kernel <= 64:
+        p.error(f"--conv-kernel must be in 0..64, got {args.conv_kernel}")
     if len(args.image_size) > 2:
         p.error("--image-size takes H or H W")
     if args.min_lr is None:

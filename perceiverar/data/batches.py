@@ -8,6 +8,14 @@ every prefix length is trained), a longer item (a text document) a window of len
 batch for (step, micro) is a pure function of ``(seed, step, micro)``: resuming and sharding over ranks (each
 rank takes its rows of the same global batch) are exact by construction.
 
+Whole items (``whole_items``, the default of ``perceiverar-train``): when every item of a batch fits in the
+latents (length <= N + 1), the batch is the whole items, right-padded with PAD to the longest, and the loss
+is on the media only (the target and its end markers; ``stats["loss_mask"]``). Every target position is then
+trained equally often, the first pixel row as often as the last (a prefix crop of random length makes the
+first row a target in a few percent of crops only), and the caption sits among the latents, where the
+self-attention stack reads it in order. Right padding is exact: causal attention never lets a position see
+the PAD after it, and masked targets do not count.
+
 A batch with buried captions (:class:`~perceiverar.data.filler.Filler`) holds the whole prompt and the first
 ``k`` tokens after it (``k`` uniform in ``[N, header + target]``, so the latents, where the loss is, sit on the
 media, not on the filler), and the filler is sized so every row of the batch has one length, drawn uniform in
@@ -24,6 +32,7 @@ import torch
 from perceiverar.data.cache import PreparedSource
 from perceiverar.data.filler import Filler, prompted_sequence
 from perceiverar.data.sources import DatasetError
+from tokenizers_mm.vocab import PAD
 
 
 @dataclass
@@ -36,6 +45,7 @@ class Mixture:
     prompt_dropout: float = 0.1
     seed: int = 0
     filler: Filler | None = None
+    whole_items: bool = False  # items that fit in the latents are trained whole (see the module docstring)
     probs: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -57,6 +67,10 @@ class Mixture:
         if self.filler is not None and rng.random() < self.filler.prob:
             if all(self.sources[s].modality != "text" for s, _, _ in picks):
                 return self._buried_batch(rng, picks)
+        if self.whole_items:
+            lens = [self.sources[s].length(i, d) for s, i, d in picks]
+            if max(lens) <= min(self.n_latents, self.context_len) + 1:
+                return self._whole_batch(picks, lens)
         m = min(self.sources[s].length(i, d) for s, i, d in picks)
         hi = min(self.context_len + 1, m)
         lo = min(self.n_latents + 1, hi)
@@ -75,6 +89,22 @@ class Mixture:
         tokens = torch.from_numpy(np.stack(toks))  # (rows, l)
         features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks)}
+        return tokens, features, stats
+
+    def _whole_batch(self, picks: list, lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Whole items right-padded to the longest; loss mask on each item's target and end markers."""
+        length = max(lens)
+        tokens = torch.full((len(picks), length), PAD, dtype=torch.long)  # (rows, l)
+        features = torch.zeros((len(picks), length, 3), dtype=torch.long)  # (rows, l, 3)
+        mask = torch.zeros((len(picks), length), dtype=torch.bool)  # (rows, l): which targets count
+        for r, ((s, i, drop), n) in enumerate(zip(picks, lens)):
+            src = self.sources[s]
+            ids = src.item(i, drop)
+            tokens[r, :n] = torch.from_numpy(ids)
+            features[r, :n] = torch.from_numpy(src.features(ids))
+            start = src.target_range(i)[0] - (int(src.index[i, 2]) if drop else 0)
+            mask[r, start:n] = True
+        stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "loss_mask": mask}
         return tokens, features, stats
 
     def _buried_batch(self, rng: np.random.Generator, picks: list) -> tuple[torch.Tensor, torch.Tensor, dict]:

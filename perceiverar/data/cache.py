@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -38,6 +39,9 @@ from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.vocab import BOS, EOS, N_FEATURES, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence, position_features
 
 assert VOCAB_SIZE < 2**15  # ids fit int16
+# Items shorter than these are skipped (listed in the manifest): they teach nothing and can end up the only val item.
+MIN_AUDIO_SECONDS = 0.25
+MIN_TEXT_BYTES = 16
 
 
 def default_cache_dir() -> Path:
@@ -107,6 +111,9 @@ def _cache_key(spec_path: Path, modality: str, entries: list[Entry], settings: T
     relevant = {"format": CACHE_FORMAT, "folder": str(spec_path), "modality": modality}
     if modality == "image":
         relevant["image"] = [settings.image_height, settings.image_width, settings.image_resize]
+        if settings.image_mode != "subpixel":  # (keys of sub-pixel caches made before the palette mode unchanged)
+            relevant["image_mode"] = settings.image_mode
+            relevant["palette"] = [list(c) for c in settings.image_palette or ()]
     if modality == "audio":
         relevant["audio_codec"] = codec.fingerprint
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
@@ -123,18 +130,21 @@ def _tokenize(spec: SourceSpec, modality: str, e: Entry, settings, image_tok, co
             raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise TokenizerError(f"not UTF-8 text ({err})") from None
-        if not raw:
-            raise TokenizerError("empty text file")
+        if len(raw) < MIN_TEXT_BYTES:
+            raise TokenizerError(f"too short: {len(raw)} bytes of text (at least {MIN_TEXT_BYTES} needed)")
         ids = [BOS, TEXT_BEGIN, *raw, TEXT_END, EOS]
         return ids, 0, 2, len(ids) - 2
     prompt = e.text.encode("utf-8")
     if modality == "image":
         target = image_tok.encode(path)
-        ids = build_sequence(prompt, "image", target, height=image_tok.height, width=image_tok.width)
+        ids = build_sequence(prompt, "image", target, height=image_tok.height, width=image_tok.width,
+                             image_mode=image_tok.mode)
     else:
         target = audio_ids(codec, path)
-        if not target:
-            raise TokenizerError("no audio codes (empty or silent file)")
+        need = math.ceil(MIN_AUDIO_SECONDS * codec.tokenizer.tokens_per_second)
+        if len(target) < need:  # a corrupt MIDI file can render to a click: not a piece to learn from
+            raise TokenizerError(f"too short: {len(target)} audio codes, {len(target) / codec.tokenizer.tokens_per_second:.2f} s "
+                                 f"(at least {MIN_AUDIO_SECONDS} s needed; an empty, silent or corrupt file?)")  # fmt: skip
         ids = build_sequence(prompt, "audio", target)
     start = 2 + len(prompt) + 5  # [BOS][TEXT_BEGIN] p [TEXT_END][SEP][BEGIN][h][w]
     return ids, len(prompt), start, start + len(target)
@@ -169,7 +179,7 @@ def prepare_source(
         _check_usable(src, folder)
         return src
 
-    image_tok = ImageTokenizer(settings.image_height, settings.image_width, settings.image_resize) if modality == "image" else None
+    image_tok = image_tokenizer(settings) if modality == "image" else None
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
@@ -228,9 +238,14 @@ def _check_usable(src: PreparedSource, folder: Path) -> None:
         )
 
 
+def image_tokenizer(s: TokenizerSettings) -> ImageTokenizer:
+    """The image tokenizer that these settings describe (size, resize policy, layout, palette)."""
+    return ImageTokenizer(s.image_height, s.image_width, s.image_resize, mode=s.image_mode, palette=s.image_palette)
+
+
 def _settings_for(modality: str, s: TokenizerSettings, codec) -> dict:
     if modality == "image":
-        return {"height": s.image_height, "width": s.image_width, "resize": s.image_resize}
+        return image_tokenizer(s).to_dict()
     if modality == "audio":
         return {"codebook_size": s.audio_codebook_size, "codec_fingerprint": codec.fingerprint}
     return {}

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 # The version of every on-disk cache (token caches and audio codebooks): bump it to invalidate them all.
 CACHE_FORMAT = 1
@@ -134,6 +134,10 @@ def list_entries(folder: Path, modality: str, caption_template: str = "{text}") 
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 skipped.append({"file": f"{CAPTIONS}:{k}", "reason": f"bad captions line ({type(e).__name__}: {e})"})
                 continue
+            outside = _outside(rel)
+            if outside:
+                skipped.append({"file": rel, "reason": outside})
+                continue
             if not (folder / rel).is_file():
                 skipped.append({"file": rel, "reason": "listed in captions.jsonl but missing"})
                 continue
@@ -164,6 +168,19 @@ def list_entries(folder: Path, modality: str, caption_template: str = "{text}") 
     return entries, skipped
 
 
+def _outside(rel: str) -> str | None:
+    """Why a captions.jsonl file name may not be read, or None: only the folder's own (listed, non-hidden) files
+    are, since only they are in the cache key (so a change to any file read re-tokenizes the folder)."""
+    parts = PurePosixPath(rel).parts
+    if not rel or PurePosixPath(rel).is_absolute() or Path(rel).is_absolute() or "\\" in rel:
+        return "the file must be a relative path inside the data folder (absolute paths are not read)"
+    if ".." in parts:
+        return "the file must be inside the data folder ('..' is not followed)"
+    if any(x.startswith(".") for x in parts):
+        return "hidden files and folders are not read"
+    return None
+
+
 def hash_int(rel: str) -> int:
     return int(hashlib.sha1(rel.encode()).hexdigest()[:12], 16)
 
@@ -177,6 +194,8 @@ class TokenizerSettings:
     image_height: int = 32
     image_width: int = 32
     image_resize: str = "fit"
+    image_mode: str = "subpixel"  # or "palette": one colour token per pixel (tokenizers_mm.image)
+    image_palette: tuple | None = None  # palette mode: K x 3 RGB colours as nested tuples (hashable)
     audio_codebook_size: int = 1024
     audio_fit_files: int = 32  # the codebook is fitted on at most this many training files
     caption_template: str = "{text}"  # a caption from captions.jsonl fields, e.g. "{text}; {style} style"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +282,81 @@ def test_imports_stay_light_and_one_way():
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A 45-byte PNG that claims ``width`` x ``height`` pixels and holds none (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_hostile_and_stray_files_are_skipped_and_listed(shared_data, tmp_path):
+    """A decompression-bomb PNG, and captions.jsonl entries naming files outside the folder (which the cache key
+    would not see), are skipped with a reason; the run goes on with the rest."""
+    img = make_image_folder(shared_data, tmp_path / "emoji", n=3, corrupt=False)
+    (img / "bomb.png").write_bytes(_png_header(30_000, 30_000))
+    outside = tmp_path / "outside.png"
+    shutil.copy(next((img / "google").glob("*.png")), outside)  # a real image: only the rule keeps it out
+    (img / ".hidden").mkdir()
+    shutil.copy(outside, img / ".hidden" / "a.png")
+    lines = [{"file": "bomb.png", "text": "bomb"}, {"file": "../outside.png", "text": "up"},
+             {"file": str(outside), "text": "absolute"}, {"file": ".hidden/a.png", "text": "hidden"}]  # fmt: skip
+    with open(img / "captions.jsonl", "a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in lines))
+    src = D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, tmp_path / "cache", progress=False, log=lambda m: None)
+    assert len(src) == 3
+    why = {s["file"]: s["reason"] for s in src.manifest["skipped"]}
+    assert "DecompressionBomb" in why["bomb.png"] or "pixels" in why["bomb.png"], why
+    assert "inside the data folder" in why["../outside.png"] and "absolute" in why[str(outside)]
+    assert "hidden" in why[".hidden/a.png"]
+
+
+def test_items_below_the_minimum_length_are_skipped(shared_data, tmp_path):
+    txt = make_text_folder(shared_data, tmp_path / "text")
+    (txt / "stub.txt").write_text("Act I.")  # 6 bytes: no document to learn from
+    src = D.prepare_source(D.parse_data_arg(str(txt)), SETTINGS, tmp_path / "cache", progress=False, log=lambda m: None)
+    assert src.manifest["items"][0] == "lovers_complaint.txt" and len(src.manifest["items"]) == 2  # train + #tail
+    assert src.manifest["skipped"] == [{"file": "stub.txt", "reason": "TokenizerError: too short: 6 bytes of text "
+                                        f"(at least {D.cache.MIN_TEXT_BYTES} needed)"}]  # fmt: skip
+
+
+def test_palette_cache_and_whole_item_batches(folders):
+    """Palette mode: the fitted palette is cached and keys the token cache; whole items come right-padded with a
+    loss mask on exactly each item's target and end markers, the same ids as the item itself."""
+    import torch
+
+    from tokenizers_mm.image import ImageTokenizer
+    from tokenizers_mm.vocab import IMAGE_END, PAD, PALETTE_BEGIN
+
+    img, _, cache = folders
+    spec = D.SourceSpec(img, 1.0, "image")
+    pal = D.fit_source_palette([spec], SETTINGS, cache, colours=16, log=lambda m: None)
+    assert len(pal) == 16 and D.fit_source_palette([spec], SETTINGS, cache, colours=16, log=None) == pal  # cached
+    sub = D.prepare_source(spec, SETTINGS, cache, progress=False)
+    settings = D.TokenizerSettings(image_height=8, image_width=8, image_mode="palette", image_palette=pal)
+    src = D.prepare_source(spec, settings, cache, progress=False)
+    assert src.dir != sub.dir and src.manifest["tokenizer"]["mode"] == "palette"
+    tok = ImageTokenizer(8, 8, mode="palette", palette=pal)
+    i = int(src.train_items[0])
+    ids = src.item(i)
+    a, b = src.target_range(i)
+    assert ids[a - 3] == PALETTE_BEGIN and b - a == 64 and ids[b] == IMAGE_END
+    assert list(ids[a:b]) == tok.encode(img / src.file(i))
+
+    mix = D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.5, whole_items=True)
+    for step in range(4):
+        tokens, feats, st = mix.batch(step, 0, 3)
+        mask = st["loss_mask"]
+        assert tokens.shape == mask.shape == feats.shape[:2] and st["seq_len"] == tokens.shape[1]
+        for r in range(3):
+            row = tokens[r]
+            n = int((row != PAD).sum())
+            assert (row[n:] == PAD).all() and not mask[r, n:].any() and not feats[r, n:].any()
+            first = int(torch.nonzero(row == PALETTE_BEGIN)[0]) + 3
+            assert mask[r, first:n].all() and not mask[r, :first].any()  # pixels, IMAGE_END, EOS; no caption/header
+            assert torch.equal(feats[r, :n], torch.from_numpy(position_features(row[:n].tolist())))
+    # items longer than the latents fall back to prefix crops without a mask
+    mix = D.Mixture([src], context_len=256, n_latents=16, whole_items=True)
+    assert "loss_mask" not in mix.batch(0, 0, 2)[2]
