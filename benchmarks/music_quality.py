@@ -172,7 +172,7 @@ def bits_per_token(checkpoint: Path, data: Path, rows: list[dict]) -> dict:
             (sub / r["file"]).symlink_to((data / r["file"]).resolve())
         (sub / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         # --split all: a folder of held-out items only would otherwise be given a train part (data's _fix_split)
-        res = evaluate.main(["--checkpoint", str(checkpoint), "--data", str(sub), "--split", "all",
+        res = evaluate.run(["--checkpoint", str(checkpoint), "--data", str(sub), "--split", "all",
                              "--cache-dir", str(Path(tmp) / "cache"), "--no-speed", "--device", "cpu"])  # fmt: skip
     return {k: res[k] for k in ("bits_per_token", "audio_tokens_scored", "eval_seconds") if k in res}
 
