@@ -105,3 +105,52 @@ def test_val_chorales_are_the_trainers_val_split(tmp_path):
     assert [r["file"] for r in MQ.val_chorales(tmp_path, 3)] == want[:3]
     with pytest.raises(SystemExit, match="held-out"):
         MQ.val_chorales(tmp_path, len(want) + 1)
+
+
+def test_main_end_to_end_on_a_tiny_checkpoint(tmp_path):
+    """The whole benchmark on a debug model: the real clips are the captioned files (cadences in their captions'
+    keys, so the key finder gets them all), held-out bits/token is perceiverar-eval's over exactly those items
+    (an untrained zero output layer is uniform: log2 of the vocabulary), and the PNG is written."""
+    import math
+
+    import soundfile as sf
+    import torch
+
+    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
+    from perceiverar.data import is_val
+    from perceiverar.pipeline import make_tokenizer_config
+    from tokenizers_mm.audio import AudioConfig, AudioTokenizer
+    from tokenizers_mm.vocab import VOCAB_SIZE
+
+    data = tmp_path / "data"
+    data.mkdir()
+    names = [n for n in (f"c{i}.wav" for i in range(400)) if is_val(n)][:2] + ["train0.wav"]
+    keys = [(7, "major"), (2, "minor"), (0, "major")]
+    rows = []
+    for name, (tonic, mode) in zip(names, keys):
+        notes = major_cadence(60 + tonic) if mode == "major" else minor_cadence(60 + tonic)
+        sf.write(data / name, progression(notes[:4], seconds=0.3), SR)
+        rows.append({"file": name, "text": f"a cadence in {MQ.key_name((tonic, mode))}"})
+    (data / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    torch.manual_seed(0)
+    model = PerceiverAR(PerceiverARConfig.preset("debug")).eval()
+    g = torch.Generator().manual_seed(0)
+    at = AudioTokenizer(AudioConfig(codebook_size=16, griffin_lim_iters=2, nnls_iters=2),
+                        torch.randn(16, 80, generator=g) * 10 - 30)  # fmt: skip
+    ck = tmp_path / "ck"
+    save_checkpoint(ck, model, make_tokenizer_config(["audio"], audio_seconds=1.0),
+                    extra_files=lambda d: at.save(d / "audio_tokenizer"))  # fmt: skip
+    out = tmp_path / "mq.json"
+    res = MQ.main(["--checkpoint", str(ck), "--data", str(data), "--items", "2", "--seconds", "1",
+                   "--eval-items", "2", "--figure-rows", "2", "--out", str(out)])  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["summary"] == res["summary"] and out.with_suffix(".png").stat().st_size > 10_000
+    real = saved["summary"]["real"]
+    assert real["clips"] == 2 and real["key_accuracy"] == 1.0 and real["mode_accuracy"] == 1.0
+    assert [c["file"] for c in saved["per_clip"]["generated"]] == names[:2]
+    assert saved["summary"]["white_noise"]["chroma_clarity"] < real["chroma_clarity"]
+    n_scored = sum(at.n_tokens(len(sf.read(data / n)[0]) / SR) for n in names[:2])
+    held = saved["held_out"]
+    assert held["audio_tokens_scored"] == n_scored
+    assert held["bits_per_token"] == pytest.approx(math.log2(VOCAB_SIZE), abs=1e-4)
