@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from perceiverar.checkpoint import CheckpointError, load_checkpoint
+from perceiverar.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
 from perceiverar.generation import generate
 from perceiverar.model import PerceiverAR
 from perceiverar.sampling import ModalityConstraint
@@ -139,7 +139,8 @@ class Pipeline:
 
             if self.checkpoint_dir is None:
                 raise ValueError("no audio tokenizer: pass audio_tokenizer= or load a checkpoint that has one")
-            self._audio = AudioTokenizer.load(self.checkpoint_dir / self.config["audio"].get("dir", "audio_tokenizer"))
+            rel = (self.config.get("audio") or {}).get("dir", "audio_tokenizer")
+            self._audio = AudioTokenizer.load(checkpoint_file(self.checkpoint_dir, rel, "tokenizer.audio.dir"))
         return self._audio
 
     def _check_modality(self, modality: str) -> None:

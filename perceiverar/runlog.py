@@ -47,8 +47,12 @@ def truncate_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue  # a line torn by the kill
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(s + "\n" for s in keep))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("".join(s + "\n" for s in keep))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # the old file stays whole
+        raise
 
 
 def plot_losses(metrics: Path, out: Path) -> None:

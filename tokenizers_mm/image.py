@@ -161,7 +161,8 @@ class ImageTokenizer:
                 with Image.open(path) as im:
                     im.load()  # decode now so a truncated file fails here, naming the file
                     return im.copy()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            # (DecompressionBombError: a tiny file whose header claims, say, 30000 x 30000 pixels)
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
                 raise TokenizerError(f"cannot read image file {str(path)!r}: {e}") from None
         if isinstance(src, np.ndarray):
             a = src

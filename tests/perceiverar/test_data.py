@@ -360,3 +360,25 @@ def test_palette_cache_and_whole_item_batches(folders):
     # items longer than the latents fall back to prefix crops without a mask
     mix = D.Mixture([src], context_len=256, n_latents=16, whole_items=True)
     assert "loss_mask" not in mix.batch(0, 0, 2)[2]
+
+
+def test_audio_items_below_the_minimum_length_are_skipped(tmp_path):
+    """A file that decodes to a click (as a corrupt MIDI file can render) is no item: it could be the only val item."""
+    import soundfile
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    sr = 22050
+    t = np.arange(2 * sr) / sr
+    lines = []
+    for i, seconds in enumerate([2.0, 2.0, 0.02]):
+        wave = 0.3 * np.sin(2 * np.pi * (220 * (i + 1)) * t[: int(seconds * sr)])
+        soundfile.write(folder / f"c{i}.wav", wave.astype(np.float32), sr)
+        lines.append({"file": f"c{i}.wav", "text": f"tone {i}"})
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    settings = D.TokenizerSettings(audio_codebook_size=8, audio_fit_files=3)
+    (src,), codec = D.prepare_sources([D.parse_data_arg(str(folder))], settings, tmp_path / "c", progress=False,
+                                      log=lambda m: None)  # fmt: skip
+    assert src.manifest["items"] == ["c0.wav", "c1.wav"]
+    (skip,) = src.manifest["skipped"]
+    assert skip["file"] == "c2.wav" and "too short" in skip["reason"] and "0.25 s" in skip["reason"]

@@ -257,3 +257,134 @@ def test_two_process_gloo_matches_single_process(data, tmp_path, tmp_path_factor
     ref = load_checkpoint(single / "checkpoints" / "step-0000004")
     for k, v in ref.model.state_dict().items():
         torch.testing.assert_close(ck.model.state_dict()[k], v, atol=1e-5, rtol=1e-4)
+
+
+# -------------------------------------------------------------------------------------- resuming safely
+
+
+def test_resume_refuses_a_different_model_or_data(data, tmp_path, capsys):
+    img, txt, cache = data
+    run = tmp_path / "run"
+    argv = common(data, **{"max-steps": 2, "val-every": 2, "save-every": 2})
+    train_in_process(["--out", str(run), *argv])
+    for change, named in [({"context-len": 128}, "--context-len 128 (run.json: not given)"),
+                          ({"preset": "small"}, "--preset small (run.json: debug)"),
+                          ({"image-size": 16}, "--image-size 16 (run.json: 8)"),
+                          ({"seed": 3}, "--seed 3 (run.json: 0)")]:  # fmt: skip
+        with pytest.raises(SystemExit, match="would change what") as e:
+            T.main(["--out", str(run), *common(data, **{"max-steps": 4, **change}), "--resume"])
+        assert named in str(e.value), e.value
+    with pytest.raises(SystemExit, match=r"--data \S+emoji \(run\.json: \S+emoji \S+text:0\.5\)"):
+        T.main(["--out", str(run), "--data", str(img), *common(data, **{"max-steps": 4})[4:], "--resume"])
+    # how it trains may change: more steps, another batch size and learning rate
+    train_in_process(["--out", str(run), *common(data, **{"max-steps": 4, "lr": 1e-3, "batch-size": 1}), "--resume"])
+    assert "resumed from" in capsys.readouterr().err and len(losses(run)) == 4
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = common(data, **{"max-steps": 8, "val-every": 4, "save-every": 4})
+    train_in_process(["--out", str(run), *argv])
+    ckpts = T.list_checkpoints(run)
+    assert [c.name for c in ckpts] == ["step-0000004", "step-0000008"]
+    w = ckpts[-1] / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])  # a save cut short by a full disk, say
+    longer = common(data, **{"max-steps": 9, "val-every": 4, "save-every": 4})
+    train_in_process(["--out", str(run), *longer, "--resume"])
+    err = capsys.readouterr().err
+    assert "skipping damaged checkpoint" in err and "step-0000008" in err and "truncated" in err
+    assert "resumed from" in err and "step-0000004 at step 4" in err
+    assert load_checkpoint(run / "checkpoints" / "step-0000009").training["step"] == 9
+
+    # a training state that asks to unpickle arbitrary objects is refused, never run
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    for c in T.list_checkpoints(run):
+        torch.save({"step": 1, "optimizer": Evil()}, c / T.TRAINING_STATE)
+    (T.list_checkpoints(run)[0] / T.TRAINING_STATE).write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(SystemExit, match="none of the 3 checkpoints") as e:
+        T.main(["--out", str(run), *common(data, **{"max-steps": 10}), "--resume"])
+    assert "not loaded" in str(e.value) and "corrupt or truncated" in str(e.value)
+
+
+def test_disk_full_is_named_and_failed_launches_leave_no_run_dir(data, tmp_path, monkeypatch, capsys):
+    from safetensors import SafetensorError
+
+    # safetensors reports ENOSPC as a SafetensorError (not an OSError) with the OS error in its message
+    def full(directory, *a, **kw):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                              'left on device" })')  # fmt: skip
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(rundir, "save_checkpoint", full)
+    with pytest.raises(SystemExit):
+        T.main(["--out", str(run), *common(data, **{"max-steps": 2})])
+    assert "step-0000002 failed (disk full): SafetensorError" in capsys.readouterr().err
+    monkeypatch.undo()
+    # rewriting metrics.jsonl on --resume with the disk full: a message, and metrics.jsonl unharmed
+    train_in_process(["--out", str(run / "ok"), *common(data, **{"max-steps": 2, "save-every": 2})])
+    before = (run / "ok" / "metrics.jsonl").read_text()
+    real_write = Path.write_text
+
+    def write_text(self, text, *a, **kw):
+        if self.name == "metrics.tmp":
+            real_write(self, text[:10], *a, **kw)
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_write(self, text, *a, **kw)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with pytest.raises(SystemExit, match=r"cannot rewrite .*metrics.jsonl \(disk full\)"):
+        T.main(["--out", str(run / "ok"), *common(data, **{"max-steps": 3}), "--resume"])
+    monkeypatch.undo()
+    assert (run / "ok" / "metrics.jsonl").read_text() == before and not (run / "ok" / "metrics.tmp").exists()
+    # a first launch that fails on its data leaves no run directory behind
+    bad = tmp_path / "new-run"
+    with pytest.raises(SystemExit, match="does not exist"):
+        T.main(["--out", str(bad), "--data", str(tmp_path / "missing"), *common(data)[4:]])
+    assert not bad.exists()
+
+
+_KILL_DURING_SAVE = """
+import os, signal, sys
+from perceiverar import checkpoint
+stage, name, exchange = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+if not exchange:  # the two-rename fallback of filesystems without renameat2(RENAME_EXCHANGE)
+    checkpoint._exchange = lambda a, b: False
+def hook(at, final):
+    if at == stage and final.name == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint._save_hook = hook
+from perceiverar.train import main
+main(sys.argv[4:])
+"""
+
+
+def _leftovers(run: Path) -> list[str]:
+    return [p.name for d in (run, run / "checkpoints") if d.is_dir() for p in d.iterdir() if p.name.startswith(".")]
+
+
+def test_kill_during_saves_then_resume_loses_nothing(data, tmp_path):
+    """kill -9 a run at each stage of a save (a step checkpoint, then `best`, with the atomic exchange and with
+    the two-rename fallback); each --resume repairs what the kill left, and the run ends with `best` and the
+    last step loadable and no temp folders."""
+    run = tmp_path / "run"
+    argv = ["--out", str(run), *common(data, **{"max-steps": 8, "val-every": 1, "save-every": 2, "val-items": 2,
+                                               "val-windows": 2, "keep-last": 2})]  # fmt: skip
+    kills = [("written", "step-0000004", "1"), ("swapped", "best", "1"), ("staged", "best", "0"),
+             ("detached", "best", "0")]  # (every stage of both paths is covered in-process by test_checkpoint)
+    for i, (stage, name, exchange) in enumerate(kills):
+        cmd = [sys.executable, "-c", _KILL_DURING_SAVE, stage, name, exchange, *argv, *(["--resume"] if i else [])]
+        r = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        assert r.returncode == -signal.SIGKILL, (stage, name, r.stderr[-2000:])
+        assert _leftovers(run), (stage, name)  # the kill left a temp folder for the next launch to deal with
+        if stage == "detached":
+            assert not (run / "best").exists()  # between the two renames: no best until the next launch repairs it
+    r = run_cli([*argv, "--resume"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "restored" in r.stderr or "removed the leftover" in r.stderr
+    assert _leftovers(run) == []
+    best = load_checkpoint(run / "best")
+    last = load_checkpoint(T.list_checkpoints(run)[-1])
+    assert last.training["step"] == 8 and best.training["val_loss"] == pytest.approx(min(v for _, v in losses(run, "val")))
