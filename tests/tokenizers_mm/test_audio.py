@@ -203,19 +203,25 @@ def test_decoder_settings_are_recorded_and_old_configs_decode_as_before(tok, tmp
     import dataclasses
     import json
 
-    peaks = AudioTokenizer(dataclasses.replace(tok.config, griffin_lim_init="peaks"), tok.codebook)
+    assert tok.config.griffin_lim_init == "peaks" and tok.config.griffin_lim_iters == 16  # a new fit's decoder
+    # what every tokenizer saved before griffin_lim_init existed used: 32 iterations from seeded random phase
+    legacy = AudioTokenizer(dataclasses.replace(tok.config, griffin_lim_init="random", griffin_lim_iters=32),
+                            tok.codebook)  # fmt: skip
     ids = tok.encode(tones(1, FREQS, seed=4), SR)
-    y_peaks = peaks.decode(ids)[0]
-    assert np.array_equal(y_peaks, peaks.decode(ids)[0])  # deterministic
-    assert not np.array_equal(y_peaks, tok.decode(ids)[0])
-    peaks.save(tmp_path / "p")
-    assert AudioTokenizer.load(tmp_path / "p").config.griffin_lim_init == "peaks"
-    # a tokenizer saved before the field existed decodes with the seeded random phase it always had
-    cfg_file = tmp_path / "p" / "audio_tokenizer.json"
+    y = tok.decode(ids)[0]
+    assert np.array_equal(y, tok.decode(ids)[0])  # deterministic
+    assert not np.array_equal(y, legacy.decode(ids)[0])
+    tok.save(tmp_path / "new")
+    assert AudioTokenizer.load(tmp_path / "new").config == tok.config
+    legacy.save(tmp_path / "old")
+    cfg_file = tmp_path / "old" / "audio_tokenizer.json"
     raw = json.loads(cfg_file.read_text())
-    del raw["griffin_lim_init"]
+    del raw["griffin_lim_init"]  # as written before the field existed
     cfg_file.write_text(json.dumps(raw))
-    old = AudioTokenizer.load(tmp_path / "p")
-    assert old.config.griffin_lim_init == "random" and np.array_equal(old.decode(ids)[0], tok.decode(ids)[0])
+    old = AudioTokenizer.load(tmp_path / "old")
+    assert old.config.griffin_lim_init == "random" and np.array_equal(old.decode(ids)[0], legacy.decode(ids)[0])
+    cfg_file.write_text("[1, 2]")
+    with pytest.raises(TokenizerError, match="corrupt audio tokenizer config"):
+        AudioTokenizer.load(tmp_path / "old")
     with pytest.raises(TokenizerError, match="griffin_lim_init"):
         audio_mod.AudioConfig(griffin_lim_init="smart")
