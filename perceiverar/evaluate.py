@@ -48,7 +48,7 @@ def windows(a: int, b: int, *, context_len: int, n_latents: int) -> list[tuple[i
 
 
 @torch.no_grad()
-def score_item(
+def item_nll(
     model,
     ids: np.ndarray,
     feats: np.ndarray,
@@ -58,17 +58,19 @@ def score_item(
     max_windows: int | None = None,
     batch_windows: int = 8,
     device: str | torch.device = "cpu",
-) -> tuple[float, int]:
-    """Sum of NLL (nats) and count over the target positions of one item (see :func:`windows`).
+) -> np.ndarray:
+    """NLL (nats, float64) of each target position of one item, [a, b) of ``target`` (see :func:`windows`).
 
-    ``max_windows`` scores an evenly spaced subset of the windows (an estimate, for long documents).
+    ``max_windows`` scores an evenly spaced subset of the windows (an estimate, for long documents); the
+    positions of skipped windows are NaN.
     """
     cfg = model.cfg
     N = n_latents or cfg.n_latents
-    ws = windows(*target, context_len=cfg.context_len, n_latents=N)
+    a, b = target
+    out = np.full(max(0, b - a), np.nan)
+    ws = windows(a, b, context_len=cfg.context_len, n_latents=N)
     if max_windows is not None and len(ws) > max_windows:
         ws = [ws[i] for i in np.linspace(0, len(ws) - 1, max_windows).round().astype(int)]
-    total, count = 0.0, 0
     by_len: dict[int, list] = {}
     for w in ws:
         by_len.setdefault(w[1] - w[0], []).append(w)
@@ -77,13 +79,19 @@ def score_item(
             chunk = group[k : k + batch_windows]
             tok = torch.from_numpy(np.stack([ids[s:e] for s, e, _ in chunk])).to(device)  # (B, T+1)
             ft = torch.from_numpy(np.stack([feats[s:e] for s, e, _ in chunk])).to(device)  # (B, T+1, 3)
-            nll, _ = model.token_nll(tok, ft, n_latents=N)  # (B, n)
+            nll, _ = model.token_nll(tok, ft, n_latents=N)  # (B, n): targets e - n .. e - 1
             n = nll.shape[1]
             for row, (s, e, first) in zip(nll, chunk):
-                keep = row[max(0, first - (e - n)) :]  # positions >= first
-                total += float(keep.double().sum())
-                count += keep.numel()
-    return total, count
+                keep = row[max(0, first - (e - n)) :].double().cpu().numpy()  # targets first .. e - 1
+                out[e - len(keep) - a : e - a] = keep
+    return out
+
+
+def score_item(model, ids: np.ndarray, feats: np.ndarray, target: tuple[int, int], **kw) -> tuple[float, int]:
+    """Sum of NLL (nats) and count over the scored target positions of one item (see :func:`item_nll`)."""
+    nll = item_nll(model, ids, feats, target, **kw)
+    scored = nll[~np.isnan(nll)]
+    return float(scored.sum()), int(scored.size)
 
 
 def evaluate_sources(
@@ -216,6 +224,10 @@ def run(argv=None) -> dict:
         result[f"{mod}_tokens_scored"] = int(nc[1])
         if mod == "image":
             result["image_height"], result["image_width"] = settings.image_height, settings.image_width
+            result["image_mode"] = settings.image_mode
+            if settings.image_mode == "palette":  # one token per pixel: "bits per dim" would mislead
+                result["bits_per_pixel_token"] = result[METRIC[mod]]
+                result["bits_per_subpixel_equivalent"] = round(result[METRIC[mod]] / 3, 6)
     result["eval_seconds"] = round(time.perf_counter() - t0, 3)
     if not any(k in result for k in METRIC.values()):
         _fail(f"no {args.split} items to score in {', '.join(args.data)}")

@@ -28,7 +28,7 @@ from PIL import Image
 from perceiverar.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
 from perceiverar.generation import generate
 from perceiverar.model import PerceiverAR
-from perceiverar.sampling import ModalityConstraint
+from perceiverar.constraints import ModalityConstraint
 from perceiverar.sampling_options import SamplingOptions
 from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.text import TextTokenizer
@@ -63,6 +63,8 @@ def make_tokenizer_config(
             raise ValueError("an image checkpoint needs its image height and width")
         img = ImageTokenizer(int(height), int(width), mode=image_mode, palette=palette).to_dict()
         img.pop("resize")  # the app resizes nothing: generation only needs the size and the layout
+        if image_mode == "subpixel":
+            img.pop("mode")  # the default layout: configs read the same as before the palette mode
         cfg["image"] = img
     if "audio" in mods:
         cfg["audio"] = {"dir": audio_dir, "seconds": float(audio_seconds if audio_seconds is not None else 10.0)}

@@ -147,7 +147,9 @@ class Trainer:
         """Sub-pixels or colour tokens: a fine-tune keeps its checkpoint's layout and palette (the weights know
         those ids); a new palette run fits its palette on the training images."""
         a = self.args
-        img = read_checkpoint_config(Path(a.init_from))["tokenizer"].get("image") if a.init_from else None
+        init = Path(a.init_from) if a.init_from else None
+        # (a missing or broken --init-from is reported with the model checks in build())
+        img = read_checkpoint_config(init)["tokenizer"].get("image") if init and (init / "config.json").is_file() else None
         if img:
             mode, palette = img.get("mode", "subpixel"), img.get("palette")
             if a.image_mode not in (None, mode):

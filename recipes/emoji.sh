@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# checkpoints/emoji: text -> 32x32 image on ../shared/data/emoji, CPU recipe (about 75 min on 1 core of a
-# 2-core machine). On a GPU, raise --batch-size/--max-steps (and --image-size 64 with --context-len 16384).
+# checkpoints/emoji: text -> 16x16 emoji in colour tokens (one token per pixel, a 256-colour k-means palette),
+# trained whole (caption + image in the latents), on a 2-core CPU in about 80 minutes (3,200 steps of 16).
+# Continue a bundled checkpoint for more steps: INIT_FROM=checkpoints/emoji STEPS=2000 LR=5e-4 bash recipes/emoji.sh
+# On a GPU: drop --cpu-bf16, raise --batch-size and --max-steps, and try --image-size 32 --n-latents 1536.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/emoji}
 RUN=${RUN:-runs/emoji}
-.venv/bin/python -m perceiverar.train --data "$DATA" --image-size 32 --preset small --context-len 4096 \
-    --n-latents 512 --out "$RUN" --max-steps "${STEPS:-1500}" --batch-size 4 --lr 1e-3 --warmup 100 \
-    --val-every 250 --val-items 64 --save-every 100 --sample-every 500 --no-progress --log-every 10 "$@"
+INIT=()
+[[ -n "${INIT_FROM:-}" ]] && INIT=(--init-from "$INIT_FROM")
+.venv/bin/python -m perceiverar.train --data "$DATA" --image-size 16 --image-mode palette \
+    --caption-template "{text}; {style} style" --preset small --n-latents 512 "${INIT[@]}" --out "$RUN" \
+    --max-steps "${STEPS:-3200}" --batch-size 16 --lr "${LR:-1e-3}" --warmup 50 --val-every 400 --val-items 64 \
+    --save-every 100 --keep-last 2 --sample-every 400 --no-progress --log-every 10 --compile --cpu-bf16 "$@"
 .venv/bin/python -m recipes.export_checkpoint --run "$RUN" --name emoji --data "$DATA" \
     --recipe "bash recipes/emoji.sh" \
-    --limitations "Trained for about an hour on one CPU core: samples show emoji-like colours and shapes but are rarely recognisable."
+    --limitations "Trained for about 80 minutes on a 2-core CPU at 16x16 pixels: see the measured category accuracy, colour-word match and non-blank share above, and the sample grid."
