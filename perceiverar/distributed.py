@@ -75,8 +75,9 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor, features: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.loss(tokens, features, loss_mask=loss_mask)
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor, loss_mask: torch.Tensor | None = None,
+                n_latents: int | None = None) -> torch.Tensor:  # fmt: skip
+        return self.model.loss(tokens, features, loss_mask=loss_mask, n_latents=n_latents)
 
 
 def wrap_model(model: PerceiverAR, dd: Dist, *, fsdp: bool, compile: bool) -> nn.Module:

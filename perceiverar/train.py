@@ -324,7 +324,7 @@ class Trainer:
             sync = self.net.no_sync() if (dd.world > 1 and not self.fsdp and not last) else contextlib.nullcontext()
             with sync:
                 with amp:
-                    loss = self.net(toks, feats, mask)
+                    loss = self.net(toks, feats, mask, st.get("n_latents"))
                 (loss / a.grad_accum).backward()
             losses.append(loss.detach().float())
             lens.append(st["seq_len"])

@@ -36,8 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "--init-from checkpoint's)")
     g.add_argument("--palette-colours", type=int, default=256, help="palette size in --image-mode palette (<= 256)")
     g.add_argument("--no-whole-items", action="store_true",
-                   help="always train random-length prefix crops, even when whole items fit in the latents "
-                        "(by default such items are trained whole, loss on the media only)")
+                   help="always train random-length prefix crops (the loss on their last N positions). By default "
+                        "items that fit in the latents are trained whole and longer ones (inside the context) get "
+                        "windows that make every target position equally likely to be trained; loss on the media only")
     g.add_argument("--audio-codebook-size", type=int, default=1024, help="audio codebook entries (fitted once)")
     g.add_argument("--audio-fit-files", type=int, default=32, help="fit the audio codebook on at most this many files")
     g.add_argument("--audio-seconds", type=float, default=None,

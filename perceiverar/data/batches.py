@@ -16,6 +16,14 @@ first row a target in a few percent of crops only), and the caption sits among t
 self-attention stack reads it in order. Right padding is exact: causal attention never lets a position see
 the PAD after it, and masked targets do not count.
 
+Uniform windows (also ``whole_items``): an item longer than the latents but inside the context (a music clip)
+gets a prefix crop whose last N positions hold the targets, the window placed so that every target position
+is equally likely to be trained: a virtual window end v is uniform over [target start, target end + N - 1],
+the targets are [v - N + 1, v] clipped to the item, and the crop ends at the last of them (the whole prompt
+stays in context, as at generation). One uniform draw per batch places every row (each row is still uniform
+over its own span), so the rows' crops differ only by their prompts' lengths; they are right-padded and the
+batch's latents cover every row's targets (``stats["n_latents"]``, at most N plus that difference).
+
 A batch with buried captions (:class:`~perceiverar.data.filler.Filler`) holds the whole prompt and the first
 ``k`` tokens after it (``k`` uniform in ``[N, header + target]``, so the latents, where the loss is, sit on the
 media, not on the filler), and the filler is sized so every row of the batch has one length, drawn uniform in
@@ -71,6 +79,8 @@ class Mixture:
             lens = [self.sources[s].length(i, d) for s, i, d in picks]
             if max(lens) <= min(self.n_latents, self.context_len) + 1:
                 return self._whole_batch(picks, lens)
+            if max(lens) <= self.context_len + 1:
+                return self._uniform_batch(rng, picks, lens)
         m = min(self.sources[s].length(i, d) for s, i, d in picks)
         hi = min(self.context_len + 1, m)
         lo = min(self.n_latents + 1, hi)
@@ -105,6 +115,29 @@ class Mixture:
             start = src.target_range(i)[0] - (int(src.index[i, 2]) if drop else 0)
             mask[r, start:n] = True
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "loss_mask": mask}
+        return tokens, features, stats
+
+    def _uniform_batch(self, rng: np.random.Generator, picks: list, lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Prefix crops whose loss windows cover every target position equally often (module docstring)."""
+        N, q = self.n_latents, float(rng.random())
+        rows = []
+        for (s, i, drop), n in zip(picks, lens):
+            src = self.sources[s]
+            t0 = src.target_range(i)[0] - (int(src.index[i, 2]) if drop else 0)
+            v = t0 + int(q * (n - t0 + N - 1))  # virtual window end, uniform over [t0, n - 1 + N - 1]
+            rows.append((s, i, drop, max(t0, v - N + 1), min(v, n - 1)))  # targets [lo, hi]
+        length = max(hi for *_, hi in rows) + 1
+        tokens = torch.full((len(rows), length), PAD, dtype=torch.long)  # (rows, l)
+        features = torch.zeros((len(rows), length, 3), dtype=torch.long)  # (rows, l, 3)
+        mask = torch.zeros((len(rows), length), dtype=torch.bool)  # (rows, l)
+        for r, (s, i, drop, lo, hi) in enumerate(rows):
+            ids, f = self.sources[s].crop(i, 0, hi + 1, drop)
+            tokens[r, : hi + 1] = torch.from_numpy(ids)
+            features[r, : hi + 1] = torch.from_numpy(f)
+            mask[r, lo : hi + 1] = True
+        # Target p is predicted by input position p - 1: the latents (the last n inputs) must reach min lo - 1.
+        n = length - min(lo for *_, lo, _ in rows)
+        stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "loss_mask": mask, "n_latents": n}
         return tokens, features, stats
 
     def _buried_batch(self, rng: np.random.Generator, picks: list) -> tuple[torch.Tensor, torch.Tensor, dict]:

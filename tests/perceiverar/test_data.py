@@ -357,9 +357,9 @@ def test_palette_cache_and_whole_item_batches(folders):
             first = int(torch.nonzero(row == PALETTE_BEGIN)[0]) + 3
             assert mask[r, first:n].all() and not mask[r, :first].any()  # pixels, IMAGE_END, EOS; no caption/header
             assert torch.equal(feats[r, :n], torch.from_numpy(position_features(row[:n].tolist())))
-    # items longer than the latents fall back to prefix crops without a mask
-    mix = D.Mixture([src], context_len=256, n_latents=16, whole_items=True)
-    assert "loss_mask" not in mix.batch(0, 0, 2)[2]
+    # items longer than the latents get uniform windows (next test); without whole_items, prefix crops, no mask
+    assert "n_latents" in D.Mixture([src], context_len=256, n_latents=16, whole_items=True).batch(0, 0, 2)[2]
+    assert "loss_mask" not in D.Mixture([src], context_len=256, n_latents=16).batch(0, 0, 2)[2]
 
 
 def test_audio_items_below_the_minimum_length_are_skipped(tmp_path):
@@ -382,3 +382,37 @@ def test_audio_items_below_the_minimum_length_are_skipped(tmp_path):
     assert src.manifest["items"] == ["c0.wav", "c1.wav"]
     (skip,) = src.manifest["skipped"]
     assert skip["file"] == "c2.wav" and "too short" in skip["reason"] and "0.25 s" in skip["reason"]
+
+
+def test_uniform_windows_train_every_target_position_equally(folders):
+    """Items longer than the latents: over many batches each target position is a loss target about equally
+    often, every masked target lies in the batch's latents, and the crops are the items' own prefixes.
+    (benchmarks/position_loss shows the old prefix policy's deficit at the bundled checkpoints' scale.)"""
+    import torch
+
+    from tokenizers_mm.vocab import PAD
+
+    img, _, cache = folders
+    src = D.prepare_source(D.SourceSpec(img, 1.0, "image"), SETTINGS, cache, progress=False)  # 8x8x3 = 192 targets
+    N = 24
+    counts = {}
+    mix = D.Mixture([src], context_len=1024, n_latents=N, prompt_dropout=0.2, whole_items=True)
+    for step in range(300):
+        tokens, feats, st = mix.batch(step, 0, 4)
+        mask, n = st["loss_mask"], st["n_latents"]
+        T = tokens.shape[1] - 1
+        targets = torch.nonzero(mask[:, 1:])  # (k, 2): row, input index predicting it
+        assert (targets[:, 1] >= T - n).all(), "a target outside the latents"
+        assert n <= N + 64
+        for r in range(tokens.shape[0]):
+            ids = tokens[r][tokens[r] != PAD]
+            assert torch.equal(feats[r, : len(ids)], torch.from_numpy(position_features(ids.tolist())))
+            pos = torch.nonzero(mask[r]).flatten()
+            start = int(torch.nonzero(ids >= 5632)[4]) + 3  # first pixel
+            assert pos.min() >= start and pos.numel() <= N
+            for p in (pos - start).tolist():
+                counts[p] = counts.get(p, 0) + 1
+    first_row = np.mean([counts.get(p, 0) for p in range(24)])
+    last_row = np.mean([counts.get(p, 0) for p in range(192 - 24, 192)])
+    middle = np.mean([counts.get(p, 0) for p in range(84, 108)])
+    assert 0.7 < first_row / middle < 1.4 and 0.7 < last_row / middle < 1.4, (first_row, middle, last_row)
