@@ -61,7 +61,7 @@ from perceiverar.rundir import (
     save_step, tidy,
 )  # fmt: skip
 from perceiverar.runlog import Logger, append_metrics, plot_losses, save_samples, truncate_metrics
-from perceiverar.train_args import UsageError, parse_args
+from perceiverar.train_args import UsageError, audio_options, parse_args
 
 
 def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) -> PerceiverARConfig:
@@ -109,7 +109,8 @@ class Trainer:
             codec = load_audio_codec(Path(a.init_from) / AUDIO_TOKENIZER_DIR)  # the weights know these codes
             a.audio_codebook_size = codec.tokenizer.codebook_size  # so run.json and the checkpoint say so
         self.settings = TokenizerSettings(image_height=h, image_width=w, audio_codebook_size=a.audio_codebook_size,
-                                          audio_fit_files=a.audio_fit_files, caption_template=a.caption_template)  # fmt: skip
+                                          audio_fit_files=a.audio_fit_files, caption_template=a.caption_template,
+                                          audio_options=audio_options(getattr(a, "audio_option", [])))  # fmt: skip
         cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
         self._image_layout(specs, cache)
         filler_spec, filler_prob = None, 0.5

@@ -20,6 +20,29 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def audio_options(items: list[str]) -> tuple:
+    """['n_mels=128', 'max_frames=250000'] -> (('max_frames', 250000), ('n_mels', 128)): TokenizerSettings.audio_options."""
+    if not items:
+        return ()
+    from dataclasses import fields  # noqa: PLC0415
+
+    from tokenizers_mm.audio import AudioConfig  # noqa: PLC0415  (torchaudio: only when asked for)
+
+    known = {f.name for f in fields(AudioConfig)} - {"codebook_size", "db_floor"} | {"max_frames", "iters"}
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"--audio-option {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(known))}")
+        for cast in (int, float, str):
+            try:
+                out[name] = cast(value)
+                break
+            except ValueError:
+                pass
+    return tuple(sorted(out.items()))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="perceiverar-train", description=DESCRIPTION,
                                 formatter_class=_HelpFormatter)  # fmt: skip
@@ -41,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "windows that make every target position equally likely to be trained; loss on the media only")
     g.add_argument("--audio-codebook-size", type=int, default=1024, help="audio codebook entries (fitted once)")
     g.add_argument("--audio-fit-files", type=int, default=32, help="fit the audio codebook on at most this many files")
+    g.add_argument("--audio-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="setting of the fitted audio codebook (repeatable): an AudioConfig field such as n_mels=128, "
+                        "n_fft=2048, hop_length=512 or patch_frames=2, or the fit's max_frames / iters")
     g.add_argument("--audio-seconds", type=float, default=None,
                    help="default clip length written into the checkpoint (default: median training clip, fit to L)")
     g.add_argument("--cache-dir", default=None, help="token cache root (default $PERCEIVERAR_CACHE or ~/.cache/perceiverar/datasets)")
@@ -106,6 +132,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--conv-kernel must be in 0..64, got {args.conv_kernel}")
     if len(args.image_size) > 2:
         p.error("--image-size takes H or H W")
+    try:
+        audio_options(args.audio_option)
+    except ValueError as e:
+        p.error(str(e))
     if args.min_lr is None:
         args.min_lr = args.lr / 10
     return args

@@ -59,6 +59,9 @@ def fit_audio_codec(
     """Fit (or reuse) one codebook for all audio folders, on up to ``audio_fit_files`` training files."""
     paths = []
     h = hashlib.sha256(f"audio-fit-v{CACHE_FORMAT}\0{settings.audio_codebook_size}\0{settings.audio_fit_files}".encode())
+    options = dict(settings.audio_options)
+    if options:  # (only then, so codebooks fitted before the options existed keep their cache key)
+        h.update(f"\0{sorted(options.items())}".encode())
     for spec in specs:
         entries, _ = list_entries(spec.path, "audio", settings.caption_template)
         h.update(f"{spec.path}\0{listing_hash(spec.path, entries)}\n".encode())
@@ -73,7 +76,8 @@ def fit_audio_codec(
     cls = _audio_cls()
     from tokenizers_mm.audio import AudioConfig  # noqa: PLC0415
 
-    loader = cls(AudioConfig(codebook_size=settings.audio_codebook_size),
+    rate = {"sample_rate": options["sample_rate"]} if "sample_rate" in options else {}
+    loader = cls(AudioConfig(codebook_size=settings.audio_codebook_size, **rate),
                  torch.zeros(settings.audio_codebook_size, AudioConfig().patch_dim))  # only to read files
     waves = []
     # A corrupt file must not stop the fit: read each one here and leave out those that fail.
@@ -84,9 +88,12 @@ def fit_audio_codec(
             log(f"audio codebook fit: skipping {p} ({e})")
     if not waves:
         raise DatasetError(f"none of the {len(subset)} audio files chosen to fit the codebook could be read")
-    log(f"fitting the audio codebook ({settings.audio_codebook_size} codes) on {len(waves)} files ...")
+    log(f"fitting the audio codebook ({settings.audio_codebook_size} codes{''.join(f', {k}={v}' for k, v in options.items())})"
+        f" on {len(waves)} files ...")
     try:
-        tok = cls.fit([w for _, w in waves], codebook_size=settings.audio_codebook_size)
+        tok = cls.fit([w for _, w in waves], codebook_size=settings.audio_codebook_size, **options)
+    except TypeError as e:  # an option AudioTokenizer.fit / AudioConfig does not know
+        raise DatasetError(f"bad --audio-option: {e}") from None
     except TokenizerError as e:
         raise DatasetError(f"fitting the audio codebook failed: {e} (try a smaller --audio-codebook-size)") from None
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -198,6 +198,9 @@ class TokenizerSettings:
     image_palette: tuple | None = None  # palette mode: K x 3 RGB colours as nested tuples (hashable)
     audio_codebook_size: int = 1024
     audio_fit_files: int = 32  # the codebook is fitted on at most this many training files
+    # ((name, value), ...) passed to AudioTokenizer.fit: AudioConfig fields (n_mels, hop_length, patch_frames, ...)
+    # or the fit's own (max_frames, iters); empty = its defaults
+    audio_options: tuple = ()
     caption_template: str = "{text}"  # a caption from captions.jsonl fields, e.g. "{text}; {style} style"
 
 

@@ -416,3 +416,41 @@ def test_uniform_windows_train_every_target_position_equally(folders):
     last_row = np.mean([counts.get(p, 0) for p in range(192 - 24, 192)])
     middle = np.mean([counts.get(p, 0) for p in range(84, 108)])
     assert 0.7 < first_row / middle < 1.4 and 0.7 < last_row / middle < 1.4, (first_row, middle, last_row)
+
+
+def test_audio_options_reach_the_fitted_codebook(tmp_path):
+    """perceiverar-train --audio-option: the codebook is fitted with those settings (two frames per token halve
+    the codes of an item), under a cache key of its own; unknown names are a clear error."""
+    import soundfile
+
+    from perceiverar.train_args import audio_options
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    sr = 22050
+    t = np.arange(2 * sr) / sr
+    lines = []
+    for i in range(3):
+        soundfile.write(folder / f"c{i}.wav", (0.3 * np.sin(2 * np.pi * 220 * (i + 1) * t)).astype(np.float32), sr)
+        lines.append({"file": f"c{i}.wav", "text": f"tone {i}"})
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    opts = audio_options(["patch_frames=2", "n_mels=40", "iters=3"])
+    assert opts == (("iters", 3), ("n_mels", 40), ("patch_frames", 2))
+    out = {}
+    for name, extra in (("plain", ()), ("two_frames", opts)):
+        settings = D.TokenizerSettings(audio_codebook_size=8, audio_fit_files=3, audio_options=extra)
+        out[name] = D.prepare_sources([D.parse_data_arg(str(folder))], settings, tmp_path / "c", progress=False,
+                                      log=lambda m: None)  # fmt: skip
+    (plain,), c1 = out["plain"]
+    (two,), c2 = out["two_frames"]
+    assert c1.dir != c2.dir
+    assert (c1.tokenizer.config.patch_frames, c1.tokenizer.config.n_mels) == (1, 80)
+    assert (c2.tokenizer.config.patch_frames, c2.tokenizer.config.n_mels) == (2, 40)
+    a, b = plain.target_range(0)
+    a2, b2 = two.target_range(0)
+    assert b2 - a2 == -(-(b - a) // 2) == c2.tokenizer.n_tokens(2.0)
+    with pytest.raises(ValueError, match="n_mel.*NAME=VALUE"):
+        audio_options(["n_mel=128"])
+    bad = D.TokenizerSettings(audio_codebook_size=8, audio_fit_files=3, audio_options=(("n_mels", "many"),))
+    with pytest.raises((D.DatasetError, TypeError, ValueError)):
+        D.prepare_sources([D.parse_data_arg(str(folder))], bad, tmp_path / "c", progress=False, log=lambda m: None)
