@@ -25,7 +25,7 @@ import torch
 
 from perceiverar import load_checkpoint, save_checkpoint
 from perceiverar.evaluate import METRIC
-from perceiverar.evaluate import main as evaluate
+from perceiverar.evaluate import run as evaluate  # run returns the result; main, the console script, an exit code
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 25 * 2**20
