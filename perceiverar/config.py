@@ -35,6 +35,10 @@ class PerceiverARConfig:
     # RoPE base: the classic 10,000 wraps its slowest frequency after ~63K positions;
     # 500,000 (as long-context LLMs use) keeps every position of a 65K context distinct.
     rope_base: float = 500_000.0
+    # Share of each head's frequency pairs that rotate (the fastest ones; see layers.rope_angles). 1 is
+    # classic rotary. Below 1 the slow pairs carry no position, so attention by content (the copy task's
+    # look-up of the previous occurrence) works unchanged at distances far beyond the training crops.
+    rope_fraction: float = 1.0
     feature_sizes: tuple[int, ...] = field(default_factory=lambda: tuple(FEATURE_SIZES))
     z_loss: float = 0.0  # weight of the mean squared log-partition (PaLM's z-loss); 0 disables
     norm_eps: float = 1e-5
@@ -63,6 +67,8 @@ class PerceiverARConfig:
             if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v < hi:
                 raise ValueError(f"{name} must be a number in [{lo}, {hi}), got {v!r}")
             setattr(self, name, float(v))
+        if self.rope_fraction > 1.0:
+            raise ValueError(f"rope_fraction must be in [0, 1], got {self.rope_fraction!r}")
         for name in ("attn_bias", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -123,6 +129,7 @@ _INT_BOUNDS = {
 }  # fmt: skip
 _REAL_BOUNDS = {
     "mlp_ratio": (0.0, 64.0), "dropout": (0.0, 1.0), "context_dropout": (0.0, 1.0), "rope_base": (1.0, 1e12),
+    "rope_fraction": (0.0, 2.0),
     "z_loss": (0.0, 1e3), "norm_eps": (0.0, 1.0),
 }  # fmt: skip
 

@@ -7,15 +7,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def rope_angles(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_angles(
+    positions: torch.Tensor, head_dim: int, base: float, fraction: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of rotary angles for integer positions (T,) -> two (T, head_dim // 2) fp32 tensors.
 
     Rotary positions rather than a learned table: they are relative (a crop that starts
     anywhere in a long sequence looks the same to the model, which is what random-crop
     training and the strided generation cache rely on) and they cost no parameters,
     where a learned table over 65,536 positions would be larger than the `small` model.
+
+    ``fraction`` < 1 rotates only the fastest ``round(fraction * head_dim / 2)`` frequency pairs and leaves
+    the slow ones unrotated (angle 0: cos 1, sin 0), as in partial rotary / p-RoPE. A slow pair turns only a
+    little over a training crop, so at distances never trained it shows phases the model never saw; the
+    fast pairs have turned through every phase already, and unrotated pairs carry content independent of
+    distance (matching by content keeps working at any context length).
     """
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float64) / head_dim))
+    if fraction < 1.0:
+        inv_freq[round(fraction * (head_dim // 2)) :] = 0.0  # (D/2,): the slowest pairs stop turning
     angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]  # (T, D/2), fp64 so 65K positions stay exact
     return angles.cos().float(), angles.sin().float()
 

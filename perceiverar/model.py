@@ -70,7 +70,7 @@ class PerceiverAR(nn.Module):
         return x[:, history:]
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_base)
+        return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_fraction)
 
     def latent_stack(self, h: torch.Tensor, rope) -> torch.Tensor:
         """(B, n, C) latents after the cross-attention -> (B, n, vocab) logits."""
