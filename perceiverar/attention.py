@@ -38,35 +38,28 @@ class CrossAttentionBlock(nn.Module):
         k, v = rearrange(self.wkv(self.kv_norm(x)), "b t (two h d) -> two b h t d", two=2, h=self.cfg.n_heads)
         return apply_rope(k, *rope), v
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: Rope,
-        k: torch.Tensor | None = None,
-        v: torch.Tensor | None = None,
-        cache_len: int | None = None,
-        *,
-        context: torch.Tensor | None = None,
-        context_rope: Rope | None = None,
-    ) -> torch.Tensor:
-        """x: (B, M, C) embeddings of the query positions, the last M of the keys' positions.
+    def forward(self, x: torch.Tensor, rope: Rope, context: torch.Tensor, context_rope: Rope) -> torch.Tensor:
+        """The training path: x (B, M, C) embeddings of the query positions, the last M of ``context`` (B, T, C).
 
-        Either ``context`` (B, T, C) with its ``context_rope`` is given and the keys/values
-        are computed here (the training path: one module call, so FSDP and activation
-        checkpointing see it), or precomputed k, v (B, H, T, D) are: exactly the keys when
-        ``cache_len`` is None, else preallocated caches whose first ``cache_len`` entries are valid.
+        The keys/values are computed here, in the one module call, so that FSDP and activation checkpointing
+        see them. Returns (B, M, C).
         """
-        if context is not None:
-            k, v = self.kv(context, context_rope)
-        elif k is None or v is None:
-            raise ValueError("pass either context= or precomputed k and v")
+        k, v = self.kv(context, context_rope)  # (B, H, T, D)
+        q = self._queries(x, rope)
+        return self._out(x, dispatch.causal_cross_attention(q, k, v))
+
+    def forward_cached(self, x: torch.Tensor, rope: Rope, k_cache: torch.Tensor, v_cache: torch.Tensor, length) -> torch.Tensor:
+        """The generation path: x (B, M, C) are the last M of ``length`` context positions whose keys/values
+        are already in the preallocated caches (B, H, S, D); see ``cached_attention`` for ``length``."""
+        q = self._queries(x, rope)
+        return self._out(x, cached_attention(q, k_cache, v_cache, length))
+
+    def _queries(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         q = rearrange(self.wq(self.q_norm(x)), "b m (h d) -> b h m d", h=self.cfg.n_heads)
-        q = apply_rope(q, *rope)
-        if cache_len is None:
-            y = dispatch.causal_cross_attention(q, k, v)  # (B, H, M, D)
-        else:
-            y = dispatch.decode_attention(q, k, v, cache_len)
-        x = x + self.dropout(self.wo(rearrange(y, "b h m d -> b m (h d)")))
+        return apply_rope(q, *rope)
+
+    def _out(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.wo(rearrange(y, "b h m d -> b m (h d)")))  # y: (B, H, M, D)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -83,27 +76,31 @@ class SelfAttentionBlock(nn.Module):
         self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: Rope,
-        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache_pos: int = 0,
-    ) -> torch.Tensor:
-        """x: (B, M, C) latents at rotary angles ``rope`` (M, D/2).
+    def forward(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
+        """The training path: x (B, M, C) latents at rotary angles ``rope`` (M, D/2) -> (B, M, C)."""
+        q, k, v = self._qkv(x, rope)
+        return self._out(x, dispatch.causal_self_attention(q, k, v))  # (B, H, M, D) attention
 
-        With a ``cache`` (k, v preallocated (B, H, S, D)), this block's keys/values are
-        written at [cache_pos, cache_pos + M) and the queries attend entries [0, cache_pos + M).
-        """
+    def forward_cached(self, x: torch.Tensor, rope: Rope, cache: tuple[torch.Tensor, torch.Tensor], pos) -> torch.Tensor:
+        """The generation path: x (B, M, C) are latents [pos, pos + M) of the window; their keys/values are
+        written there in the preallocated cache (k, v (B, H, S, D)) and the queries attend entries [0, pos + M)."""
+        q, k, v = self._qkv(x, rope)
+        k_cache, v_cache = cache
+        m = x.shape[1]
+        k_cache[:, :, pos : pos + m] = k
+        v_cache[:, :, pos : pos + m] = v
+        return self._out(x, cached_attention(q, k_cache, v_cache, pos + m))
+
+    def _qkv(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = rearrange(self.wqkv(self.attn_norm(x)), "b m (three h d) -> three b h m d", three=3, h=self.cfg.n_heads)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is None:
-            y = dispatch.causal_self_attention(q, k, v)  # (B, H, M, D)
-        else:
-            k_cache, v_cache = cache
-            m = x.shape[1]
-            k_cache[:, :, cache_pos : cache_pos + m] = k
-            v_cache[:, :, cache_pos : cache_pos + m] = v
-            y = dispatch.decode_attention(q, k_cache, v_cache, cache_pos + m)
+        return apply_rope(q, *rope), apply_rope(k, *rope), v
+
+    def _out(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = x + self.dropout(self.wo(rearrange(y, "b h m d -> b m (h d)")))
         return x + self.mlp(self.mlp_norm(x))
+
+
+def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length) -> torch.Tensor:
+    """(B, H, M, D) queries of the last M of the first ``length`` entries of preallocated (B, H, S, D) caches,
+    bottom-right causal -> (B, H, M, D)."""
+    return dispatch.decode_attention(q, k_cache, v_cache, length)

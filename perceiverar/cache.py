@@ -34,7 +34,11 @@ class Window:
 
 
 class DecodeCache:
-    """Preallocated K/V buffers for one group of rows that share positions (same prompt length)."""
+    """Preallocated K/V buffers for one group of rows that share positions (same prompt length).
+
+    The window the entries belong to is the stream's (``perceiverar.generation.Stream.window``): the cache only
+    counts how many entries of that window are valid.
+    """
 
     def __init__(
         self,
@@ -55,24 +59,9 @@ class DecodeCache:
             (torch.zeros(batch, H, latent_capacity, D, **kw), torch.zeros(batch, H, latent_capacity, D, **kw))
             for _ in range(cfg.n_layers)
         ]
-        self.start: int | None = None  # s the cross entries were computed for
-        self.cross_len = 0  # valid context entries: positions start .. start + cross_len - 1
-        self.first_latent: int | None = None  # a the latent entries were computed for
-        self.n_latents = 0  # valid latent entries (cross_out and every layer): positions a .. a + n_latents - 1
+        self.context_filled = 0  # valid context entries: positions s .. s + context_filled - 1
+        self.latents_filled = 0  # valid latent entries (cross_out and every layer): positions a .. a + latents_filled - 1
 
-    @property
-    def context_capacity(self) -> int:
-        return self.cross_k.shape[2]
-
-    @property
-    def latent_capacity(self) -> int:
-        return self.cross_out.shape[1]
-
-    def reset(self, start: int) -> None:
-        """Forget everything: the context now starts at ``start`` (rotary positions change)."""
-        self.start, self.cross_len = start, 0
-        self.first_latent, self.n_latents = None, 0
-
-    def nbytes(self) -> int:
-        bufs = [self.cross_k, self.cross_v, self.cross_out, *(t for kv in self.layers for t in kv)]
-        return sum(t.numel() * t.element_size() for t in bufs)
+    def clear(self) -> None:
+        """Forget every entry: the window's context start moved (rotary positions change)."""
+        self.context_filled = self.latents_filled = 0

@@ -31,7 +31,6 @@ import contextlib
 import copy
 import math
 import threading
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,9 +38,11 @@ import numpy as np
 import torch
 
 from perceiverar.cache import DecodeCache, Window
+from perceiverar.constraints import ModalityConstraint
 from perceiverar.model import PerceiverAR
-from perceiverar.sampling import ModalityConstraint, check_sampling_args, guide, sample
-from tokenizers_mm.vocab import TEXT_BEGIN, TEXT_SIZE, FeatureTracker
+from perceiverar.prompting import as_ids, fit_context, unconditional_prompt
+from perceiverar.sampling import check_sampling_args, guide, sample
+from tokenizers_mm.vocab import FeatureTracker
 
 # Context positions embedded and projected at once when (re)filling the cross K/V: bounds
 # the temporary (B, chunk, C) activations for a 65,536-token window.
@@ -92,7 +93,7 @@ class Stream:
     trackers: list[FeatureTracker]  # one per row: features of the next ids
     length: int
     cache: DecodeCache | None  # None: uncached reference path
-    window: Window | None = None
+    window: Window | None = None  # the window of the last logits; the cache's entries belong to it
 
 
 def new_stream(
@@ -139,75 +140,69 @@ def _rope(model: PerceiverAR, lo: int, hi: int, device) -> tuple[torch.Tensor, t
     return model.rope(torch.arange(lo, hi, device=device))
 
 
-def _head(model: PerceiverAR, h: torch.Tensor) -> torch.Tensor:
-    return model.head(model.norm(h)).float()  # (B, V)
-
-
-def fill_context(model: PerceiverAR, stream: Stream, end: int) -> None:
-    """Cross-attention K/V of positions [start + cross_len, end) into the cache, in chunks."""
+def fill_context(model: PerceiverAR, stream: Stream, s: int, end: int) -> None:
+    """Cross-attention K/V of positions [s + context_filled, end) of a window starting at s into the cache, in chunks."""
     c = stream.cache
-    s = c.start
     dev = stream.tokens.device
-    for lo in range(s + c.cross_len, end, CONTEXT_CHUNK):
+    for lo in range(s + c.context_filled, end, CONTEXT_CHUNK):
         hi = min(end, lo + CONTEXT_CHUNK)
         k, v = model.cross.kv(_embed(model, stream, lo, hi, s), _rope(model, lo - s, hi - s, dev))  # (B, H, hi-lo, D)
         c.cross_k[:, :, lo - s : hi - s] = k
         c.cross_v[:, :, lo - s : hi - s] = v
-    c.cross_len = max(c.cross_len, end - s)
+    c.context_filled = max(c.context_filled, end - s)
 
 
-def cross_latents(model: PerceiverAR, stream: Stream, lo: int, hi: int) -> torch.Tensor:
-    """Cross-attention outputs (B, hi - lo, C) of positions [lo, hi); the context must hold [start, hi)."""
+def cross_latents(model: PerceiverAR, stream: Stream, s: int, lo: int, hi: int) -> torch.Tensor:
+    """Cross-attention outputs (B, hi - lo, C) of positions [lo, hi); the context must hold [s, hi)."""
     c = stream.cache
-    s = c.start
     x = _embed(model, stream, lo, hi, s)
-    return model.cross(x, _rope(model, lo - s, hi - s, x.device), c.cross_k, c.cross_v, cache_len=hi - s)
+    return model.cross.forward_cached(x, _rope(model, lo - s, hi - s, x.device), c.cross_k, c.cross_v, hi - s)
 
 
-def prefill(model: PerceiverAR, stream: Stream, window: Window) -> torch.Tensor:
-    """(Re)fill the caches for ``window`` over positions [s, length); logits (B, V) of the last position."""
+def prefill(model: PerceiverAR, stream: Stream, prev: Window | None, window: Window) -> torch.Tensor:
+    """(Re)fill the caches, which hold entries of window ``prev``, for ``window`` over positions [s, length);
+    logits (B, V) of the last position."""
     c = stream.cache
     s, a, end = window.start, window.first_latent, stream.length
-    if c.start != s:
-        c.reset(s)  # new rotary positions: the context K/V and everything after must be recomputed
-    fill_context(model, stream, end)
+    if prev is None or prev.start != s:
+        c.clear()  # new rotary positions: the context K/V and everything after must be recomputed
+    fill_context(model, stream, s, end)
     have = a  # cross outputs of positions [a, have) are already in the cache
-    if c.first_latent is not None:
-        old_a = c.first_latent
-        keep = old_a + c.n_latents - a
+    if c.latents_filled:  # they depend on s but not on a: keep the ones the new window shares with the old
+        old_a = prev.first_latent
+        keep = old_a + c.latents_filled - a
         if keep > 0:
             if a > old_a:
                 c.cross_out[:, :keep] = c.cross_out[:, a - old_a : a - old_a + keep].clone()
             have = a + keep
     if have < end:
-        c.cross_out[:, have - a : end - a] = cross_latents(model, stream, have, end)
-    c.first_latent, c.n_latents = a, end - a
+        c.cross_out[:, have - a : end - a] = cross_latents(model, stream, s, have, end)
+    c.latents_filled = end - a
     h = c.cross_out[:, : end - a]  # (B, M, C)
-    rope = _rope(model, a - s, end - s, h.device)
-    for block, kv in zip(model.blocks, c.layers):
-        h = block(h, rope, cache=kv, cache_pos=0)
-    return _head(model, h[:, -1])
+    logits = model.latent_stack(h, _rope(model, a - s, end - s, h.device), caches=c.layers, pos=0, last_only=True)
+    return logits[:, -1].float()  # (B, V)
 
 
 def decode_one_token(model: PerceiverAR, stream: Stream) -> torch.Tensor:
     """The newest position p = length - 1 joins the context and becomes one more latent; logits (B, V)."""
     c = stream.cache
     p = stream.length - 1
-    s, a = c.start, c.first_latent
-    if c.cross_len != p - s or c.n_latents != p - a:
-        raise RuntimeError(f"cache out of step: position {p}, window ({s}, {a}), {c.cross_len} context / {c.n_latents} latents")
+    s, a = stream.window.start, stream.window.first_latent
+    if c.context_filled != p - s or c.latents_filled != p - a:
+        raise RuntimeError(
+            f"cache out of step: position {p}, window ({s}, {a}), {c.context_filled} context / {c.latents_filled} latents"
+        )
     x = _embed(model, stream, p, p + 1, s)  # (B, 1, C)
     rope = _rope(model, p - s, p - s + 1, x.device)
     k, v = model.cross.kv(x, rope)  # (B, H, 1, D)
     c.cross_k[:, :, p - s] = k[:, :, 0]
     c.cross_v[:, :, p - s] = v[:, :, 0]
-    c.cross_len += 1
-    h = model.cross(x, rope, c.cross_k, c.cross_v, cache_len=p - s + 1)  # (B, 1, C)
+    c.context_filled += 1
+    h = model.cross.forward_cached(x, rope, c.cross_k, c.cross_v, p - s + 1)  # (B, 1, C)
     c.cross_out[:, p - a] = h[:, 0]
-    c.n_latents += 1
-    for block, kv in zip(model.blocks, c.layers):
-        h = block(h, rope, cache=kv, cache_pos=p - a)
-    return _head(model, h[:, -1])
+    c.latents_filled += 1
+    logits = model.latent_stack(h, rope, caches=c.layers, pos=p - a, last_only=True)
+    return logits[:, -1].float()  # (B, V)
 
 
 def forward_window(model: PerceiverAR, stream: Stream, window: Window) -> torch.Tensor:
@@ -219,12 +214,12 @@ def forward_window(model: PerceiverAR, stream: Stream, window: Window) -> torch.
 
 def next_logits(model: PerceiverAR, stream: Stream, schedule: Schedule) -> torch.Tensor:
     """Logits (B, V) for the token after the stream's last position, sliding the window when due."""
-    window = schedule.window(stream.window, stream.length)
-    moved, stream.window = window != stream.window, window
+    prev = stream.window
+    stream.window = window = schedule.window(prev, stream.length)
     if stream.cache is None:
         return forward_window(model, stream, window)
-    if moved:
-        return prefill(model, stream, window)
+    if window != prev:
+        return prefill(model, stream, prev, window)
     return decode_one_token(model, stream)
 
 
@@ -271,67 +266,6 @@ def decode_n(
 # ---------------------------------------------------------------------------------------- generate()
 
 
-def _as_ids(ids, name: str, vocab_size: int) -> list[int]:
-    if isinstance(ids, torch.Tensor):
-        if ids.dim() == 2 and ids.shape[0] == 1:
-            ids = ids[0]
-        if ids.dim() != 1:
-            raise ValueError(f"{name} must be one sequence of ids (1-D), got shape {tuple(ids.shape)}")
-        ids = ids.tolist()
-    elif isinstance(ids, np.ndarray):
-        ids = ids.reshape(-1).tolist()
-    elif isinstance(ids, (str, bytes)):
-        raise ValueError(f"{name} must be token ids; build them with tokenizers_mm.build_sequence(...)")
-    out = [int(t) for t in ids]
-    if not out:
-        raise ValueError(f"empty prompt: {name} holds no ids (even an unconditional prompt starts with BOS)")
-    for i, t in enumerate(out):
-        if not 0 <= t < vocab_size:
-            raise ValueError(f"{name} id {t} at position {i} is outside the vocabulary 0..{vocab_size - 1}")
-    return out
-
-
-def _condition_span(prompt: list[int]) -> tuple[int, int]:
-    """[i, j): the condition bytes right after the first TEXT_BEGIN (empty span if there is none)."""
-    try:
-        i = prompt.index(TEXT_BEGIN) + 1
-    except ValueError:
-        return 0, 0
-    j = i
-    while j < len(prompt) and 0 <= prompt[j] < TEXT_SIZE:
-        j += 1
-    return i, j
-
-
-def unconditional_prompt(prompt: list[int]) -> list[int]:
-    """The same layout with an empty condition (what prompt dropout trains): drop the prompt bytes."""
-    i, j = _condition_span(prompt)
-    if i == 0:
-        raise ValueError("cannot derive the unconditional prompt (no TEXT_BEGIN); pass uncond_prompt_ids")
-    return prompt[:i] + prompt[j:]
-
-
-def fit_context(prompt: list[int], max_new_tokens: int, context_len: int, overflow: str) -> list[int]:
-    """Apply the overflow policy when prompt + output exceed the context L."""
-    total = len(prompt) + max_new_tokens
-    if total <= context_len:
-        return prompt
-    what = f"prompt of {len(prompt)} tokens + max_new_tokens={max_new_tokens} = {total} tokens"
-    if overflow == "error":
-        raise ValueError(
-            f"{what} exceeds the model's context of {context_len} tokens; shorten the prompt, ask for fewer "
-            "tokens, or pass overflow='truncate' (drops the oldest condition tokens)"
-        )
-    i, j = _condition_span(prompt)
-    drop = min(total - context_len, j - i)
-    prompt = prompt[:i] + prompt[i + drop :]
-    msg = f"{what} exceed the model's context of {context_len}: dropped the {drop} oldest condition tokens"
-    if len(prompt) + max_new_tokens > context_len:
-        msg += "; the window will still slide, so the oldest tokens leave the context as generation proceeds"
-    warnings.warn(msg, stacklevel=3)
-    return prompt
-
-
 @contextlib.contextmanager
 def _eval_mode(model: torch.nn.Module):
     was_training = model.training
@@ -375,7 +309,7 @@ def generate(
     prompt + output exceed the context.
     """
     cfg = model.cfg
-    prompt = _as_ids(prompt_ids, "prompt_ids", cfg.vocab_size)
+    prompt = as_ids(prompt_ids, "prompt_ids", cfg.vocab_size)
     if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be in 1..{MAX_NEW_TOKENS:,}, got {max_new_tokens}")
     if int(num_samples) < 1:
@@ -390,7 +324,7 @@ def generate(
     prompt = fit_context(prompt, max_new_tokens, cfg.context_len, overflow)
     prompts = [prompt]
     if float(cfg_scale) != 1.0:
-        uncond = unconditional_prompt(prompt) if uncond_prompt_ids is None else _as_ids(uncond_prompt_ids, "uncond_prompt_ids", cfg.vocab_size)
+        uncond = unconditional_prompt(prompt) if uncond_prompt_ids is None else as_ids(uncond_prompt_ids, "uncond_prompt_ids", cfg.vocab_size)
         prompts.append(fit_context(uncond, max_new_tokens, cfg.context_len, overflow))
     if constraint is not None:
         constraint.begin(prompt, num_samples, max_new_tokens)

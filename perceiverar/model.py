@@ -72,13 +72,22 @@ class PerceiverAR(nn.Module):
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_fraction)
 
-    def latent_stack(self, h: torch.Tensor, rope) -> torch.Tensor:
-        """(B, n, C) latents after the cross-attention -> (B, n, vocab) logits."""
-        for block in self.blocks:
-            if self.cfg.activation_checkpointing and self.training:
+    def latent_stack(self, h: torch.Tensor, rope, *, caches=None, pos=0, last_only: bool = False) -> torch.Tensor:
+        """(B, n, C) latents after the cross-attention -> (B, n, vocab) logits ((B, 1, vocab) with ``last_only``).
+
+        With ``caches`` (one preallocated (k, v) pair (B, H, S, D) per block: generation), the latents are
+        positions [pos, pos + n) of the latent window: each block writes its keys/values there and attends
+        entries [0, pos + n) (see ``SelfAttentionBlock.forward_cached``).
+        """
+        for i, block in enumerate(self.blocks):
+            if caches is not None:
+                h = block.forward_cached(h, rope, caches[i], pos)
+            elif self.cfg.activation_checkpointing and self.training:
                 h = checkpoint(block, h, rope, use_reentrant=False)
             else:
                 h = block(h, rope)
+        if last_only:
+            h = h[:, -1:]  # generation needs the next token's logits only: skip the (n, C) x (C, vocab) head
         return self.head(self.norm(h))
 
     def _num_latents(self, T: int, n_latents: int | None) -> int:

@@ -9,8 +9,10 @@ import torch
 
 from perceiverar import generate
 from perceiverar.cache import Window
-from perceiverar.generation import Schedule, append, make_schedule, new_stream, next_logits, unconditional_prompt
-from perceiverar.sampling import ModalityConstraint, guide, sample
+from perceiverar.constraints import ModalityConstraint
+from perceiverar.generation import Schedule, append, make_schedule, new_stream, next_logits
+from perceiverar.prompting import unconditional_prompt
+from perceiverar.sampling import guide, sample
 from tokenizers_mm.vocab import (
     AUDIO_END, EOS, IMAGE_BEGIN, IMAGE_END, NUM_OFFSET, PAD, SEP, TEXT_END, build_sequence, position_features,
 )  # fmt: skip

@@ -1,0 +1,175 @@
+"""Constrained decoding: a mask over the logits that makes generation produce one well-formed section."""
+
+from __future__ import annotations
+
+import torch
+
+from tokenizers_mm.vocab import (
+    AUDIO_BEGIN, AUDIO_END, EOS, IMAGE_BEGIN, IMAGE_END, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, NUM_OFFSET, NUM_VALUES,
+    PAD, SEP, TEXT_BEGIN, TEXT_END, allowed_range, image_section_begin, image_tokens, token_name,
+)  # fmt: skip
+
+_BEGIN = {"image": IMAGE_BEGIN, "audio": AUDIO_BEGIN}
+_END = {"image": IMAGE_END, "audio": AUDIO_END}
+_PRE, _CONTENT, _END_STAGE, _DONE = range(4)
+
+
+class ModalityConstraint:
+    """Masks logits so that generation produces one well-formed section of a modality.
+
+    image: [IMAGE_BEGIN h w] (whatever of it the prompt lacks), exactly h*w*3 pixel ids, IMAGE_END, EOS;
+           with image_mode="palette", [PALETTE_BEGIN h w] and h*w colour ids (below ``content_range``'s end:
+           the palette's size).
+    audio: [AUDIO_BEGIN hi lo] likewise, exactly n_audio_tokens codes, AUDIO_END, EOS.
+    text:  byte ids (or TEXT_END to stop early) for at most ``max_bytes`` new bytes, then TEXT_END, EOS.
+    After EOS a row only gets PAD; ``done`` is True once every row has finished.
+
+    The prompt (built with ``build_sequence(..., complete=False)``) normally already holds the
+    header; ``begin`` checks it against the request and forces whatever part is missing.
+    """
+
+    def __init__(
+        self,
+        modality: str,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        n_audio_tokens: int | None = None,
+        max_bytes: int | None = None,
+        content_range: tuple[int, int] | None = None,
+        image_mode: str = "subpixel",
+    ):
+        """content_range narrows the content ids (e.g. an audio codebook smaller than the vocabulary's room)."""
+        if modality not in ("image", "audio", "text"):
+            raise ValueError(f"unknown modality {modality!r}; expected image, audio or text")
+        self.modality = modality
+        self.begin_id = _BEGIN.get(modality)
+        if modality == "image":
+            for name, v in (("height", height), ("width", width)):
+                if v is None or not 1 <= int(v) <= MAX_IMAGE_SIDE:
+                    raise ValueError(f"image {name}={v} must be in 1..{MAX_IMAGE_SIDE}")
+            self.header = [NUM_OFFSET + int(height), NUM_OFFSET + int(width)]
+            self.n_content = image_tokens(height, width, image_mode)
+            self.begin_id = image_section_begin(image_mode)
+        elif modality == "audio":
+            if n_audio_tokens is None or not 1 <= int(n_audio_tokens) <= MAX_AUDIO_TOKENS:
+                raise ValueError(f"n_audio_tokens={n_audio_tokens} must be in 1..{MAX_AUDIO_TOKENS}")
+            n = int(n_audio_tokens)
+            self.header = [NUM_OFFSET + n // NUM_VALUES, NUM_OFFSET + n % NUM_VALUES]
+            self.n_content = n
+        else:
+            if max_bytes is not None and int(max_bytes) < 0:
+                raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+            self.header = []
+            self.n_content = None if max_bytes is None else int(max_bytes)
+        self.lo, self.hi = allowed_range(modality)
+        if content_range is not None:
+            lo, hi = (int(v) for v in content_range)
+            if not self.lo <= lo < hi <= self.hi:
+                raise ValueError(f"content_range {content_range} is not inside the {modality} range {self.lo}..{self.hi - 1}")
+            self.lo, self.hi = lo, hi
+        self.pre: list[int] = []
+        self.end: list[int] = [TEXT_END, EOS] if modality == "text" else [_END[modality], EOS]
+        self._stage: list[int] = []
+        self._index: list[int] = []
+        self._count: list[int] = []
+
+    # ------------------------------------------------------------------ set-up from the prompt
+
+    def begin(self, prompt_ids: list[int], batch: int, max_new_tokens: int | None = None) -> None:
+        """Read where the prompt stops (header present? content already there?) and reset every row."""
+        ids = [int(t) for t in prompt_ids]
+        done = 0
+        if self.modality == "text":
+            opened = max((i for i, t in enumerate(ids) if t == TEXT_BEGIN), default=-1)
+            if opened < 0 or any(t in (TEXT_END, EOS) for t in ids[opened:]):
+                raise ValueError("a text continuation prompt must end inside an open text section ([BOS] [TEXT_BEGIN] bytes...)")
+            self.pre = []
+            if self.n_content is None:  # no explicit limit: whatever max_new_tokens leaves room for
+                if max_new_tokens is None:
+                    raise ValueError("text generation needs max_bytes or max_new_tokens")
+                self.n_content = max(0, int(max_new_tokens) - len(self.end))
+        else:
+            begin = self.begin_id
+            at = max((i for i, t in enumerate(ids) if t == begin), default=-1)
+            if at >= 0:
+                tail = ids[at + 1 :]
+                head = tail[: len(self.header)]
+                if head != self.header[: len(head)]:
+                    raise ValueError(
+                        f"the prompt's {self.modality} header {[token_name(t) for t in head]} does not match the "
+                        f"request {[token_name(t) for t in self.header]}"
+                    )
+                self.pre = self.header[len(head) :]
+                content = tail[len(self.header) :]
+                bad = [t for t in content if not self.lo <= t < self.hi]
+                if bad:
+                    raise ValueError(f"the prompt's {self.modality} section holds a non-{self.modality} id {bad[0]} ({token_name(bad[0])})")
+                if len(content) > self.n_content:
+                    raise ValueError(f"the prompt already holds {len(content)} {self.modality} ids, more than the {self.n_content} requested")
+                done = len(content)
+            elif ids and ids[-1] == SEP:
+                self.pre = [begin, *self.header]
+            elif ids and ids[-1] == TEXT_END:
+                self.pre = [SEP, begin, *self.header]
+            else:
+                raise ValueError(
+                    f"the prompt must end with the {self.modality} header (build_sequence(..., complete=False)) "
+                    f"or with TEXT_END / SEP, not {token_name(ids[-1]) if ids else 'nothing'}"
+                )
+        self._stage = [_PRE if self.pre else _CONTENT] * batch
+        self._index = [0] * batch
+        self._count = [done] * batch
+        if not self.pre and done == self.n_content:
+            self._stage = [_END_STAGE] * batch
+
+    def tokens_needed(self) -> int:
+        """Most tokens any row still needs to finish (header rest + content + end markers)."""
+        return len(self.pre) + (self.n_content - min(self._count, default=0)) + len(self.end)
+
+    # ------------------------------------------------------------------ per token
+
+    @property
+    def done(self) -> bool:
+        return all(s == _DONE for s in self._stage)
+
+    def allowed(self, vocab_size: int, device=None) -> torch.Tensor:
+        """(B, V) bool: the ids each row may take next."""
+        mask = torch.zeros(len(self._stage), vocab_size, dtype=torch.bool, device=device)
+        for r, stage in enumerate(self._stage):
+            if stage == _PRE:
+                mask[r, self.pre[self._index[r]]] = True
+            elif stage == _CONTENT:
+                mask[r, self.lo : self.hi] = True
+                if self.modality == "text":
+                    mask[r, TEXT_END] = True  # text may stop early
+            elif stage == _END_STAGE:
+                mask[r, self.end[self._index[r]]] = True
+            else:
+                mask[r, PAD] = True
+        return mask
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) with disallowed ids at -inf."""
+        return logits.masked_fill(~self.allowed(logits.shape[-1], logits.device), float("-inf"))
+
+    def update(self, ids: torch.Tensor) -> None:
+        for r, t in enumerate(ids.tolist()):
+            stage = self._stage[r]
+            if stage == _PRE:
+                self._index[r] += 1
+                if self._index[r] == len(self.pre):
+                    self._stage[r], self._index[r] = _CONTENT, 0
+                    if self._count[r] == self.n_content:
+                        self._stage[r] = _END_STAGE
+            elif stage == _CONTENT:
+                if self.modality == "text" and t == TEXT_END:
+                    self._stage[r], self._index[r] = _END_STAGE, 1  # TEXT_END taken; EOS next
+                    continue
+                self._count[r] += 1
+                if self._count[r] == self.n_content:
+                    self._stage[r], self._index[r] = _END_STAGE, 0
+            elif stage == _END_STAGE:
+                self._index[r] += 1
+                if self._index[r] == len(self.end):
+                    self._stage[r] = _DONE
