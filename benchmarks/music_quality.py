@@ -25,7 +25,8 @@ Measures, per clip and averaged over each set:
   ``--eval-items`` val chorales (16 = what the checkpoint card reports).
 
 Writes benchmarks/results/music_quality[-TAG]-cpu-<date>.json and, beside it, a PNG of constant-Q spectrograms:
-real, round trip and generated clips of the same captions side by side.
+real, round trip and generated clips of the same captions side by side. ``--model-card`` writes both into the
+checkpoint instead and puts their table and image into its README.md.
 """
 
 from __future__ import annotations
@@ -209,6 +210,49 @@ def spectrogram_png(columns: dict[str, list[tuple[np.ndarray, int]]], titles: li
     return path
 
 
+# -------------------------------------------------------------------------------------------- model card
+
+CARD_BEGIN, CARD_END = "<!-- music_quality -->", "<!-- /music_quality -->"
+
+
+def card_section(fields: dict) -> str:
+    """A model-card section: the summary table, the targets, held-out bits/token and the spectrogram PNG."""
+    s, t = fields["summary"], fields["targets"]
+    cols = [("real", "real (rendered)"), ("round_trip", "tokenizer round trip"), ("generated", "generated"),
+            ("white_noise", "white noise")]  # fmt: skip
+    rows = [("key_accuracy", "key = caption's"), ("mode_accuracy", "mode = caption's"), ("mirex_score", "MIREX key score"),
+            ("chroma_clarity", "chroma clarity (top-3 share)"), ("spectral_flatness", "spectral flatness"),
+            ("onsets_per_second", "onsets per second")]  # fmt: skip
+    fmt = lambda v: "" if v is None else f"{v:.3g}"  # noqa: E731
+    lines = [CARD_BEGIN, "## Music quality", "",
+             f"`python -m benchmarks.music_quality --checkpoint {fields['checkpoint']}` on {fields['items']} held-out "
+             f"chorales, {fields['seconds']:g} s each from their start, one generation per caption (seed "
+             f"{fields['seed']}, sampling {fields['sampling']}); {fields['device']}, {fields['date']}.", "",
+             "| | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]  # fmt: skip
+    for key, label in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt(s[c].get(key)) for c, _ in cols) + " |")
+    met = "met" if t["met"] else "not met"
+    lines += ["", f"Generated vs real: key accuracy {fmt(t['key_accuracy_vs_real'])} of real's (target 0.6), mode "
+              f"accuracy {fmt(t['mode_accuracy_vs_real'])} (target 0.8): {met}."]  # fmt: skip
+    if fields.get("held_out"):
+        h = fields["held_out"]
+        lines.append(f"Held-out bits per token: {h['bits_per_token']:.4f} ({h['audio_tokens_scored']} tokens).")
+    lines += ["", f"![constant-Q spectrograms: real, round trip and generated clips of the same captions]"
+              f"({fields['spectrogram_png']})", CARD_END]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def update_card(readme: Path, section: str) -> None:
+    """Put ``section`` into a model card, replacing an earlier one (between the markers) or appended."""
+    text = readme.read_text() if readme.is_file() else ""
+    if CARD_BEGIN in text and CARD_END in text:
+        head, rest = text.split(CARD_BEGIN, 1)
+        text = head + section.rstrip("\n") + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section
+    readme.write_text(text)
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
@@ -229,6 +273,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--top-p", type=float, default=None, help="nucleus sampling (checkpoint default)")
     ap.add_argument("--tag", default="", help="name part of the result files, e.g. bach-before")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    ap.add_argument("--model-card", action="store_true", help="write music_quality.json and .png into the "
+                    "checkpoint and their table into its README.md (a section replaced on every run)")  # fmt: skip
     args = ap.parse_args(argv)
     import torch  # noqa: PLC0415
 
@@ -275,7 +321,8 @@ def main(argv=None) -> dict:
     eval_res = bits_per_token(args.checkpoint, args.data, rows[: args.eval_items]) if args.eval_items else None
 
     name = "-".join(x for x in ("music_quality", args.tag) if x)
-    out = args.out or RESULTS / f"{name}-cpu-{time.strftime('%Y-%m-%d')}.json"
+    out = args.out or (args.checkpoint / "music_quality.json" if args.model_card else
+                       RESULTS / f"{name}-cpu-{time.strftime('%Y-%m-%d')}.json")  # fmt: skip
     png = spectrogram_png(sets, [f"{r['file']} ({key_name(k)})" for r, k in zip(items, keys)][: args.figure_rows],
                           out.with_suffix(".png"))  # fmt: skip
     fields = {
@@ -289,6 +336,9 @@ def main(argv=None) -> dict:
         "per_clip": per_clip,
     }  # fmt: skip
     save_result("music_quality", "cpu", fields, out=out)
+    if args.model_card:
+        saved = json.loads(out.read_text())  # with the device and date save_result adds
+        update_card(args.checkpoint / "README.md", card_section(saved))
     print(json.dumps({"summary": summary, "targets": targets, "held_out": eval_res}, indent=2))
     return fields
 

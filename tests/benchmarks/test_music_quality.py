@@ -141,10 +141,16 @@ def test_main_end_to_end_on_a_tiny_checkpoint(tmp_path):
     ck = tmp_path / "ck"
     save_checkpoint(ck, model, make_tokenizer_config(["audio"], audio_seconds=1.0),
                     extra_files=lambda d: at.save(d / "audio_tokenizer"))  # fmt: skip
-    out = tmp_path / "mq.json"
+    (ck / "README.md").write_text("# tiny\n\nA card.\n")
     res = MQ.main(["--checkpoint", str(ck), "--data", str(data), "--items", "2", "--seconds", "1",
-                   "--eval-items", "2", "--figure-rows", "2", "--out", str(out)])  # fmt: skip
+                   "--eval-items", "2", "--figure-rows", "2", "--model-card"])  # fmt: skip
+    out = ck / "music_quality.json"
     saved = json.loads(out.read_text())
+    card = (ck / "README.md").read_text()
+    assert card.startswith("# tiny\n\nA card.\n\n<!-- music_quality -->") and "| key = caption's | 1 |" in card
+    assert "![constant-Q spectrograms" in card and "(music_quality.png)" in card
+    MQ.update_card(ck / "README.md", MQ.card_section(saved))  # a second run replaces the section
+    assert (ck / "README.md").read_text() == card
     assert saved["summary"] == res["summary"] and out.with_suffix(".png").stat().st_size > 10_000
     real = saved["summary"]["real"]
     assert real["clips"] == 2 and real["key_accuracy"] == 1.0 and real["mode_accuracy"] == 1.0
