@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 
 from kernels import dispatch
@@ -83,13 +84,12 @@ class SelfAttentionBlock(nn.Module):
 
     def forward_cached(self, x: torch.Tensor, rope: Rope, cache: tuple[torch.Tensor, torch.Tensor], pos) -> torch.Tensor:
         """The generation path: x (B, M, C) are latents [pos, pos + M) of the window; their keys/values are
-        written there in the preallocated cache (k, v (B, H, S, D)) and the queries attend entries [0, pos + M)."""
+        written there in the preallocated cache (k, v (B, H, S, D)) and the queries attend entries [0, pos + M).
+        ``pos`` is an int, or a tensor (B,) of per-row positions for one latent per row (M = 1)."""
         q, k, v = self._qkv(x, rope)
-        k_cache, v_cache = cache
-        m = x.shape[1]
-        k_cache[:, :, pos : pos + m] = k
-        v_cache[:, :, pos : pos + m] = v
-        return self._out(x, cached_attention(q, k_cache, v_cache, pos + m))
+        write_cache(cache[0], k, pos)
+        write_cache(cache[1], v, pos)
+        return self._out(x, cached_attention(q, *cache, pos + x.shape[1]))
 
     def _qkv(self, x: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v = rearrange(self.wqkv(self.attn_norm(x)), "b m (three h d) -> three b h m d", three=3, h=self.cfg.n_heads)
@@ -100,7 +100,24 @@ class SelfAttentionBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def write_cache(buffer: torch.Tensor, new: torch.Tensor, pos) -> None:
+    """Write new (B, H, M, D) at entries [pos, pos + M) of a preallocated (B, H, S, D) buffer; a tensor ``pos`` (B,)
+    gives each row its own entry (M = 1)."""
+    if isinstance(pos, torch.Tensor):
+        buffer[torch.arange(buffer.shape[0], device=buffer.device), :, pos] = new[:, :, 0]
+    else:
+        buffer[:, :, pos : pos + new.shape[2]] = new
+
+
 def cached_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, length) -> torch.Tensor:
     """(B, H, M, D) queries of the last M of the first ``length`` entries of preallocated (B, H, S, D) caches,
-    bottom-right causal -> (B, H, M, D)."""
-    return dispatch.decode_attention(q, k_cache, v_cache, length)
+    bottom-right causal -> (B, H, M, D).
+
+    An int ``length`` slices the caches (``dispatch.decode_attention``: the Triton kernel on CUDA). A tensor (B,)
+    gives each row its own length for one query per row (M = 1): attention then reads the whole buffers under a
+    mask, so that the shapes never change and one compiled graph serves every token (the decode step).
+    """
+    if not isinstance(length, torch.Tensor):
+        return dispatch.decode_attention(q, k_cache, v_cache, length)
+    valid = torch.arange(k_cache.shape[2], device=q.device) < length[:, None]  # (B, S)
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=valid[:, None, None, :])

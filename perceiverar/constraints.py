@@ -1,4 +1,10 @@
-"""Constrained decoding: a mask over the logits that makes generation produce one well-formed section."""
+"""Constrained decoding: a mask over the logits that makes generation produce one well-formed section.
+
+Every row follows the same plan: the missing header ids, the content, the end markers, then PAD. A row's state is
+one integer, how far along the plan it is, kept on the logits' device with a small table of masks (one row per
+plan stage), so that masking and advancing cost a few tensor operations and no host synchronisation per token.
+Text may end early (TEXT_END jumps a row to its EOS); image and audio rows all finish after ``tokens_needed()``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,6 @@ from tokenizers_mm.vocab import (
 
 _BEGIN = {"image": IMAGE_BEGIN, "audio": AUDIO_BEGIN}
 _END = {"image": IMAGE_END, "audio": AUDIO_END}
-_PRE, _CONTENT, _END_STAGE, _DONE = range(4)
 
 
 class ModalityConstraint:
@@ -70,9 +75,9 @@ class ModalityConstraint:
             self.lo, self.hi = lo, hi
         self.pre: list[int] = []
         self.end: list[int] = [TEXT_END, EOS] if modality == "text" else [_END[modality], EOS]
-        self._stage: list[int] = []
-        self._index: list[int] = []
-        self._count: list[int] = []
+        self._n_left = 0
+        self._step = torch.zeros(0, dtype=torch.long)
+        self._tables: dict = {}
 
     # ------------------------------------------------------------------ set-up from the prompt
 
@@ -117,59 +122,70 @@ class ModalityConstraint:
                     f"the prompt must end with the {self.modality} header (build_sequence(..., complete=False)) "
                     f"or with TEXT_END / SEP, not {token_name(ids[-1]) if ids else 'nothing'}"
                 )
-        self._stage = [_PRE if self.pre else _CONTENT] * batch
-        self._index = [0] * batch
-        self._count = [done] * batch
-        if not self.pre and done == self.n_content:
-            self._stage = [_END_STAGE] * batch
+        self._n_left = self.n_content - done  # content ids still to come
+        self._step = torch.zeros(batch, dtype=torch.long)  # (B,): how far each row is along the plan
+        self._tables: dict = {}
 
     def tokens_needed(self) -> int:
-        """Most tokens any row still needs to finish (header rest + content + end markers)."""
-        return len(self.pre) + (self.n_content - min(self._count, default=0)) + len(self.end)
+        """Tokens every row takes to finish (header rest + content + end markers); text rows may finish sooner."""
+        return len(self.pre) + self._n_left + len(self.end)
+
+    def plan(self) -> list[int]:
+        """The ids of a row that uses all its content: its position features are those of every row's output
+        (``FeatureTracker`` only asks whether an id is content), so generation computes them once, up front."""
+        return [*self.pre, *[self.lo] * self._n_left, *self.end]
+
+    @property
+    def may_stop_early(self) -> bool:
+        return self.modality == "text"
 
     # ------------------------------------------------------------------ per token
 
     @property
     def done(self) -> bool:
-        return all(s == _DONE for s in self._stage)
+        """Every row has finished (a host synchronisation: ask it only when ``may_stop_early``)."""
+        return bool((self._step >= self.tokens_needed()).all())
+
+    def _table(self, vocab_size: int, device) -> torch.Tensor:
+        """(stages, V) bool: one mask per plan stage: each missing header id, the content, each end id, PAD."""
+        key = (vocab_size, str(device))
+        if key not in self._tables:
+            stages = [*([t] for t in self.pre), None, *([t] for t in self.end), [PAD]]
+            table = torch.zeros(len(stages), vocab_size, dtype=torch.bool)
+            for r, ids in enumerate(stages):
+                if ids is None:
+                    table[r, self.lo : self.hi] = True
+                    if self.modality == "text":
+                        table[r, TEXT_END] = True  # text may stop early
+                else:
+                    table[r, ids] = True
+            self._tables[key] = table.to(device)
+        return self._tables[key]
+
+    def _stages(self, device) -> torch.Tensor:
+        """(B,) each row's plan stage: its step mapped onto the table's rows."""
+        if self._step.device != torch.device(device):
+            self._step = self._step.to(device)
+        n_pre, n_left, n_end = len(self.pre), self._n_left, len(self.end)
+        step = self._step
+        content_or_pre = torch.where(step < n_pre, step, n_pre)
+        ending = n_pre + 1 + (step - n_pre - n_left).clamp(max=n_end)  # end ids, then the PAD row
+        return torch.where(step < n_pre + n_left, content_or_pre, ending)
 
     def allowed(self, vocab_size: int, device=None) -> torch.Tensor:
         """(B, V) bool: the ids each row may take next."""
-        mask = torch.zeros(len(self._stage), vocab_size, dtype=torch.bool, device=device)
-        for r, stage in enumerate(self._stage):
-            if stage == _PRE:
-                mask[r, self.pre[self._index[r]]] = True
-            elif stage == _CONTENT:
-                mask[r, self.lo : self.hi] = True
-                if self.modality == "text":
-                    mask[r, TEXT_END] = True  # text may stop early
-            elif stage == _END_STAGE:
-                mask[r, self.end[self._index[r]]] = True
-            else:
-                mask[r, PAD] = True
-        return mask
+        device = device if device is not None else self._step.device
+        return self._table(vocab_size, device)[self._stages(device)]
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (B, V) with disallowed ids at -inf."""
         return logits.masked_fill(~self.allowed(logits.shape[-1], logits.device), float("-inf"))
 
     def update(self, ids: torch.Tensor) -> None:
-        for r, t in enumerate(ids.tolist()):
-            stage = self._stage[r]
-            if stage == _PRE:
-                self._index[r] += 1
-                if self._index[r] == len(self.pre):
-                    self._stage[r], self._index[r] = _CONTENT, 0
-                    if self._count[r] == self.n_content:
-                        self._stage[r] = _END_STAGE
-            elif stage == _CONTENT:
-                if self.modality == "text" and t == TEXT_END:
-                    self._stage[r], self._index[r] = _END_STAGE, 1  # TEXT_END taken; EOS next
-                    continue
-                self._count[r] += 1
-                if self._count[r] == self.n_content:
-                    self._stage[r], self._index[r] = _END_STAGE, 0
-            elif stage == _END_STAGE:
-                self._index[r] += 1
-                if self._index[r] == len(self.end):
-                    self._stage[r] = _DONE
+        """Advance every row past the id (B,) it just took."""
+        stages = self._stages(ids.device)
+        nxt = self._step + 1
+        if self.modality == "text":  # TEXT_END among the content: EOS comes next
+            early = (stages == len(self.pre)) & (ids == TEXT_END)
+            nxt = torch.where(early, len(self.pre) + self._n_left + 1, nxt)
+        self._step = nxt

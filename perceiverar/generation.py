@@ -1,28 +1,17 @@
 """Exact strided KV-cached generation (gpt-fast style: small functions over preallocated caches).
 
-The window schedule
--------------------
-Generation imitates training crops. A window (s, a) (see ``perceiverar.cache``) says: the
-logits for the token after position p are those of the full forward pass over
-``tokens[s : p + 1]`` with ``n_latents = p - a + 1`` (its last row). For a prompt of length P:
+Every token's logits equal a full forward pass over the crop its window (``perceiverar.window``) names: a slide
+prefills the caches (``perceiverar.cache``) of the new window, reusing what it shares with the old one.
+``use_cache=False`` runs exactly those full forward passes, with the same windows: the reference the tests
+compare against.
 
-* first window: the one a slide would have produced, so the first ``stride`` tokens run
-  without another prefill (no second prefill right after the first token) and the first
-  prefill computes about half the latents: the prompt's last N' - stride + 1 positions are
-  latents, a = max(s, P - (N' - stride + 1)); the context is the whole prompt when it fits
-  (s = 0 for P <= L), else its last L - stride + 1 positions, s = P - (L - stride + 1).
-  (N' = ``n_latents`` or the trained N.) Any choice is exact; this one is the steady state;
-* each new token appends one latent (p grows, the window stays);
-* when p - a + 1 would exceed N', a advances by ``stride`` (default N'/2): the latent stack
-  is recomputed for positions a..p, reusing the cross-attention outputs (they depend on s,
-  not on a);
-* when p - s + 1 would exceed L, s advances by ``stride`` too (never past a) and the
-  cross-attention K/V of the new window are recomputed (their rotary positions are pos - s).
-
-So a slide costs one latent prefill every ``stride`` tokens (plus one context refill per
-``stride`` tokens once the sequence is longer than L), and every token's logits equal a full
-forward pass over its crop. ``use_cache=False`` runs exactly those full forward passes,
-with the same windows: the reference the tests compare against.
+Per token
+---------
+Between slides, one ``decode_one_token`` (``perceiverar.decode_step``: static shapes, compiled on CUDA) decodes
+every row at once, the unconditional rows of classifier-free guidance included. Sampling and the modality
+constraint stay on the device, and with a constraint the position features of every new token are known before
+it is sampled (``ModalityConstraint.plan``), so a token costs no host synchronisation: only a text constraint,
+which may stop early, asks the device whether every row has finished.
 """
 
 from __future__ import annotations
@@ -37,11 +26,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from perceiverar.cache import DecodeCache, Window
+from perceiverar.cache import CachePool, DecodeCache
 from perceiverar.constraints import ModalityConstraint
+from perceiverar.decode_step import StepFn, decode_one_token, step_function, uses_cuda_graphs
 from perceiverar.model import PerceiverAR
 from perceiverar.prompting import as_ids, fit_context, unconditional_prompt
 from perceiverar.sampling import check_sampling_args, guide, sample
+from perceiverar.window import Schedule, Window, make_schedule
 from tokenizers_mm.vocab import FeatureTracker
 
 # Context positions embedded and projected at once when (re)filling the cross K/V: bounds
@@ -52,80 +43,68 @@ CONTEXT_CHUNK = 8_192
 MAX_NEW_TOKENS = 1 << 21
 
 
-@dataclass(frozen=True)
-class Schedule:
-    context_len: int  # L
-    n_latents: int  # N': latents per window at most
-    stride: int  # how far a (and s) move on a slide
-
-    def window(self, prev: Window | None, length: int) -> Window:
-        """The window that predicts the token after position ``length - 1``."""
-        p = length - 1
-        if prev is None:  # as if a slide had just happened: see the module docstring
-            s = 0 if length <= self.context_len else length - (self.context_len - self.stride + 1)
-            return Window(s, max(s, length - (self.n_latents - self.stride + 1)))
-        s, a = prev.start, prev.first_latent
-        if p - a + 1 > self.n_latents:
-            a += self.stride * math.ceil((p - a + 1 - self.n_latents) / self.stride)
-        if p - s + 1 > self.context_len:
-            s += self.stride * math.ceil((p - s + 1 - self.context_len) / self.stride)
-            a = max(a, s)
-        return Window(s, a)
-
-
-def make_schedule(model: PerceiverAR, n_latents: int | None = None, stride: int | None = None) -> Schedule:
-    L = model.cfg.context_len
-    n = model.cfg.n_latents if n_latents is None else int(n_latents)
-    if not 1 <= n <= L:
-        raise ValueError(f"n_latents must be in 1..{L} (the context), got {n}")
-    st = max(1, n // 2) if stride is None else int(stride)
-    if not 1 <= st <= n:
-        raise ValueError(f"stride must be in 1..n_latents={n}, got {st}")
-    return Schedule(L, n, st)
-
-
 @dataclass
 class Stream:
     """Rows that share positions (one prompt, several samples): ids, features, caches, window."""
 
     tokens: torch.Tensor  # (B, capacity) int64; positions [0, length) are valid
     features: torch.Tensor  # (B, capacity, F) int64, computed causally on the whole sequence
-    trackers: list[FeatureTracker]  # one per row: features of the next ids
+    trackers: list[FeatureTracker] | None  # one per row: features of the next ids; None: planned up front
     length: int
     cache: DecodeCache | None  # None: uncached reference path
     window: Window | None = None  # the window of the last logits; the cache's entries belong to it
 
 
-def new_stream(
-    model: PerceiverAR, prompt: list[int], batch: int, max_new_tokens: int, *, schedule: Schedule, use_cache: bool
-) -> Stream:
+def new_cache(model: PerceiverAR, rows: int, capacity: int, schedule: Schedule) -> DecodeCache:
+    """Caches for ``rows`` rows of sequences of up to ``capacity`` positions, in the model's dtype."""
     p = next(model.parameters())
+    return DecodeCache(
+        model.cfg,
+        rows,
+        context_capacity=min(schedule.context_len, capacity),
+        latent_capacity=min(schedule.n_latents, capacity),
+        device=p.device,
+        dtype=p.dtype,
+    )
+
+
+def new_stream(
+    model: PerceiverAR,
+    prompt: list[int],
+    batch: int,
+    max_new_tokens: int,
+    *,
+    schedule: Schedule,
+    use_cache: bool,
+    cache: DecodeCache | None = None,
+    plan: list[int] | None = None,
+) -> Stream:
+    """``batch`` rows that continue ``prompt``. ``cache``: the rows' share of a cache decoded with other streams
+    (default: caches of their own). ``plan``: ids whose position features stand for those of the generated ids
+    (``ModalityConstraint.plan``), so that no feature tracker runs per token."""
+    dev = next(model.parameters()).device
     P, capacity = len(prompt), len(prompt) + max_new_tokens
     tracker = FeatureTracker()
-    feats = torch.from_numpy(tracker.extend(prompt))  # (P, F), on the whole prompt, never on a crop
-    tokens = torch.zeros(batch, capacity, dtype=torch.long, device=p.device)
-    features = torch.zeros(batch, capacity, feats.shape[1], dtype=torch.long, device=p.device)
-    tokens[:, :P] = torch.tensor(prompt, dtype=torch.long, device=p.device)
-    features[:, :P] = feats.to(p.device)
-    cache = None
-    if use_cache:
-        cache = DecodeCache(
-            model.cfg,
-            batch,
-            context_capacity=min(schedule.context_len, capacity),
-            latent_capacity=min(schedule.n_latents, capacity),
-            device=p.device,
-            dtype=p.dtype,
-        )
-    return Stream(tokens, features, [copy.deepcopy(tracker) for _ in range(batch)], P, cache)
+    feats = tracker.extend(prompt)  # (P, F), on the whole prompt, never on a crop
+    if plan is not None:
+        feats = np.concatenate([feats, tracker.extend(plan[:max_new_tokens])])  # (P + len(plan), F)
+    tokens = torch.zeros(batch, capacity, dtype=torch.long, device=dev)
+    features = torch.zeros(batch, capacity, feats.shape[1], dtype=torch.long, device=dev)
+    tokens[:, :P] = torch.tensor(prompt, dtype=torch.long, device=dev)
+    features[:, : len(feats)] = torch.from_numpy(feats).to(dev)
+    if use_cache and cache is None:
+        cache = new_cache(model, batch, capacity, schedule)
+    trackers = None if plan is not None else [copy.deepcopy(tracker) for _ in range(batch)]
+    return Stream(tokens, features, trackers, P, cache if use_cache else None)
 
 
 def append(stream: Stream, ids: torch.Tensor) -> None:
-    """Write ids (B,) at position ``length`` with their position features."""
+    """Write ids (B,) at position ``length`` (with their position features, unless planned)."""
     t = stream.length
     stream.tokens[:, t] = ids.to(stream.tokens.device)
-    feats = np.stack([tr.push(int(i)) for tr, i in zip(stream.trackers, ids.tolist())])  # (B, F)
-    stream.features[:, t] = torch.from_numpy(feats).to(stream.features.device)
+    if stream.trackers is not None:
+        feats = np.stack([tr.push(int(i)) for tr, i in zip(stream.trackers, ids.tolist())])  # (B, F)
+        stream.features[:, t] = torch.from_numpy(feats).to(stream.features.device)
     stream.length = t + 1
 
 
@@ -136,17 +115,18 @@ def _embed(model: PerceiverAR, stream: Stream, lo: int, hi: int, start: int) -> 
     return model.embed_tokens(stream.tokens[:, h0:hi], stream.features[:, h0:hi], history=lo - h0)
 
 
-def _rope(model: PerceiverAR, lo: int, hi: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    return model.rope(torch.arange(lo, hi, device=device))
+def _rope(cache: DecodeCache, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary angles (hi - lo, D/2) of window positions [lo, hi), from the cache's table."""
+    cos, sin = cache.rope
+    return cos[lo:hi], sin[lo:hi]
 
 
 def fill_context(model: PerceiverAR, stream: Stream, s: int, end: int) -> None:
     """Cross-attention K/V of positions [s + context_filled, end) of a window starting at s into the cache, in chunks."""
     c = stream.cache
-    dev = stream.tokens.device
     for lo in range(s + c.context_filled, end, CONTEXT_CHUNK):
         hi = min(end, lo + CONTEXT_CHUNK)
-        k, v = model.cross.kv(_embed(model, stream, lo, hi, s), _rope(model, lo - s, hi - s, dev))  # (B, H, hi-lo, D)
+        k, v = model.cross.kv(_embed(model, stream, lo, hi, s), _rope(c, lo - s, hi - s))  # (B, H, hi-lo, D)
         c.cross_k[:, :, lo - s : hi - s] = k
         c.cross_v[:, :, lo - s : hi - s] = v
     c.context_filled = max(c.context_filled, end - s)
@@ -156,7 +136,7 @@ def cross_latents(model: PerceiverAR, stream: Stream, s: int, lo: int, hi: int) 
     """Cross-attention outputs (B, hi - lo, C) of positions [lo, hi); the context must hold [s, hi)."""
     c = stream.cache
     x = _embed(model, stream, lo, hi, s)
-    return model.cross.forward_cached(x, _rope(model, lo - s, hi - s, x.device), c.cross_k, c.cross_v, hi - s)
+    return model.cross.forward_cached(x, _rope(c, lo - s, hi - s), c.cross_k, c.cross_v, hi - s)
 
 
 def prefill(model: PerceiverAR, stream: Stream, prev: Window | None, window: Window) -> torch.Tensor:
@@ -178,31 +158,44 @@ def prefill(model: PerceiverAR, stream: Stream, prev: Window | None, window: Win
     if have < end:
         c.cross_out[:, have - a : end - a] = cross_latents(model, stream, s, have, end)
     c.latents_filled = end - a
+    c.context_pos.fill_(end - s)  # the next position, ``end``, in this window
+    c.latent_pos.fill_(end - a)
     h = c.cross_out[:, : end - a]  # (B, M, C)
-    logits = model.latent_stack(h, _rope(model, a - s, end - s, h.device), caches=c.layers, pos=0, last_only=True)
+    logits = model.latent_stack(h, _rope(c, a - s, end - s), caches=c.layers, pos=0, last_only=True)
     return logits[:, -1].float()  # (B, V)
 
 
-def decode_one_token(model: PerceiverAR, stream: Stream) -> torch.Tensor:
-    """The newest position p = length - 1 joins the context and becomes one more latent; logits (B, V)."""
-    c = stream.cache
-    p = stream.length - 1
-    s, a = stream.window.start, stream.window.first_latent
-    if c.context_filled != p - s or c.latents_filled != p - a:
-        raise RuntimeError(
-            f"cache out of step: position {p}, window ({s}, {a}), {c.context_filled} context / {c.latents_filled} latents"
-        )
-    x = _embed(model, stream, p, p + 1, s)  # (B, 1, C)
-    rope = _rope(model, p - s, p - s + 1, x.device)
-    k, v = model.cross.kv(x, rope)  # (B, H, 1, D)
-    c.cross_k[:, :, p - s] = k[:, :, 0]
-    c.cross_v[:, :, p - s] = v[:, :, 0]
-    c.context_filled += 1
-    h = model.cross.forward_cached(x, rope, c.cross_k, c.cross_v, p - s + 1)  # (B, 1, C)
-    c.cross_out[:, p - a] = h[:, 0]
-    c.latents_filled += 1
-    logits = model.latent_stack(h, rope, caches=c.layers, pos=p - a, last_only=True)
-    return logits[:, -1].float()  # (B, V)
+def _recent(t: torch.Tensor, p: int, k: int) -> torch.Tensor:
+    """Positions p - k + 1 .. p of (B, capacity, ...) ``t``; positions before 0 are zeros (the step masks them)."""
+    lo = p - k + 1
+    if lo >= 0:
+        return t[:, lo : p + 1]
+    pad = t.new_zeros(t.shape[0], -lo, *t.shape[2:])
+    return torch.cat([pad, t[:, : p + 1]], dim=1)
+
+
+def decode_rows(model: PerceiverAR, streams: list[Stream], cache: DecodeCache, step: StepFn = decode_one_token) -> torch.Tensor:
+    """Every stream's newest position joins its window: one ``step`` over all their rows, which are ``cache``'s
+    rows in order; logits (R, V)."""
+    k = max(1, model.cfg.conv_kernel)
+    tokens, features = [], []
+    for st in streams:
+        c, p = st.cache, st.length - 1
+        s, a = st.window.start, st.window.first_latent
+        if c.context_filled != p - s or c.latents_filled != p - a:
+            raise RuntimeError(
+                f"cache out of step: position {p}, window ({s}, {a}), {c.context_filled} context / {c.latents_filled} latents"
+            )
+        c.context_filled += 1
+        c.latents_filled += 1
+        tokens.append(_recent(st.tokens, p, k))
+        features.append(_recent(st.features, p, k))
+    layers = cache.layers
+    logits = step(model, torch.cat(tokens), torch.cat(features), cache.cross_k, cache.cross_v, cache.cross_out, layers,
+                  cache.rope, cache.context_pos, cache.latent_pos)  # fmt: skip
+    cache.context_pos += 1
+    cache.latent_pos += 1
+    return logits
 
 
 def forward_window(model: PerceiverAR, stream: Stream, window: Window) -> torch.Tensor:
@@ -212,7 +205,7 @@ def forward_window(model: PerceiverAR, stream: Stream, window: Window) -> torch.
     return logits[:, -1].float()
 
 
-def next_logits(model: PerceiverAR, stream: Stream, schedule: Schedule) -> torch.Tensor:
+def next_logits(model: PerceiverAR, stream: Stream, schedule: Schedule, step: StepFn = decode_one_token) -> torch.Tensor:
     """Logits (B, V) for the token after the stream's last position, sliding the window when due."""
     prev = stream.window
     stream.window = window = schedule.window(prev, stream.length)
@@ -220,7 +213,20 @@ def next_logits(model: PerceiverAR, stream: Stream, schedule: Schedule) -> torch
         return forward_window(model, stream, window)
     if window != prev:
         return prefill(model, stream, prev, window)
-    return decode_one_token(model, stream)
+    return decode_rows(model, [stream], stream.cache, step)
+
+
+def next_logits_all(
+    model: PerceiverAR, streams: list[Stream], schedule: Schedule, cache: DecodeCache | None, step: StepFn
+) -> torch.Tensor:
+    """Logits (R, V) of every stream's rows, in order; ``cache`` holds all their rows (None: uncached, or each
+    stream has caches of its own). While no window slides, one batched ``step``; otherwise each stream on its own
+    (several streams then decode eagerly: a rare call of another size, not worth a compiled graph)."""
+    if cache is not None and all(schedule.window(st.window, st.length) == st.window for st in streams):
+        return decode_rows(model, streams, cache, step)
+    if cache is not None and len(streams) > 1:
+        step = decode_one_token
+    return torch.cat([next_logits(model, st, schedule, step) for st in streams])
 
 
 def decode_n(
@@ -230,37 +236,43 @@ def decode_n(
     *,
     schedule: Schedule,
     pick: Callable[[torch.Tensor], torch.Tensor],
+    cache: DecodeCache | None = None,
+    step: StepFn = decode_one_token,
     cfg_scale: float = 1.0,
     constraint: ModalityConstraint | None = None,
     on_token: Callable[[int, torch.Tensor], None] | None = None,
     stop_event: threading.Event | None = None,
 ) -> torch.Tensor:
-    """Up to n new ids (B, n_done): streams[0] is conditional, an optional streams[1] the unconditional one.
+    """Up to n new ids (B, n_done) on the CPU: streams[0] is conditional, an optional streams[1] the unconditional
+    one; ``cache`` holds all their rows in that order (None: uncached, or streams with caches of their own).
 
     Stops early when ``stop_event`` is set (between tokens) or the constraint has finished every row.
     """
-    out: list[torch.Tensor] = []
-    for step in range(n):
+    B = streams[0].tokens.shape[0]
+    out = torch.zeros(B, n, dtype=torch.long, device=streams[0].tokens.device)
+    if constraint is not None:
+        n = min(n, constraint.tokens_needed())  # every row has finished by then
+    done = 0
+    for i in range(n):
         if stop_event is not None and stop_event.is_set():
             break
-        logits = next_logits(model, streams[0], schedule)
+        logits = next_logits_all(model, streams, schedule, cache, step)  # (len(streams) * B, V)
         if len(streams) > 1:
-            logits = guide(logits, next_logits(model, streams[1], schedule), cfg_scale)
+            logits = guide(logits[:B], logits[B:], cfg_scale)
         if constraint is not None:
             logits = constraint.apply(logits)
-        ids = pick(logits).cpu()  # (B,)
+        ids = pick(logits)  # (B,), on the device: no host synchronisation
         if constraint is not None:
             constraint.update(ids)
         for st in streams:
             append(st, ids)  # the guided sample continues both sequences
-        out.append(ids)
+        out[:, i] = ids
+        done = i + 1
         if on_token is not None:
-            on_token(step, ids)
-        if constraint is not None and constraint.done:
+            on_token(i, ids)
+        if constraint is not None and constraint.may_stop_early and constraint.done:
             break
-    if not out:
-        return torch.zeros(streams[0].tokens.shape[0], 0, dtype=torch.long)
-    return torch.stack(out, dim=1)
+    return out[:, :done].cpu()
 
 
 # ---------------------------------------------------------------------------------------- generate()
@@ -291,6 +303,7 @@ def generate(
     stride: int | None = None,
     num_samples: int = 1,
     use_cache: bool = True,
+    compile: bool | None = None,
     on_token: Callable[[int, torch.Tensor], None] | None = None,
     constraint: ModalityConstraint | None = None,
     overflow: str = "error",
@@ -300,13 +313,15 @@ def generate(
 
     temperature 0 or top_k 1 is greedy. ``seed`` makes the samples reproducible. ``cfg_scale`` != 1
     runs classifier-free guidance against ``uncond_prompt_ids`` (default: the prompt with its
-    condition bytes removed), each group with its own caches and windows. ``n_latents`` below the
+    condition bytes removed), each group with its own windows. ``n_latents`` below the
     trained N is faster and coarser; ``stride`` is how far the window slides (default n_latents // 2).
     ``use_cache=False`` recomputes a full forward pass per token over the same windows (slow; the
-    reference). ``on_token(step, ids)`` streams each step's ids (num_samples,); ``stop_event`` cancels
+    reference). ``compile`` compiles the decode step (None: on CUDA only; see ``perceiverar.decode_step``).
+    ``on_token(step, ids)`` streams each step's ids (num_samples,), on the model's device; ``stop_event`` cancels
     between tokens (what was generated so far is returned). ``constraint`` (a ModalityConstraint) forces a
     well-formed section and may stop early. ``overflow`` ("error" | "truncate") decides what happens when
-    prompt + output exceed the context.
+    prompt + output exceed the context. Generation runs in the model's dtype (``Pipeline.load`` gives bf16
+    weights on CUDA, fp32 on the CPU).
     """
     cfg = model.cfg
     prompt = as_ids(prompt_ids, "prompt_ids", cfg.vocab_size)
@@ -324,13 +339,16 @@ def generate(
     prompt = fit_context(prompt, max_new_tokens, cfg.context_len, overflow)
     prompts = [prompt]
     if float(cfg_scale) != 1.0:
-        uncond = unconditional_prompt(prompt) if uncond_prompt_ids is None else as_ids(uncond_prompt_ids, "uncond_prompt_ids", cfg.vocab_size)
+        uncond = (unconditional_prompt(prompt) if uncond_prompt_ids is None
+                  else as_ids(uncond_prompt_ids, "uncond_prompt_ids", cfg.vocab_size))  # fmt: skip
         prompts.append(fit_context(uncond, max_new_tokens, cfg.context_len, overflow))
+    plan = None
     if constraint is not None:
         constraint.begin(prompt, num_samples, max_new_tokens)
         need = constraint.tokens_needed()
         if need > max_new_tokens:
             raise ValueError(f"the requested {constraint.modality} needs {need} more tokens but max_new_tokens={max_new_tokens}")
+        plan = constraint.plan()
 
     device = next(model.parameters()).device
     generator = None
@@ -341,16 +359,33 @@ def generate(
     def pick(logits: torch.Tensor) -> torch.Tensor:
         return sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
 
+    step = step_function(device, compile)
     with torch.inference_mode(), _eval_mode(model):
-        streams = [new_stream(model, p, num_samples, max_new_tokens, schedule=schedule, use_cache=use_cache) for p in prompts]
-        return decode_n(
-            model,
-            streams,
-            max_new_tokens,
-            schedule=schedule,
-            pick=pick,
-            cfg_scale=float(cfg_scale),
-            constraint=constraint,
-            on_token=on_token,
-            stop_event=stop_event,
-        )
+        cache, pooled = None, None
+        if use_cache:
+            rows, capacity = num_samples * len(prompts), max(len(p) for p in prompts) + max_new_tokens
+            if uses_cuda_graphs(step):
+                p = next(model.parameters())
+                pooled, cache = _POOL.take(cfg, rows, min(schedule.context_len, capacity), min(schedule.n_latents, capacity),
+                                           device=p.device, dtype=p.dtype, on_new=_static_addresses)  # fmt: skip
+            else:
+                cache = new_cache(model, rows, capacity, schedule)
+        streams = []
+        for i, p in enumerate(prompts):
+            rows = cache if cache is None or len(prompts) == 1 else cache.rows(i * num_samples, (i + 1) * num_samples)
+            streams.append(new_stream(model, p, num_samples, max_new_tokens, schedule=schedule, use_cache=use_cache,
+                                      cache=rows, plan=plan))  # fmt: skip
+        try:
+            return decode_n(model, streams, max_new_tokens, schedule=schedule, pick=pick, cache=cache, step=step,
+                            cfg_scale=float(cfg_scale), constraint=constraint, on_token=on_token, stop_event=stop_event)  # fmt: skip
+        finally:
+            if pooled is not None:
+                _POOL.give(pooled, cache)
+
+
+_POOL = CachePool()
+
+
+def _static_addresses(cache: DecodeCache) -> None:
+    for t in cache.buffers():  # the CUDA graph reads and writes them in place: no copies in and out
+        torch._dynamo.mark_static_address(t)

@@ -31,9 +31,10 @@ def rope_angles(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, T, D) by angles (T, D/2) using the split-halves convention."""
+    """Rotate (B, H, T, D) by angles (T, D/2), or per row (B, 1, T, D/2), using the split-halves convention."""
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, H, T, D/2) each
-    cos, sin = cos[None, None], sin[None, None]
+    if cos.dim() == 2:
+        cos, sin = cos[None, None], sin[None, None]
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.to(x.dtype)
 

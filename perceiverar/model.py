@@ -58,13 +58,18 @@ class PerceiverAR(nn.Module):
 
     # ---- pieces used by both the full forward pass and cached generation ----
 
-    def embed_tokens(self, tokens: torch.Tensor, features: torch.Tensor | None = None, *, history: int = 0) -> torch.Tensor:
+    def embed_tokens(
+        self, tokens: torch.Tensor, features: torch.Tensor | None = None, *, history: int = 0, inside: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Embeddings (B, T - history, C) of tokens (B, T) after the short convolution.
 
         The first ``history`` positions only feed the convolution (generation passes the few tokens before
-        a chunk); the crop's own start is zero-padded, as in training.
+        a chunk); the crop's own start is zero-padded, as in training. ``inside`` (B, T) bool marks the
+        positions inside the crop: the others are zeroed, the same padding (the static-shape decode step).
         """
         x = self.embed(tokens, features)  # (B, T, C)
+        if inside is not None:
+            x = x * inside[..., None].to(x.dtype)
         if self.conv is not None:
             return self.conv(x, history)
         return x[:, history:]

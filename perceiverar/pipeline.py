@@ -26,9 +26,10 @@ import torch
 from PIL import Image
 
 from perceiverar.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
+from perceiverar.constraints import ModalityConstraint
+from perceiverar.decode_step import default_dtype
 from perceiverar.generation import generate
 from perceiverar.model import PerceiverAR
-from perceiverar.constraints import ModalityConstraint
 from perceiverar.sampling_options import SamplingOptions
 from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.text import TextTokenizer
@@ -110,8 +111,13 @@ class Pipeline:
         self._audio = audio_tokenizer
 
     @classmethod
-    def load(cls, checkpoint_dir: str | os.PathLike, device: str | torch.device = "auto") -> "Pipeline":
-        ckpt = load_checkpoint(checkpoint_dir, device=resolve_device(device))
+    def load(
+        cls, checkpoint_dir: str | os.PathLike, device: str | torch.device = "auto", dtype: torch.dtype | None = None
+    ) -> "Pipeline":
+        """``dtype``: of the weights, and so of the decode caches and attention; default bf16 on CUDA, fp32 on the
+        CPU (``perceiverar.decode_step.default_dtype``)."""
+        dev = resolve_device(device)
+        ckpt = load_checkpoint(checkpoint_dir, device=dev, dtype=dtype or default_dtype(dev))
         bad = [name for name, t in ckpt.model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()]
         if bad:  # sampling would fail later with an obscure multinomial error
             raise CheckpointError(

@@ -41,7 +41,10 @@ def sample(
         drop = probs.cumsum(dim=-1) - probs > top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    # torch.multinomial's own one-sample path (argmax of p / q, q ~ Exp(1): the Gumbel-max trick), so the same
+    # generator draws the same ids, without multinomial's host synchronisation (its validity checks) per token.
+    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / q).argmax(dim=-1)
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from perceiverar import generate
-from perceiverar.cache import Window
 from perceiverar.constraints import ModalityConstraint
-from perceiverar.generation import Schedule, append, make_schedule, new_stream, next_logits
+from perceiverar.generation import append, new_stream, next_logits
 from perceiverar.prompting import unconditional_prompt
 from perceiverar.sampling import guide, sample
+from perceiverar.window import Schedule, Window, make_schedule
 from tokenizers_mm.vocab import (
     AUDIO_END, EOS, IMAGE_BEGIN, IMAGE_END, NUM_OFFSET, PAD, SEP, TEXT_END, build_sequence, position_features,
 )  # fmt: skip
@@ -293,3 +293,97 @@ def test_palette_image_constraint_one_token_per_pixel_within_the_palette(debug_m
     assert all(256 <= t < 266 for t in out[:12]) and out[12:] == [IMAGE_END, EOS]
     with pytest.raises(ValueError, match="header"):  # a sub-pixel request does not continue a palette header
         ModalityConstraint("image", height=5, width=3, image_mode="palette").begin(prompt, 1)
+
+
+# ------------------------------------------------------------------- the static decode step, on the device
+
+
+def test_sample_draws_what_torch_multinomial_draws():
+    """sample() takes multinomial's one-sample path itself (exponential noise, argmax: no host synchronisation);
+    with the same generator it must draw exactly the ids torch.multinomial draws."""
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(3)) * 3
+    for kw in (dict(), dict(temperature=0.7, top_k=20), dict(top_p=0.9)):
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        ours = torch.stack([sample(logits, generator=g1, **kw) for _ in range(40)])
+        ref_logits = logits / kw.get("temperature", 1.0)
+        if "top_k" in kw:
+            kth = torch.topk(ref_logits, kw["top_k"]).values[:, -1:]
+            ref_logits = ref_logits.masked_fill(ref_logits < kth, float("-inf"))
+        if "top_p" in kw:
+            srt, order = ref_logits.sort(-1, descending=True)
+            p = srt.softmax(-1)
+            drop = torch.zeros_like(p, dtype=torch.bool).scatter(-1, order, p.cumsum(-1) - p > kw["top_p"])
+            ref_logits = ref_logits.masked_fill(drop, float("-inf"))
+        ref = torch.stack([torch.multinomial(ref_logits.softmax(-1), 1, generator=g2)[:, 0] for _ in range(40)])
+        assert torch.equal(ours, ref), kw
+
+
+@pytest.mark.parametrize(
+    "modality,prompt,kw",
+    [
+        ("image", build_sequence("cat", "image", height=3, width=4, complete=False), dict(height=3, width=4)),
+        ("image", build_sequence("cat", "image", height=3, width=4, complete=False)[:-3], dict(height=3, width=4)),
+        ("image", build_sequence("cat", "image", height=4, width=3, complete=False, image_mode="palette"),
+         dict(height=4, width=3, image_mode="palette", content_range=(256, 266))),
+        ("audio", build_sequence("drums", "audio", n_audio_tokens=9, complete=False), dict(n_audio_tokens=9)),
+        ("text", build_sequence("Once upon", "text", complete=False), dict(max_bytes=12)),
+    ],
+)  # fmt: skip
+def test_planned_features_are_those_of_the_generated_ids(debug_model, modality, prompt, kw):
+    """With a constraint the features of every new id are computed up front from the constraint's plan; they must
+    equal the features of the ids actually generated (text rows here stop early at different steps)."""
+    model = debug_model(conv_kernel=3)
+    con = ModalityConstraint(modality, **kw)
+    con.begin(prompt, 3, 60)
+    sch = make_schedule(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        st = new_stream(model, prompt, 3, 60, schedule=sch, use_cache=True, plan=con.plan())
+        assert st.trackers is None
+        for _ in range(con.tokens_needed()):
+            ids = sample(con.apply(next_logits(model, st, sch)), temperature=8.0, generator=g)
+            con.update(ids)
+            append(st, ids)
+    assert con.done
+    for r in range(3):
+        ids = st.tokens[r, : st.length].tolist()
+        torch.testing.assert_close(st.features[r, : st.length], torch.from_numpy(position_features(ids)))
+    if modality == "text":
+        assert len({row.index(TEXT_END) for row in st.tokens[:, len(prompt) :].tolist()}) > 1, "rows should stop apart"
+
+
+@pytest.mark.slow  # torch.compile of the step: 1 to 15 min on a busy 2-core CPU
+def test_compiled_step_exact_across_slides(debug_model):
+    """The compiled step (torch.compile of decode_one_token) decodes greedily exactly as the uncached full forward
+    passes, across slides of the latents and of the context, with the short convolution and with guidance."""
+    from perceiverar.decode_step import _COMPILED
+
+    model = debug_model(conv_kernel=4, context_len=64, n_latents=16)
+    prompt = image_prompt(50, side=8)
+    kw = dict(top_k=1, num_samples=2, overflow="truncate")
+    with pytest.warns(UserWarning, match="dropped"):
+        a = generate(model, prompt, 40, compile=True, **kw)
+    assert not _COMPILED[None].failed, "the step fell back to eager"
+    with pytest.warns(UserWarning, match="dropped"):
+        b = generate(model, prompt, 40, use_cache=False, **kw)
+    assert torch.equal(a, b)
+    guided = build_sequence("a big blue circle", "image", height=4, width=4, complete=False)
+    kw = dict(top_k=1, cfg_scale=2.5, constraint=None)
+    assert torch.equal(generate(model, guided, 45, compile=True, **kw), generate(model, guided, 45, use_cache=False, **kw))
+    assert not _COMPILED[None].failed
+
+
+def test_cache_pool_reuses_caches_of_a_size(debug_model):
+    from perceiverar.cache import CachePool
+
+    cfg = debug_model().cfg
+    pool = CachePool(keep=2)
+    made = []
+    key, c = pool.take(cfg, 2, 100, 30, device="cpu", dtype=torch.float32, on_new=made.append)
+    assert c.cross_k.shape[2] == 256 and c.cross_out.shape[1] == 256  # rounded up to a power of two, >= 256
+    c.context_filled = 5
+    pool.give(key, c)
+    key2, c2 = pool.take(cfg, 2, 200, 16, device="cpu", dtype=torch.float32, on_new=made.append)
+    assert c2 is c and key2 == key and c2.context_filled == 0 and len(made) == 1
+    _, c3 = pool.take(cfg, 2, 200, 16, device="cpu", dtype=torch.float32, on_new=made.append)  # c2 is out: a new one
+    assert c3 is not c and len(made) == 2
