@@ -1,17 +1,12 @@
-"""A small randomly initialised pipeline, so the app (and its tests) run before any checkpoint is trained.
+"""The app's demo model: a small random pipeline, so the app runs (and says so) before any checkpoint is trained.
 
-The model is the ``debug`` preset with a longer context; its output head gets small random weights (the real
-initialisation zeroes it, which would make every sample uniform noise of one kind). The audio codebook is fitted
-in well under a second on synthetic tones. Everything it makes is noise: the app says so.
+The model is ``perceiverar.untrained.random_pipeline`` on the ``debug`` preset with a longer context. Its audio
+codebook is fitted in well under a second on synthetic chords. Everything it makes is noise: the app says so.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-
-from perceiverar.config import PerceiverARConfig
-from perceiverar.model import PerceiverAR
 
 DEMO_CONTEXT = 4096  # a 32x32 image (3,072 tokens) or ~45 s of audio fits, with room for a long prompt
 DEMO_CODES = 64
@@ -38,17 +33,10 @@ def demo_audio_tokenizer(codebook_size: int = DEMO_CODES, seed: int = 0):
 def demo_pipeline(*, device: str = "auto", context_len: int = DEMO_CONTEXT, image_size: tuple[int, int] = (16, 16),
                   seconds: float = 2.0, seed: int = 0, audio: bool = True):  # fmt: skip
     """A ready Pipeline over a random ``debug``-preset model for image, audio (if ``audio``) and text."""
-    from perceiverar.pipeline import Pipeline, make_tokenizer_config, resolve_device
+    from perceiverar.untrained import random_pipeline
 
-    g = torch.Generator().manual_seed(seed)
-    cfg = PerceiverARConfig.preset("debug", context_len=context_len, n_latents=min(64, context_len))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = PerceiverAR(cfg)
-    with torch.no_grad():  # small random head: varied (not uniform) predictions, still clearly untrained
-        model.head.weight.normal_(0.0, 0.5, generator=g)
-    model.to(resolve_device(device))
-    modalities = ["image", "text"] + (["audio"] if audio else [])
-    tok_cfg = make_tokenizer_config(modalities, height=image_size[0], width=image_size[1],
-                                    audio_seconds=seconds if audio else None)  # fmt: skip
-    return Pipeline(model, tok_cfg, audio_tokenizer=demo_audio_tokenizer(seed=seed) if audio else None)
+    return random_pipeline(
+        "debug", device=device, modalities=["image", "text"] + (["audio"] if audio else []), image_size=image_size,
+        audio_seconds=seconds if audio else None, audio_tokenizer=demo_audio_tokenizer(seed=seed) if audio else None,
+        head_std=0.5, seed=seed, context_len=context_len, n_latents=min(64, context_len),
+    )  # fmt: skip

@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import sys
 from pathlib import Path
 
 # Before gradio is imported: no analytics, no version check, nothing leaves the machine unless --share.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from app.service import BUNDLED_CHECKPOINTS, Service  # noqa: E402
+from app.catalogue import BUNDLED_CHECKPOINTS  # noqa: E402
+from app.service import Service  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,12 +33,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also open a temporary public gradio.live link (off by default; traffic goes through "
                         "Gradio's servers)")
     p.add_argument("--checkpoint-dir", action="append", default=[], metavar="DIR",
-                   help="extra folder to scan for checkpoints (a checkpoint itself or a folder of them); repeatable")
+                   help="extra folder to scan for checkpoints (a checkpoint itself or a folder of them); repeatable. "
+                        "Its checkpoints come first: the first checkpoint that makes a medium is its tab's default")
     p.add_argument("--no-bundled", action="store_true",
                    help="do not scan the bundled checkpoints/ folder (of the repository and of the current directory)")
     p.add_argument("--demo", action="store_true",
-                   help="also offer the small randomly initialised demo model (always offered when no checkpoint "
-                        "is found)")
+                   help="offer the small randomly initialised demo model in every tab (by default only in tabs no "
+                        "checkpoint makes)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="generations that run at once; the rest wait in a queue (default: 1 on CPU, 2 on GPU)")
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait in the queue (default 64)")
@@ -71,29 +75,40 @@ def launch(demo, service: Service, *, host: str = "127.0.0.1", port: int = 7860,
     """Serve ``demo``; ``block=False`` returns at once (tests)."""
     import gradio as gr
 
-    from app.ui import CSS
+    from app.widgets import CSS
 
     return demo.launch(
         server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
-        max_file_size=f"{service.max_upload_bytes // 1024}kb", allowed_paths=[str(service.output_dir)],
+        max_file_size=f"{service.max_upload_bytes // 1024}kb", allowed_paths=[str(service.outputs.root)],
         theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="slate"), css=CSS, footer_links=["api"],
         show_error=True, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
     )  # fmt: skip
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")  # fmt: skip
+    from perceiverar.pipeline import resolve_device  # noqa: PLC0415
+
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        print(f"perceiverar-app: error: --device: {e}", file=sys.stderr)
+        return 2
     bundled = [BUNDLED_CHECKPOINTS, Path.cwd() / "checkpoints"]  # the repository's, and the one beside the user
-    folders = ([] if args.no_bundled else [p for p in bundled if p.is_dir()]) + args.checkpoint_dir
+    folders = args.checkpoint_dir + ([] if args.no_bundled else [p for p in bundled if p.is_dir()])
     service = Service(folders, device=args.device, max_upload_kb=args.max_upload_kb, demo=True if args.demo else "auto")
-    names = ", ".join(service.names)
-    logging.getLogger("perceiverar.app").info("checkpoints: %s", names)
-    concurrency = args.concurrency or default_concurrency(args.device)
-    demo = create_app(service, concurrency=concurrency, max_queue=args.max_queue)
-    launch(demo, service, host=args.host, port=args.port, share=args.share, quiet=args.quiet)
+    # SIGTERM (systemd, docker stop) ends the app like Ctrl-C, so the output folder is removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        concurrency = args.concurrency or default_concurrency(args.device)
+        demo = create_app(service, concurrency=concurrency, max_queue=args.max_queue)
+        launch(demo, service, host=args.host, port=args.port, share=args.share, quiet=args.quiet)
+    finally:
+        service.close()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

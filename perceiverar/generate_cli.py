@@ -19,11 +19,11 @@ import torch
 from tqdm import tqdm
 
 from perceiverar.checkpoint import CheckpointError
-from perceiverar.config import PRESETS, PerceiverARConfig
+from perceiverar.config import PRESETS
 from perceiverar.media_files import SUFFIX, generation_record, save_result, sidecar_path
-from perceiverar.model import PerceiverAR
-from perceiverar.pipeline import Pipeline, make_tokenizer_config, resolve_device
+from perceiverar.pipeline import Pipeline, resolve_device
 from perceiverar.sampling_options import SamplingOptions
+from perceiverar.untrained import random_pipeline
 
 WHAT = {"image": "an image", "audio": "audio", "text": "text"}
 
@@ -58,14 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU threads (default 1 on the CPU: each token's matrices are too small to share, and an idle "
                          "second thread spin-waits; on a busy 2-core machine two threads made generation ~5x slower)")
     return ap  # fmt: skip
-
-
-def random_pipeline(preset: str, device: torch.device) -> Pipeline:
-    model = PerceiverAR(PerceiverARConfig.preset(preset)).to(device)
-    torch.nn.init.normal_(model.head.weight, std=0.02)  # the zero-initialised head would only give uniform noise
-    side = 8 if model.cfg.context_len < 1024 else 32
-    cfg = make_tokenizer_config(["image", "text"], height=side, width=side)
-    return Pipeline(model, cfg)
 
 
 def read_prompt(args) -> str:
@@ -126,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.random_init:
             print(f"notice: --random-init: a randomly initialised '{args.preset}' model; the output is noise", file=sys.stderr)
-            pipe = random_pipeline(args.preset, device)
+            side = 8 if PRESETS[args.preset].get("context_len", 4096) < 1024 else 32
+            pipe = random_pipeline(args.preset, device=device, image_size=(side, side))
         else:
             pipe = Pipeline.load(args.checkpoint, device=device)
         options = pipe.sampling(options, pick_seed=True)  # the values used, recorded with the result

@@ -1,17 +1,15 @@
-"""One app server for all app tests: tiny random demo model, a fault-injecting fake, and checkpoint folders.
+"""App servers for the app tests, on the real bundled checkpoints.
 
-Checkpoints served (names are what clients pass as ``checkpoint``):
-    tiny      random debug model (context 1024) for image 8x8, 0.5 s audio, text: the default
-    good      a real checkpoint folder (text only) loaded through Pipeline.load
-    broken    a folder with config.json but no weights
-    vanished  a valid checkpoint folder that the ``vanished_checkpoint`` fixture deletes
-    oom       a fake pipeline whose every generation raises torch.OutOfMemoryError
-    slow      a fake pipeline whose text comes at 50 bytes/s and stops on request
+``app_server`` (one per session) serves ``checkpoints/`` (emoji, bach, shakespeare: each tab's default) plus:
+    broken     a text checkpoint folder with config.json but no weights
+    vanished   a small valid text checkpoint that the ``vanished_checkpoint`` fixture deletes
+    oom        the demo pipeline wrapped so every generation raises torch.OutOfMemoryError (a real one is
+               impractical to provoke)
+``start_app`` starts more servers (one checkpoint only, say) and closes them at the end of the test.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -24,6 +22,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = ROOT / "checkpoints"
 ARTIFACTS = ROOT / "test-artifacts" / "app"
 
 
@@ -31,7 +30,24 @@ ARTIFACTS = ROOT / "test-artifacts" / "app"
 class Server:
     url: str
     service: object
-    checkpoints: Path
+    demo: object
+
+
+class OutOfMemory:
+    """A real pipeline whose generations fail the way a full GPU does."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def _fail(self, *args, **kwargs):
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    generate_image = generate_audio = generate_text = _fail
 
 
 def _free_port() -> int:
@@ -40,12 +56,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _save_text_checkpoint(path: Path) -> None:
+def save_debug_checkpoint(path: Path, modalities=("text",), **tok) -> Path:
     from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
     from perceiverar.pipeline import make_tokenizer_config
 
     model = PerceiverAR(PerceiverARConfig.preset("debug"))
-    save_checkpoint(path, model, make_tokenizer_config(["text"], defaults={"max_new_bytes": 24}))
+    return save_checkpoint(path, model, make_tokenizer_config(modalities, **tok))
+
+
+def serve(service, *, concurrency: int = 1) -> Server:
+    from app.main import create_app, launch
+
+    demo = create_app(service, concurrency=concurrency)
+    _, url, _ = launch(demo, service, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
+    return Server(url=url, service=service, demo=demo)
+
+
+@pytest.fixture(scope="session")
+def bundled() -> Path:
+    missing = [n for n in ("emoji", "bach", "shakespeare") if not (BUNDLED / n / "model.safetensors").is_file()]
+    if missing:
+        pytest.skip(f"bundled checkpoints missing: {missing}")
+    return BUNDLED
 
 
 @pytest.fixture(scope="session")
@@ -55,33 +87,20 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory) -> Server:
-    import torch
-    from fake_pipeline import FakePipeline
-
-    from app.main import create_app, launch
+def app_server(bundled, tmp_path_factory) -> Server:
+    from app.demo import demo_pipeline
     from app.service import Service
-    from perceiverar.demo import demo_pipeline
 
-    ckpts = tmp_path_factory.mktemp("checkpoints")
-    _save_text_checkpoint(ckpts / "good")
-    _save_text_checkpoint(ckpts / "vanished")
-    (ckpts / "broken").mkdir()
-    (ckpts / "broken" / "config.json").write_text(json.dumps(json.loads((ckpts / "good" / "config.json").read_text())))
-
-    def tiny():
-        return demo_pipeline(device="cpu", context_len=1024, image_size=(8, 8), seconds=0.5)
-
-    def oom():
-        return FakePipeline(fail=torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
-
-    service = Service([ckpts], device="cpu", demo=False, max_upload_kb=4, default="tiny",
-                      pipelines={"tiny": tiny, "oom": oom, "slow": lambda: FakePipeline(seconds_per_byte=0.02)},
+    extras = tmp_path_factory.mktemp("checkpoints")
+    save_debug_checkpoint(extras / "vanished")
+    save_debug_checkpoint(extras / "broken")
+    (extras / "broken" / "model.safetensors").unlink()
+    oom = OutOfMemory(demo_pipeline(device="cpu", context_len=1024, image_size=(8, 8), seconds=0.5))
+    service = Service([bundled, extras], device="cpu", demo=False, max_upload_kb=4, pipelines={"oom": oom},
                       output_dir=tmp_path_factory.mktemp("outputs"))  # fmt: skip
-    demo = create_app(service, concurrency=2)
-    _, url, _ = launch(demo, service, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
-    yield Server(url=url, service=service, checkpoints=ckpts)
-    demo.close()
+    server = serve(service, concurrency=2)
+    yield server
+    server.demo.close()
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +111,25 @@ def client(app_server):
 
 
 @pytest.fixture
+def start_app():
+    """start_app(folders, **service_kw) -> Server; closed after the test."""
+    from app.service import Service
+
+    started = []
+
+    def start(folders, **kw):
+        service = Service(folders, device="cpu", **kw)
+        started.append(serve(service))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.demo.close()
+        s.service.close()
+
+
+@pytest.fixture
 def vanished_checkpoint(app_server) -> str:
-    shutil.rmtree(app_server.checkpoints / "vanished", ignore_errors=True)
+    folder = app_server.service.catalogue.entries["vanished"].path
+    shutil.rmtree(folder, ignore_errors=True)
     return "vanished"

@@ -1,4 +1,4 @@
-"""End to end through gradio_client: each endpoint, decoded outputs, concurrency, errors, Stop."""
+"""End to end through gradio_client on the real bundled checkpoints: each endpoint, outputs, errors, Stop."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-TEXT_OK = dict(prompt="Once upon a time", checkpoint="tiny", max_new_bytes=16, api_name="/generate_text")
+TEXT_OK = dict(prompt="ROMEO.\n", max_new_bytes=8, api_name="/generate_text")
 
 
 def _text_ok(client) -> None:
@@ -19,64 +19,47 @@ def _text_ok(client) -> None:
     assert "Done" in status and files
 
 
-def test_generate_image_png_with_metadata(client):
-    gallery, files, status = client.predict(
-        prompt="A red apple on a white table", checkpoint="tiny", size="8x8", num_samples=2, seed=1234,
-        temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.5, n_latents=16, api_name="/generate_image",
-    )  # fmt: skip
-    assert len(gallery) == 2 and len(files) == 2, (gallery, files)
-    assert "seed **1234**" in status
-    for i, path in enumerate(files):
-        img = Image.open(path)
-        assert img.format == "PNG" and img.size == (8, 8) and img.mode == "RGB"
-        assert np.asarray(img).std() > 0, "the image is one flat colour"
-        assert img.text["prompt"] == "A red apple on a white table"
-        meta = json.loads(img.text["parameters"])
-        assert meta["seed"] == 1234 and meta["cfg_scale"] == 1.5 and meta["n_latents"] == 16
-        assert (meta["height"], meta["width"], meta["sample"], meta["checkpoint"]) == (8, 8, i + 1, "tiny")
-    # the same seed and settings give the same images
-    gallery2, files2, _ = client.predict(
-        prompt="A red apple on a white table", checkpoint="tiny", size="8x8", num_samples=2, seed=1234,
-        temperature=1.0, top_k=0, top_p=1.0, cfg_scale=1.5, n_latents=16, api_name="/generate_image",
-    )  # fmt: skip
-    a, b = np.asarray(Image.open(files[0])), np.asarray(Image.open(files2[0]))
-    assert np.array_equal(a, b)
+def test_each_endpoint_uses_its_own_default_checkpoint(client):
+    """No checkpoint given: image from emoji, music from bach, text from shakespeare (the README's calls)."""
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    defaults = {name: {p["parameter_name"]: p["parameter_default"] for p in api[name]["parameters"]}
+                for name in ("/generate_image", "/generate_music", "/generate_text")}  # fmt: skip
+    assert [defaults[n]["checkpoint"] for n in defaults] == ["emoji", "bach", "shakespeare"]
+    assert defaults["/generate_music"]["seconds"] == 12 and defaults["/generate_text"]["max_new_bytes"] == 256
+    assert all(d["n_latents"] == 0 and d["seed"] == -1 for d in defaults.values())  # 0 = as trained, -1 = random
 
-
-def test_generate_music_wav_and_sidecar(client):
-    audio, files, status = client.predict(
-        prompt="A slow chorale in G major", checkpoint="tiny", seconds=0.5, num_samples=1, seed=7,
-        api_name="/generate_music",
-    )  # fmt: skip
-    wave, sr = sf.read(audio)
-    assert sr == 22050
-    assert abs(len(wave) / sr - 0.5) < 0.05, len(wave) / sr
-    assert np.std(wave) > 1e-4, "silent audio"
-    wavs = [f for f in files if f.endswith(".wav")]
-    sidecars = [f for f in files if f.endswith(".json")]
-    assert len(wavs) == 1 and len(sidecars) == 1
-    meta = json.loads(open(sidecars[0], encoding="utf-8").read())
-    assert meta["prompt"] == "A slow chorale in G major" and meta["seconds"] == 0.5 and meta["seed"] == 7
-    assert meta["sample_rate"] == 22050 and meta["modality"] == "audio"
-
-
-def test_generate_text_and_sidecar(client):
-    text, files, status = client.predict(
-        prompt="Dear diary, today I ", checkpoint="tiny", max_new_bytes=24, num_samples=1, seed=3,
-        temperature=0.8, top_k=40, top_p=0.9, api_name="/generate_text",
-    )  # fmt: skip
-    assert isinstance(text, str) and len(text) > 0 and len(text.encode("utf-8", "surrogatepass")) <= 24 * 3
-    assert len(set(text)) > 1, "constant text"
-    txt = [f for f in files if f.endswith(".txt")][0]
+    text, files, status = client.predict(prompt="ROMEO.\n", max_new_bytes=12, seed=2**40, api_name="/generate_text")
     meta = json.loads(open([f for f in files if f.endswith(".json")][0], encoding="utf-8").read())
-    assert open(txt, encoding="utf-8").read() == text
-    assert meta["prompt"] == "Dear diary, today I " and meta["max_new_bytes"] == 24 and meta["top_k"] == 40
+    assert meta["checkpoint"] == "shakespeare" and meta["seed"] == 2**40 and "seed **1099511627776**" in status
+    assert meta["n_latents"] == 512 and meta["max_new_bytes"] == 12 and meta["generator"] == "perceiverar-app"
+    assert open([f for f in files if f.endswith(".txt")][0], encoding="utf-8").read() == text
+    assert 0 < len(text.encode("utf-8", "surrogatepass")) <= 12
+
+    audio, files, status = client.predict(prompt="bach chorale in G major, 4/4 time", seconds=0.5, seed=7,
+                                          api_name="/generate_music")  # fmt: skip
+    wave, sr = sf.read(audio)
+    assert sr == 22050 and abs(len(wave) / sr - 0.5) < 0.05 and np.std(wave) > 1e-4
+    meta = json.loads(open([f for f in files if f.endswith(".json")][0], encoding="utf-8").read())
+    assert (meta["checkpoint"], meta["seconds"], meta["seed"], meta["sample_rate"]) == ("bach", 0.5, 7, 22050)
+    assert meta["n_latents"] == 1024  # bach's own trained number, not the image model's
+
+    gallery, files, status = client.predict(prompt="red apple; food & drink", seed=3, n_latents=32,
+                                            api_name="/generate_image")  # fmt: skip
+    img = Image.open(files[0])
+    meta = json.loads(img.text["parameters"])
+    assert img.format == "PNG" and img.mode == "RGB" and img.size == (meta["width"], meta["height"])
+    assert img.text["prompt"] == "red apple; food & drink" and meta["checkpoint"] == "emoji"
+    assert (meta["seed"], meta["n_latents"], meta["sample"]) == (3, 32, 1) and len(gallery) == 1
 
 
-def test_real_checkpoint_folder_loads(client):
-    text, files, status = client.predict(prompt="Hello", checkpoint="good", max_new_bytes=8, seed=1,
-                                         api_name="/generate_text")  # fmt: skip
-    assert "Done" in status and isinstance(text, str)
+def test_same_seed_same_text_and_two_samples(client):
+    kw = dict(prompt="HAMLET.\n", max_new_bytes=16, seed=11, temperature=0.8, top_k=40, top_p=0.9,
+              api_name="/generate_text")  # fmt: skip
+    a, _, _ = client.predict(**kw)
+    b, _, _ = client.predict(**kw)
+    assert a == b
+    two, files, status = client.predict(**{**kw, "num_samples": 2})
+    assert "── sample 2 ──" in two and len([f for f in files if f.endswith(".txt")]) == 2
 
 
 def test_three_clients_at_once(app_server):
@@ -87,9 +70,8 @@ def test_three_clients_at_once(app_server):
     def run(i):
         try:
             c = Client(app_server.url, verbose=False)
-            gallery, files, status = c.predict(prompt=f"client {i}", checkpoint="tiny", size="8x8", seed=i,
-                                               api_name="/generate_image")  # fmt: skip
-            results[i] = Image.open(files[0]).size
+            text, files, status = c.predict(prompt=f"KING {i}.\n", max_new_bytes=8, seed=i, api_name="/generate_text")
+            results[i] = json.loads(open(files[1], encoding="utf-8").read())["seed"]
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -99,95 +81,118 @@ def test_three_clients_at_once(app_server):
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
-    assert results == {0: (8, 8), 1: (8, 8), 2: (8, 8)}
+    assert results == {0: 0, 1: 1, 2: 2}
 
 
 @pytest.mark.parametrize(
-    "kwargs, message",
+    "kwargs, parameter, message",
     [
-        (dict(prompt="   ", checkpoint="tiny", api_name="/generate_image"), "prompt is empty"),
-        (dict(prompt="", checkpoint="tiny", api_name="/generate_text"), "prompt is empty"),
-        (dict(prompt="x" * 5000, checkpoint="tiny", max_new_bytes=16, api_name="/generate_text"), "has room for"),
-        (dict(prompt="x" * 900, checkpoint="tiny", size="8x8", api_name="/generate_image"), "has room for"),
-        (dict(prompt="hi", checkpoint="broken", api_name="/generate_text"), "could not be loaded"),
-        (dict(prompt="hi", checkpoint="oom", api_name="/generate_image"), "Out of memory"),
-        (dict(prompt="hi", checkpoint="tiny", size="64x64", api_name="/generate_image"), "cannot make a 64x64"),
-        (dict(prompt="hi", checkpoint="good", api_name="/generate_image"), "not trained to generate images"),
-        (dict(prompt="hi", checkpoint="tiny", num_samples=9, api_name="/generate_text"), "maximum value 4"),
-        (dict(prompt="hi", checkpoint="good", max_new_bytes=1000, api_name="/generate_text"), "Length must be"),
-        (dict(prompt="hi", checkpoint="../../../etc/passwd", api_name="/generate_text"), "passwd"),
+        (dict(prompt="   ", api_name="/generate_image"), "prompt", "The prompt is empty"),
+        (dict(prompt="", api_name="/generate_text"), "prompt", "The prompt is empty"),
+        (dict(prompt="x" * 70_000, api_name="/generate_text"), "prompt", "has room for"),
+        (dict(prompt="hi", temperature=100, api_name="/generate_text"), "temperature",
+         "temperature must be between 0 and 2 (0 = greedy), got 100"),
+        (dict(prompt="hi", top_p=1.5, api_name="/generate_music"), "top_p", "top_p must be between 0.05 and 1"),
+        (dict(prompt="hi", top_k=-2, api_name="/generate_text"), "top_k", "top_k must be between 0 and 256"),
+        (dict(prompt="hi", cfg_scale=11, api_name="/generate_image"), "cfg_scale", "between 0 and 10"),
+        (dict(prompt="hi", num_samples=9, api_name="/generate_text"), "num_samples", "between 1 and 4, got 9"),
+        (dict(prompt="hi", seed=1.5, api_name="/generate_text"), "seed", "seed must be a whole number"),
+        (dict(prompt="hi", seed=-7, api_name="/generate_text"), "seed", "-1 = random"),
+        (dict(prompt="hi", seed=10**23, api_name="/generate_text"), "seed", "between -1 and 9,223,372,036,854,775,807"),
+        (dict(prompt="hi", seed="abc", api_name="/generate_text"), "seed", "got 'abc'"),
+        (dict(prompt="hi", n_latents=5000, api_name="/generate_text"), "n_latents",
+         "n_latents must be between 0 and 1,024 (0 = as trained: 512), got 5,000"),
+        (dict(prompt="hi", size="64x64", api_name="/generate_image"), "size", "size must be one of"),
+        (dict(prompt="hi", seconds=10_000, api_name="/generate_music"), "seconds", "seconds must be between 0.5 and"),
+        (dict(prompt="hi", max_new_bytes=0, api_name="/generate_text"), "max_new_bytes", "between 1 and"),
+        (dict(prompt="hi", checkpoint="emoji", api_name="/generate_text"), "checkpoint",
+         "Checkpoint 'emoji' was not trained to generate text; pick 'shakespeare'"),
+        (dict(prompt="hi", checkpoint="broken", api_name="/generate_text"), "checkpoint", "could not be loaded"),
+        (dict(prompt="hi", checkpoint="../../../etc/passwd", api_name="/generate_text"), "checkpoint",
+         "Unknown checkpoint '../../../etc/passwd'"),
     ],
-    ids=["empty-image", "empty-text", "over-context-text", "over-context-image", "broken-checkpoint", "oom",
-         "bad-size", "wrong-modality", "bad-samples", "too-long-for-checkpoint", "path-as-checkpoint"],
+    ids=["empty-image", "empty-text", "over-context", "temperature", "top-p", "top-k", "cfg", "samples", "seed-float",
+         "seed-negative", "seed-huge", "seed-text", "latents", "size", "seconds", "bytes", "wrong-medium", "broken",
+         "path"],
 )  # fmt: skip
-def test_errors_are_explained_and_the_app_keeps_serving(client, kwargs, message):
-    with pytest.raises(Exception) as info:
+def test_bad_requests_are_refused_naming_the_setting(client, kwargs, parameter, message):
+    from gradio_client.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as info:
         client.predict(**kwargs)
-    assert message in str(info.value), str(info.value)
+    assert f"- {parameter}: " in str(info.value) and message in str(info.value), str(info.value)
     _text_ok(client)
 
 
-def test_missing_checkpoint(client, vanished_checkpoint):
-    with pytest.raises(Exception, match="is missing"):
+def test_bad_requests_are_refused_before_queueing(app_server, client):
+    """An empty prompt behind a long job is refused at once, not after the job."""
+    from gradio_client.exceptions import ValidationError
+
+    busy = [client.submit(prompt="KING.\n", max_new_bytes=3000, api_name="/generate_text") for _ in range(3)]
+    try:
+        deadline = time.time() + 30
+        while not app_server.service.runner.running and time.time() < deadline:
+            time.sleep(0.05)
+        t0 = time.perf_counter()
+        with pytest.raises(ValidationError, match="The prompt is empty"):
+            client.predict(prompt="", api_name="/generate_text")
+        assert time.perf_counter() - t0 < 5
+    finally:
+        for job in busy:
+            job.cancel()
+    deadline = time.time() + 30
+    while app_server.service.runner.running and time.time() < deadline:
+        time.sleep(0.1)
+    assert not app_server.service.runner.running
+
+
+def test_out_of_memory_and_missing_checkpoint(client, vanished_checkpoint):
+    from gradio_client.exceptions import AppError, ValidationError
+
+    with pytest.raises(AppError, match="Out of memory"):
+        client.predict(prompt="hi", checkpoint="oom", max_new_bytes=4, api_name="/generate_text")
+    with pytest.raises(ValidationError, match="is missing"):
         client.predict(prompt="hi", checkpoint=vanished_checkpoint, api_name="/generate_text")
     _text_ok(client)
 
 
-def test_stop_button_path_stops_the_worker(app_server):
-    """Stop (service.stop for the session) ends the run early with a partial result."""
+def test_stop_keeps_the_partial_result(app_server):
+    """Stop (service.stop for the session) ends a real run early; the partial text is saved and recorded."""
     service = app_server.service
-    run = service.generate_text("Once", "tiny", 900, 1, 5, 1.0, 0, 1.0, 1.0, 16, session="s-stop")
+    req, errors = service.check("text", dict(prompt="KING.\n", checkpoint="shakespeare", max_new_bytes=3000,
+                                             num_samples=1, seed=5, temperature=1.0, top_k=0, top_p=1.0,
+                                             cfg_scale=1.0, n_latents=0))  # fmt: skip
+    assert not errors
     t0 = time.perf_counter()
-    for kind, *rest in run:
+    for kind, *rest in service.run(req, session="s-stop"):
         if kind == "progress":
             service.stop("s-stop")
         else:
-            texts, files, settings = rest
-    assert settings["stopped"] is True
-    assert 0 < len(texts[0].encode("utf-8", "surrogatepass")) < 900 * 3
-    assert time.perf_counter() - t0 < 30
-    assert "s-stop" not in service._active
+            texts, files, record = rest
+    assert record["stopped"] is True and time.perf_counter() - t0 < 60
+    assert 0 < len(texts[0].encode("utf-8", "surrogatepass")) < 3000
+    assert json.loads(open(files[1], encoding="utf-8").read())["stopped"] is True
+    assert service.runner.running == 0
 
 
 def test_client_cancel_frees_the_worker(app_server, client):
     service = app_server.service
-    job = client.submit(prompt="Once", checkpoint="tiny", max_new_bytes=900, api_name="/generate_text")
+    job = client.submit(prompt="KING.\n", max_new_bytes=3000, api_name="/generate_text")
     deadline = time.time() + 30
-    while not service._active and time.time() < deadline:
+    while not service.runner.running and time.time() < deadline:
         time.sleep(0.05)
-    assert service._active, "generation never started"
+    assert service.runner.running, "generation never started"
     job.cancel()
-    deadline = time.time() + 20
-    while service._active and time.time() < deadline:
+    deadline = time.time() + 30
+    while service.runner.running and time.time() < deadline:
         time.sleep(0.1)
-    assert not service._active, "the generation kept running after the client cancelled"
+    assert not service.runner.running, "the generation kept running after the client cancelled"
     _text_ok(client)
-
-
-def test_prompt_upload_rules(app_server, tmp_path):
-    import gradio as gr
-
-    service = app_server.service
-    good = tmp_path / "prompt.md"
-    good.write_text("# A long prompt\n\nwith ünïcode", encoding="utf-8")
-    assert service.read_prompt_file(str(good)) == "# A long prompt\n\nwith ünïcode"
-    cases = {
-        "binary.txt": (b"\x89PNG\r\n\x1a\n\x00\x00", "binary"),
-        "latin1.txt": ("café".encode("latin-1"), "not UTF-8"),
-        "big.txt": (b"a" * 5000, "limited to 4 KB"),
-        "image.png": (b"hello", ".txt or .md"),
-        "empty.md": (b"  \n", "empty"),
-    }
-    for name, (data, message) in cases.items():
-        (tmp_path / name).write_bytes(data)
-        with pytest.raises(gr.Error, match=message):
-            service.read_prompt_file(str(tmp_path / name))
 
 
 def test_live_token_count(app_server):
     service = app_server.service
-    ok = service.token_count("text", "hello", "tiny", max_new_bytes=16)
+    ok = service.token_count("text", "hello", "shakespeare", 16)
     assert ok.startswith("**5 / ") and "prompt tokens" in ok
-    over = service.token_count("image", "x" * 900, "tiny", size="8x8")
-    assert "over" in over
-    assert "Unknown checkpoint" in service.token_count("text", "hi", "/etc/passwd")
+    assert "over" in service.token_count("text", "x" * 70_000, "shakespeare", 16)
+    assert "Unknown checkpoint" in service.token_count("text", "hi", "/etc/passwd", 16)

@@ -1,8 +1,10 @@
-"""Pieces of the app that need no server: options, checkpoint discovery, sizes."""
+"""Pieces of the app that need no server: options, the catalogue, request checks, slider ranges, outputs."""
 
 from __future__ import annotations
 
+import gradio as gr
 import pytest
+from conftest import save_debug_checkpoint
 
 
 def test_cli_defaults_are_local_and_private():
@@ -17,104 +19,160 @@ def test_cli_defaults_are_local_and_private():
 
 
 def test_discovery_lists_checkpoints_by_name_only(tmp_path):
-    from app.service import discover_checkpoints
+    from app.catalogue import discover_checkpoints
 
     for d in ("one/a", "two/a", "two/b", "two/.hidden", "two/not-a-checkpoint"):
         (tmp_path / d).mkdir(parents=True)
     for d in ("one/a", "two/a", "two/b", "two/.hidden"):
         (tmp_path / d / "config.json").write_text("{}")
-    entries = discover_checkpoints([tmp_path / "one", tmp_path / "two", tmp_path / "two" / "b", tmp_path / "nope"])
-    assert sorted(entries) == ["a", "a (two)", "b"]
-    assert entries["a (two)"].path == (tmp_path / "two" / "a").resolve()
+    found = discover_checkpoints([tmp_path / "one", tmp_path / "two", tmp_path / "two" / "b", tmp_path / "nope"])
+    assert sorted(found) == ["a", "a (two)", "b"]
+    assert found["a (two)"] == (tmp_path / "two" / "a").resolve()
 
 
 def test_unknown_checkpoint_never_touches_the_filesystem(tmp_path):
-    import gradio as gr
+    from app.catalogue import Catalogue, CheckpointUnavailable
 
-    from app.service import Service
-
-    svc = Service([tmp_path], demo=False)
+    cat = Catalogue([tmp_path], demo=False)
     for name in ("/etc", "../../etc/passwd", str(tmp_path)):
-        with pytest.raises(gr.Error, match="Unknown checkpoint"):
-            svc.pipeline(name)
+        with pytest.raises(CheckpointUnavailable, match="Unknown checkpoint"):
+            cat.pipeline(name)
 
 
-def test_parse_size():
-    import gradio as gr
-
-    from app.service import parse_size
-
-    assert parse_size("32x16") == (32, 16) and parse_size(" 8 × 8 ") == (8, 8)
-    with pytest.raises(gr.Error):
-        parse_size("big")
-
-
-def test_unloadable_checkpoints_fall_back_to_the_demo(tmp_path, monkeypatch):
-    import app.service as service_mod
-    import perceiverar.demo as demo_mod
-    from fake_pipeline import FakePipeline
-
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "config.json").write_text("{not json")
-    monkeypatch.setattr(demo_mod, "demo_pipeline", lambda **kw: FakePipeline())  # fast stand-in for the demo
-    svc = service_mod.Service([tmp_path], demo="auto")
-    assert svc.names == ["broken", service_mod.DEMO_NAME]  # a config.json that does not parse declares no tab
-    assert svc.default_name == service_mod.DEMO_NAME
-    assert svc.capabilities(service_mod.DEMO_NAME).notice.startswith("**No usable trained checkpoint")
-
-
-def test_image_only_checkpoint_also_offers_the_demo_for_other_tabs(tmp_path):
-    import gradio as gr
-
-    from app.service import DEMO_NAME, Service
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """One debug checkpoint per medium, one that makes none (the copy task), one unreadable."""
     from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
-    from perceiverar.pipeline import make_tokenizer_config
 
-    model = PerceiverAR(PerceiverARConfig.preset("debug"))
-    save_checkpoint(tmp_path / "pics", model, make_tokenizer_config(["image"], height=8, width=8))
-    svc = Service([tmp_path], demo="auto")
-    assert svc.names == ["pics", DEMO_NAME]
-    assert svc.uncovered_modalities() == {"audio", "text"}
-    with pytest.raises(gr.Error, match=r"not trained to generate text; pick another checkpoint: .demo"):
-        next(svc.generate_text("hello", "pics", 8, 1, 0, 1.0, 0, 1.0, 1.0, None))
-    # Checkpoints that cover every tab: no demo.
-    save_checkpoint(tmp_path / "rest", model, make_tokenizer_config(["audio", "text"], audio_seconds=1.0))
-    assert Service([tmp_path], demo="auto").names == ["pics", "rest"]
+    d = tmp_path_factory.mktemp("mixed")
+    save_debug_checkpoint(d / "a-pics", ["image"], height=4, width=4)
+    save_debug_checkpoint(d / "b-words", ["text"])
+    save_checkpoint(d / "c-copy", PerceiverAR(PerceiverARConfig.preset("debug")), {"task": "copy", "symbols": 256})
+    (d / "d-broken").mkdir()
+    (d / "d-broken" / "config.json").write_text("{not json")
+    return d
 
 
-def test_checkpoints_that_make_no_media_are_not_listed(tmp_path):
+def test_each_tab_lists_what_makes_its_medium(mixed):
+    from app.catalogue import DEMO_NAME, Catalogue
+
+    cat = Catalogue([mixed], device="cpu", demo="auto")
+    assert cat.names("image") == ["a-pics"] and cat.names("text") == ["b-words"]
+    assert cat.names("audio") == [DEMO_NAME]  # nothing makes music: the demo, with a notice saying what to add
+    assert cat.default("image") == "a-pics" and cat.default("audio") == DEMO_NAME
+    assert "makes music" in cat.notice(DEMO_NAME, "audio") and cat.notice("a-pics", "image") == ""
+    assert "c-copy" not in cat.entries and "d-broken" in cat.problems  # not listed, and the log says why
+    off = Catalogue([mixed], device="cpu", demo=False)
+    assert off.names("audio") == [] and off.default("audio") is None
+    assert "No checkpoint here makes music" in off.notice(None, "audio")
+    every = Catalogue([mixed], device="cpu", demo=True)
+    assert every.names("image") == ["a-pics", DEMO_NAME]
+
+
+def test_checkpoint_dir_folders_come_first(mixed, tmp_path):
+    from app.catalogue import Catalogue
+
+    save_debug_checkpoint(tmp_path / "mine", ["text"])
+    assert Catalogue([tmp_path, mixed], device="cpu").default("text") == "mine"
+
+
+def test_unloadable_checkpoints_fall_back_to_the_demo(tmp_path):
+    from app.catalogue import DEMO_NAME, Catalogue
+
+    save_debug_checkpoint(tmp_path / "words", ["text"])
+    (tmp_path / "words" / "model.safetensors").unlink()
+    cat = Catalogue([tmp_path], device="cpu", demo="auto")
+    assert cat.names("text") == ["words"]
+    assert cat.default("text") == DEMO_NAME and DEMO_NAME in cat.names("text")
+
+
+def _values(**kw):
+    base = dict(prompt="hello", checkpoint="b-words", max_new_bytes=8, num_samples=1, seed=-1, temperature=1.0,
+                top_k=0, top_p=1.0, cfg_scale=1.0, n_latents=0)  # fmt: skip
+    return {**base, **kw}
+
+
+def test_request_checks_name_each_bad_setting(mixed):
     from app.service import Service
-    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
-    from perceiverar.pipeline import make_tokenizer_config
 
-    model = PerceiverAR(PerceiverARConfig.preset("debug"))
-    save_checkpoint(tmp_path / "copy", model, {"task": "copy", "symbols": 256})
-    save_checkpoint(tmp_path / "words", model, make_tokenizer_config(["text"]))
-    assert Service([tmp_path], demo=False).names == ["words"]
+    svc = Service([mixed], device="cpu", demo=False)
+    req, errors = svc.check("text", _values(seed=2**40, n_latents=0))
+    assert not errors and req.sampling.seed == 2**40 and req.sampling.n_latents == 32 and req.size == {"max_new_bytes": 8}
+    req, errors = svc.check("text", _values(seed=-1))
+    assert 0 <= req.sampling.seed < 2**31  # a random seed, picked now and recorded
+    _, errors = svc.check("text", _values(prompt=" ", temperature=float("inf"), top_p=0, num_samples=1.5,
+                                          checkpoint="a-pics"))  # fmt: skip
+    assert set(errors) == {"prompt", "temperature", "top_p", "num_samples", "checkpoint"}
+    assert errors["temperature"] == "temperature must be a number between 0 and 2 (0 = greedy), got inf"
+    assert errors["checkpoint"] == "Checkpoint 'a-pics' was not trained to generate text; pick 'b-words'."
+    _, errors = svc.check("text", _values(max_new_bytes=10**6, n_latents=65))
+    assert "max_new_bytes must be between 1 and" in errors["max_new_bytes"]
+    assert errors["n_latents"] == "n_latents must be between 0 and 64 (0 = as trained: 32), got 65"
+    _, errors = svc.check("image", _values(checkpoint="a-pics", size="8x8"))
+    assert errors == {"size": "size must be one of 4x4 for checkpoint 'a-pics', got '8x8'"}
+    svc.close()
 
 
-def test_default_checkpoint_fits_the_first_tab(tmp_path):
+def test_slider_ranges_follow_each_checkpoint(bundled, mixed):
+    """Every widget and every checkpoint-change update is one Gradio accepts (minimum < maximum)."""
     from app.service import Service
-    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
-    from perceiverar.pipeline import make_tokenizer_config
+    from app.ui import CHECKPOINT_CONTROLS, _sampling_widgets, _size_widget, checkpoint_updates
 
-    model = PerceiverAR(PerceiverARConfig.preset("debug"))
-    save_checkpoint(tmp_path / "a-music", model, make_tokenizer_config(["audio"], audio_seconds=1.0))
-    save_checkpoint(tmp_path / "b-words", model, make_tokenizer_config(["text"]))
-    save_checkpoint(tmp_path / "c-pics", model, make_tokenizer_config(["image"], height=8, width=8))
-    assert Service([tmp_path], demo=False).default_name == "c-pics"  # the Image tab opens first
+    svc = Service([bundled, mixed], device="cpu", demo=True)
+    with gr.Blocks():  # one Blocks: each costs ~0.4 s to close
+        for modality in ("image", "audio", "text"):
+            for name in svc.names(modality):
+                caps = svc.capabilities(name)
+                size = _size_widget(modality, caps)
+                ctl = _sampling_widgets(caps, modality)
+                targets = [None, None, size, None, *(ctl[k] for k in CHECKPOINT_CONTROLS)]
+                for widget, update in zip(targets, checkpoint_updates(svc, modality, name)):
+                    if widget is not None:  # what Gradio does with an update: a widget from the merged arguments
+                        args = {**widget.constructor_args, **{k: v for k, v in update.items() if k != "__type__"}}
+                        type(widget)(**args)  # raises if Gradio refuses it
+    bach = svc.capabilities("bach")
+    assert bach.max_seconds % 0.5 == 0 and 12 <= bach.max_seconds < 2000 and bach.default_seconds == 12
+    assert bach.max_latents == 2048 and svc.capabilities("emoji").max_latents == 1024
+    svc.close()
 
 
-def test_checkpoint_summary_shows_the_caption_template(tmp_path):
-    from app.service import Service
-    from app.ui import _md_checkpoint
-    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
-    from perceiverar.pipeline import make_tokenizer_config
+def test_widgets_leave_the_range_check_to_the_service():
+    from app.widgets import dropdown, number, slider
 
-    model = PerceiverAR(PerceiverARConfig.preset("debug"))
-    tok = make_tokenizer_config(["image"], height=8, width=8)
-    save_checkpoint(tmp_path / "plain", model, tok)
-    save_checkpoint(tmp_path / "styled", model, {**tok, "caption_template": "{text}; {style} style"})
-    svc = Service([tmp_path], demo=False)
-    assert "`{text}; {style} style`" in _md_checkpoint(svc.capabilities("styled"), svc)
-    assert "captions written as" not in _md_checkpoint(svc.capabilities("plain"), svc)
+    with gr.Blocks():
+        assert slider(0, 4, step=1).preprocess(9) == 9 and number(precision=0).preprocess(1.5) == 1.5
+        assert dropdown(["a"]).preprocess("b") == "b"
+
+
+def test_output_folder_is_removed_on_close(tmp_path):
+    from app.outputs import Outputs
+
+    out = Outputs()
+    (out.root / "x").mkdir()
+    out.close()
+    assert not out.root.exists()
+    kept = Outputs(tmp_path / "mine")
+    kept.close()
+    assert kept.root.exists()  # a folder the caller gave is the caller's
+
+
+def test_app_and_cli_write_the_same_records(tmp_path):
+    """The app's downloads and perceiverar-generate's files carry the same keys (the CLI says who made it)."""
+    import json
+
+    from PIL import Image
+
+    from app.outputs import Outputs
+    from perceiverar.generate_cli import main as cli_main
+    from perceiverar.media_files import generation_record
+    from perceiverar.sampling_options import SamplingOptions
+
+    assert cli_main(["--random-init", "--prompt", "sun", "--modality", "image", "--out", str(tmp_path / "c.png"),
+                     "--seed", "4"]) == 0  # fmt: skip
+    cli = json.loads(Image.open(tmp_path / "c.png").text["parameters"])
+    record = generation_record(prompt="sun", modality="image", checkpoint="x", sampling=SamplingOptions(seed=4).resolved({}, 8),
+                               size={"height": 8, "width": 8}, generator="perceiverar-app", untrained_demo=False, stopped=False)  # fmt: skip
+    [png] = Outputs(tmp_path / "app").save("image", [Image.open(tmp_path / "c.png")], record)
+    app = json.loads(Image.open(png).text["parameters"])
+    assert set(cli) | {"untrained_demo", "stopped"} == set(app)
+    assert Image.open(png).text["prompt"] == Image.open(tmp_path / "c.png").text["prompt"] == "sun"
