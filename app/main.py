@@ -77,12 +77,27 @@ def launch(demo, service: Service, *, host: str = "127.0.0.1", port: int = 7860,
 
     from app.widgets import CSS
 
-    return demo.launch(
-        server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
-        max_file_size=f"{service.max_upload_bytes // 1024}kb", allowed_paths=[str(service.outputs.root)],
-        theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="slate"), css=CSS, footer_links=["api"],
-        show_error=True, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-    )  # fmt: skip
+    for attempt in range(3):
+        try:
+            return demo.launch(
+                server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
+                max_file_size=f"{service.max_upload_bytes // 1024}kb", allowed_paths=[str(service.outputs.root)],
+                theme=gr.themes.Soft(primary_hue="indigo", secondary_hue="slate"), css=CSS, footer_links=["api"],
+                show_error=True, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
+            )  # fmt: skip
+        except ValueError as e:
+            # Gradio gives its freshly started server one 3 s request to answer, else it stops with "localhost is
+            # not accessible": on a loaded CPU that is too short. Close that server and start again.
+            if "localhost is not accessible" not in str(e) or attempt == 2:
+                raise
+            logging.getLogger("perceiverar.app").warning("the server did not answer itself within 3 s; restarting it")
+            demo.close()
+
+
+def _interrupt(*_):
+    # SIGTERM (systemd, docker stop) ends the app like Ctrl-C: Gradio closes its server, and the finally below
+    # removes the output folder on the way out.
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
@@ -99,8 +114,7 @@ def main(argv=None) -> int:
     bundled = [BUNDLED_CHECKPOINTS, Path.cwd() / "checkpoints"]  # the repository's, and the one beside the user
     folders = args.checkpoint_dir + ([] if args.no_bundled else [p for p in bundled if p.is_dir()])
     service = Service(folders, device=args.device, max_upload_kb=args.max_upload_kb, demo=True if args.demo else "auto")
-    # SIGTERM (systemd, docker stop) ends the app like Ctrl-C, so the output folder is removed on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         concurrency = args.concurrency or default_concurrency(args.device)
         demo = create_app(service, concurrency=concurrency, max_queue=args.max_queue)

@@ -146,7 +146,10 @@ def check_request(catalogue: Catalogue, modality: str, values: dict, count_promp
         what = {"image": "the image", "audio": "the music", "text": "the text to continue"}[modality]
         errors["prompt"] = f"The prompt is empty: type or upload a description of {what}."
     elif caps is not None and size is not None:
-        n, room = count_prompt(caps.name, modality, prompt, size)
+        try:
+            n, room = count_prompt(caps.name, modality, prompt, size)
+        except ValueError as e:  # the tokenizer's word on a prompt it cannot encode
+            n, room, errors["prompt"] = 0, 0, f"Invalid prompt: {e}"
         if n > room:
             errors["prompt"] = (
                 f"The prompt is {n:,} tokens but checkpoint {caps.name!r} has room for {max(room, 0):,} prompt tokens "

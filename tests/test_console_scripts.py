@@ -80,3 +80,39 @@ def test_app_refuses_a_gpu_it_does_not_have():
         pytest.skip("this machine has a GPU")
     res = _run("perceiverar-app", "--device", "cuda", "--no-bundled")
     assert res.returncode == 2 and "no CUDA GPU is available" in res.stderr
+
+
+def test_app_serves_then_exits_0_on_sigterm_and_removes_its_output_folder(tiny, tmp_path):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    exe = BIN / "perceiverar-app"
+    proc = subprocess.Popen([str(exe), "--no-bundled", "--checkpoint-dir", str(tiny["ckpt"]), "--port", str(port),
+                             "--device", "cpu", "--quiet"], env={**ENV, "TMPDIR": str(tmp)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 600
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1][-2000:]
+                assert time.time() < deadline, "the app did not start"
+                time.sleep(1)
+        assert [p.name for p in tmp.glob("perceiverar-app-*")], "the output folder should exist while serving"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not list(tmp.glob("perceiverar-app-*")), "the output folder outlived the app"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

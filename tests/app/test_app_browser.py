@@ -42,8 +42,9 @@ def _open(browser, url):
     return page
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def page(browser, app_server):
+    """One page for the tests below (opening one costs seconds): each test picks its tab and settings."""
     page = _open(browser, app_server.url)
     yield page
     page.context.close()
@@ -141,6 +142,7 @@ def test_switching_checkpoints_back_and_forth(page, artifacts):
 
 def test_a_bad_request_is_marked_and_a_run_failure_is_reported(page, artifacts):
     _tab(page, "Text")
+    page.locator("#text-prompt textarea").fill("")
     page.locator("#text-generate").click()  # empty prompt: refused before queueing, the field says why
     page.locator("#text-prompt").get_by_text("The prompt is empty").wait_for()
     _no_error_toast(page)
@@ -166,6 +168,7 @@ def _upload(page, path):
 
 
 def test_bad_upload_shows_an_error_then_a_good_one_fills_the_prompt(page, artifacts, tmp_path):
+    _tab(page, "Image")
     bad = tmp_path / "notes.txt"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00binary")
     _upload(page, bad)

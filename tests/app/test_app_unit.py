@@ -176,3 +176,23 @@ def test_app_and_cli_write_the_same_records(tmp_path):
     app = json.loads(Image.open(png).text["parameters"])
     assert set(cli) | {"untrained_demo", "stopped"} == set(app)
     assert Image.open(png).text["prompt"] == Image.open(tmp_path / "c.png").text["prompt"] == "sun"
+
+
+def test_launch_restarts_a_server_that_did_not_answer_in_time(tmp_path, monkeypatch):
+    """Gradio stops when its new server does not answer one 3 s request (a loaded CPU): the app starts it again."""
+    import gradio.networking as networking
+
+    from app.main import create_app, launch
+    from app.service import Service
+    from conftest import _free_port
+
+    real, calls = networking.url_ok, []
+    monkeypatch.setattr(networking, "url_ok", lambda url: bool(calls.append(url)) or (len(calls) > 1 and real(url)))
+    svc = Service([tmp_path], device="cpu", demo="auto")
+    demo = create_app(svc)
+    try:
+        _, url, _ = launch(demo, svc, port=_free_port(), block=False, quiet=True)
+        assert len(calls) == 2 and real(url)
+    finally:
+        demo.close()
+        svc.close()
