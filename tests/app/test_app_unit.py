@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 import pytest
-from conftest import save_debug_checkpoint
+from conftest import _free_port, save_debug_checkpoint  # at import: later conftests reuse the name
 
 
 def test_cli_defaults_are_local_and_private():
@@ -184,7 +184,6 @@ def test_launch_restarts_a_server_that_did_not_answer_in_time(tmp_path, monkeypa
 
     from app.main import create_app, launch
     from app.service import Service
-    from conftest import _free_port
 
     real, calls = networking.url_ok, []
     monkeypatch.setattr(networking, "url_ok", lambda url: bool(calls.append(url)) or (len(calls) > 1 and real(url)))
