@@ -22,8 +22,10 @@ def test_cli_is_as_fast_as_the_app_and_writes_the_same_record(bundled, tmp_path)
     from app.service import Service
 
     svc = Service([bundled / "emoji"], device="cpu", demo=False, output_dir=tmp_path / "app")
+    d = svc.capabilities("emoji").defaults  # what the page offers, and what the CLI uses when not told
     req, errors = svc.check("image", dict(prompt=PROMPT, checkpoint="emoji", size=None, num_samples=1, seed=1,
-                                          temperature=1.0, top_k=0, top_p=0.95, cfg_scale=1.0, n_latents=0))  # fmt: skip
+                                          temperature=d["temperature"], top_k=d["top_k"] or 0, top_p=d["top_p"],
+                                          cfg_scale=d["cfg_scale"], n_latents=0))  # fmt: skip
     assert not errors
     t0 = time.perf_counter()
     *_, (kind, images, files, record) = svc.run(req)
@@ -31,8 +33,7 @@ def test_cli_is_as_fast_as_the_app_and_writes_the_same_record(bundled, tmp_path)
 
     out = tmp_path / "cli.png"
     cmd = [str(Path(sys.executable).parent / "perceiverar-generate"), "--checkpoint", str(bundled / "emoji"),
-           "--prompt", PROMPT, "--modality", "image", "--out", str(out), "--seed", "1", "--top-p", "0.95",
-           "--device", "cpu"]  # fmt: skip
+           "--prompt", PROMPT, "--modality", "image", "--out", str(out), "--seed", "1", "--device", "cpu"]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
     cli_s = time.perf_counter() - t0  # includes starting Python and loading the checkpoint
