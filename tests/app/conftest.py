@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from app_testing import free_port, save_debug_checkpoint
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -50,25 +50,11 @@ class OutOfMemory:
     generate_image = generate_audio = generate_text = _fail
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def save_debug_checkpoint(path: Path, modalities=("text",), **tok) -> Path:
-    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
-    from perceiverar.pipeline import make_tokenizer_config
-
-    model = PerceiverAR(PerceiverARConfig.preset("debug"))
-    return save_checkpoint(path, model, make_tokenizer_config(modalities, **tok))
-
-
 def serve(service, *, concurrency: int = 1) -> Server:
     from app.main import create_app, launch
 
     demo = create_app(service, concurrency=concurrency)
-    _, url, _ = launch(demo, service, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
+    _, url, _ = launch(demo, service, host="127.0.0.1", port=free_port(), block=False, quiet=True)
     return Server(url=url, service=service, demo=demo)
 
 

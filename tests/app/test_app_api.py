@@ -115,13 +115,15 @@ def test_three_clients_at_once(app_server):
          "seed-negative", "seed-huge", "seed-text", "latents", "size", "seconds", "bytes", "wrong-medium", "broken",
          "path"],
 )  # fmt: skip
-def test_bad_requests_are_refused_naming_the_setting(client, kwargs, parameter, message):
+def test_bad_requests_are_refused_naming_the_setting(client, capfd, kwargs, parameter, message):
     from gradio_client.exceptions import ValidationError
 
+    capfd.readouterr()
     with pytest.raises(ValidationError) as info:
         client.predict(**kwargs)
     assert f"- {parameter}: " in str(info.value) and message in str(info.value), str(info.value)
     _text_ok(client)
+    assert "Traceback" not in capfd.readouterr().err  # a visitor's mistake is one log line, not a traceback
 
 
 def test_bad_requests_are_refused_before_queueing(app_server, client):
@@ -146,11 +148,12 @@ def test_bad_requests_are_refused_before_queueing(app_server, client):
     assert not app_server.service.runner.running
 
 
-def test_out_of_memory_and_missing_checkpoint(client, vanished_checkpoint):
+def test_out_of_memory_and_missing_checkpoint(client, capfd, vanished_checkpoint):
     from gradio_client.exceptions import AppError, ValidationError
 
     with pytest.raises(AppError, match="Out of memory"):
         client.predict(prompt="hi", checkpoint="oom", max_new_bytes=4, api_name="/generate_text")
+    assert "Traceback" not in capfd.readouterr().err
     with pytest.raises(ValidationError, match="is missing"):
         client.predict(prompt="hi", checkpoint=vanished_checkpoint, api_name="/generate_text")
     _text_ok(client)

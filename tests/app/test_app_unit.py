@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 import pytest
-from conftest import _free_port, save_debug_checkpoint  # at import: later conftests reuse the name
+from app_testing import free_port, save_debug_checkpoint
 
 
 def test_cli_defaults_are_local_and_private():
@@ -190,7 +190,7 @@ def test_launch_restarts_a_server_that_did_not_answer_in_time(tmp_path, monkeypa
     svc = Service([tmp_path], device="cpu", demo="auto")
     demo = create_app(svc)
     try:
-        _, url, _ = launch(demo, svc, port=_free_port(), block=False, quiet=True)
+        _, url, _ = launch(demo, svc, port=free_port(), block=False, quiet=True)
         assert len(calls) == 2 and real(url)
     finally:
         demo.close()
