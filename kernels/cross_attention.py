@@ -40,7 +40,10 @@ FORCE_NUM_SPLITS: int | None = None
 
 _LOG2E = 1.4426950408889634  # the kernels spell out log2(e) and ln(2) as literals (globals must be constexpr)
 # Split boundaries are multiples of this many keys, so any BLOCK_N in the configs divides them.
-_SPLIT_ALIGN = 16 if INTERPRET else 128
+SPLIT_ALIGN = 16 if INTERPRET else 128
+# BLOCK_M of the two kernels that are not autotuned (launched with Triton's default warps/stages).
+COMBINE_BLOCK_M = 16 if INTERPRET else 32
+PREPROCESS_BLOCK_M = 16 if INTERPRET else 64
 # Don't split the keys finer than this (the combine step then costs more than it buys).
 _MIN_KEYS_PER_SPLIT = 1024
 
@@ -72,26 +75,67 @@ if INTERPRET:
 
 # ----------------------------------------------------------------------------------------------
 # autotune configs: under the interpreter a single small config (autotuning there is slow and
-# pointless); on the GPU a handful, keyed on the head dim and power-of-two buckets of N and T so
-# that a prefill with a new length does not retune.
+# pointless); on the GPU a handful per input width and head dim, keyed on the head dim and
+# power-of-two buckets of N and T so that a prefill with a new length does not retune.
 # ----------------------------------------------------------------------------------------------
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per autotuned kernel, input width and head dim; BLOCK_M
+# <= 128 and BLOCK_N <= SPLIT_ALIGN. For dk/dv BLOCK_N is the key block a program owns and BLOCK_M
+# the query block it loops over. Every one compiles for sm_90 within the 227 KB of shared memory a
+# block may have and without spilling registers: ``python -m kernels.compile_sm90`` measures them
+# (benchmarks/results/compile_sm90.json; tests/kernels/test_compile_sm90.py checks). Pruned as
+# measured (Triton 3.6): 16-bit tiles that spilled, at D = 128 the 4-warp 128-row forward and dq
+# tiles (120-616 B of spill stores), 64x128 and 128x128 dq (4-96 B) and the dk/dv tiles of 64 rows
+# or 4 warps (64-2,252 B), at D = 64 the 128x64x4 dq and 32x128x4 dk/dv tiles (28-120 B). fp32
+# inputs use ieee products on CUDA cores: the 16-bit tiles kept 0.8-32 KB stack frames of spills
+# there and four forward tiles at D = 128 asked for 240-384 KB of shared memory; only 8-warp tiles
+# of at most 32 x 64 (and 32x32x4 for dq) compile without spilling.
+GPU_TILES: dict[str, dict[tuple[str, int], list[tuple[int, int, int, int]]]] = {
+    "fwd": {
+        ("16bit", 64): [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 4),
+                        (128, 64, 4, 4)],
+        ("16bit", 128): [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 4)],
+        ("fp32", 64): [(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 8, 2), (16, 64, 8, 2)],
+        ("fp32", 128): [(32, 64, 8, 2), (16, 64, 8, 2), (16, 32, 8, 2)],
+    },
+    "dq": {
+        ("16bit", 64): [(128, 64, 8, 2), (64, 64, 4, 3), (64, 128, 8, 2), (128, 128, 8, 2)],
+        ("16bit", 128): [(128, 64, 8, 2), (128, 64, 8, 4), (64, 64, 4, 3), (64, 64, 8, 3), (32, 128, 8, 2)],
+        ("fp32", 64): [(32, 64, 8, 2), (32, 32, 4, 2)],
+        ("fp32", 128): [(32, 64, 8, 2), (32, 32, 4, 2)],
+    },
+    "dkdv": {
+        ("16bit", 64): [(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 3), (32, 64, 4, 4)],
+        ("16bit", 128): [(32, 128, 8, 2), (32, 128, 8, 3), (64, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 4)],
+        ("fp32", 64): [(32, 32, 8, 2), (16, 32, 8, 2), (16, 64, 8, 2), (32, 32, 8, 1)],
+        ("fp32", 128): [(16, 32, 8, 2)],
+    },
+}
 
-def _configs(gpu: list[tuple[int, int, int, int]], interp: tuple[int, int]) -> list[triton.Config]:
-    if INTERPRET:
-        return [triton.Config({"BLOCK_M": interp[0], "BLOCK_N": interp[1]}, num_warps=1, num_stages=1)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in gpu]
+
+def tile_key(dtype: torch.dtype, head_dim: int) -> tuple[str, int]:
+    """The GPU_TILES key of inputs of this dtype and (padded) head dim."""
+    return ("fp32" if dtype == torch.float32 else "16bit", int(head_dim))
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M <= 128 and BLOCK_N <= _SPLIT_ALIGN.
-_FWD_CONFIGS = _configs(
-    [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 4), (128, 64, 4, 4)],
-    (16, 16),
-)
-_DQ_CONFIGS = _configs([(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 8, 2), (128, 128, 8, 2)], (16, 16))
-# For dk/dv BLOCK_N is the key block a program owns and BLOCK_M the query block it loops over.
-_DKDV_CONFIGS = _configs([(64, 128, 8, 2), (64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 4)], (16, 16))
 _KEY = ["HEAD_DIM", "N_BUCKET", "T_BUCKET"]
+
+
+def _autotune(family: str):
+    """triton.autotune over every tile of ``family``; each launch benchmarks only its own (width, D) list."""
+    if INTERPRET:
+        return triton.autotune(configs=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)],
+                               key=_KEY)
+    configs = {}
+    for tiles in GPU_TILES[family].values():
+        for m, n, w, s in tiles:
+            configs.setdefault((m, n, w, s), triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s))
+
+    def prune(all_configs, named_args, **kwargs):
+        return [configs[t] for t in GPU_TILES[family][tile_key(named_args["Q"].dtype, kwargs["HEAD_DIM"])]]
+
+    # The autotuner's cache key includes the argument dtypes, so fp32 and 16-bit inputs tune apart.
+    return triton.autotune(configs=list(configs.values()), key=_KEY, prune_configs_by={"early_config_prune": prune})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +238,7 @@ def attn_fwd_kernel(
     tl.store(LSE + pid_s * stride_ls + b * stride_lb + h * stride_lh + rows * stride_ln, lse, mask=rows < N)
 
 
-_attn_fwd_tuned = triton.autotune(configs=_FWD_CONFIGS, key=_KEY)(attn_fwd_kernel)
+_attn_fwd_tuned = _autotune("fwd")(attn_fwd_kernel)
 
 
 @triton.jit
@@ -339,7 +383,7 @@ def bwd_dkdv_kernel(
              dv.to(DV.dtype.element_ty), mask=key_ok)
 
 
-_bwd_dkdv_tuned = triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)(bwd_dkdv_kernel)
+_bwd_dkdv_tuned = _autotune("dkdv")(bwd_dkdv_kernel)
 
 
 @triton.jit
@@ -407,7 +451,7 @@ def bwd_dq_kernel(
              + dims[None, :] * stride_dqd, dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
-_bwd_dq_tuned = triton.autotune(configs=_DQ_CONFIGS, key=_KEY)(bwd_dq_kernel)
+_bwd_dq_tuned = _autotune("dq")(bwd_dq_kernel)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -462,7 +506,7 @@ def _split_plan(bh: int, n_query_blocks: int, T: int, device: torch.device, num_
             splits = 1
         else:
             splits = min(max(1, round(sms / programs)), max(1, T // _MIN_KEYS_PER_SPLIT))
-    split_size = triton.cdiv(triton.cdiv(T, splits), _SPLIT_ALIGN) * _SPLIT_ALIGN
+    split_size = triton.cdiv(triton.cdiv(T, splits), SPLIT_ALIGN) * SPLIT_ALIGN
     return triton.cdiv(T, split_size), split_size
 
 
@@ -500,10 +544,9 @@ def launch_forward(q, k, v, scale, splits, split_size, split_align, kernel, grid
         HEAD_DIM=D, PREC=_precision(q.dtype), SPLIT_ALIGN=split_align, **meta,
     )
     if splits > 1:
-        block_m = 16 if INTERPRET else 32
-        combine_kernel[(triton.cdiv(N, block_m), B * H)](
+        combine_kernel[(triton.cdiv(N, COMBINE_BLOCK_M), B * H)](
             o_buf, l_buf, out, lse, splits, o_buf.stride(0), l_buf.stride(0), *_strides4(out), H, N,
-            HEAD_DIM=D, BLOCK_M=block_m,
+            HEAD_DIM=D, BLOCK_M=COMBINE_BLOCK_M,
         )
     return out, lse
 
@@ -515,7 +558,7 @@ def attention_forward(q, k, v, scale: float | None = None, *, num_splits: int | 
     T = k.shape[2]
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     splits, split_size = _split_plan(B * H, triton.cdiv(N, 128), T, q.device, num_splits)
-    return launch_forward(q, k, v, scale, splits, split_size, _SPLIT_ALIGN, _attn_fwd_tuned,
+    return launch_forward(q, k, v, scale, splits, split_size, SPLIT_ALIGN, _attn_fwd_tuned,
                           lambda META: triton.cdiv(N, META["BLOCK_M"]))
 
 
@@ -526,9 +569,8 @@ def attention_backward(do, q, k, v, out, lse, scale: float | None = None, *, num
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
     prec = _precision(q.dtype)
     delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
-    pre_m = 16 if INTERPRET else 64
-    bwd_preprocess_kernel[(triton.cdiv(N, pre_m), B * H)](
-        out, do, delta, *_strides4(out), *_strides4(do), H, N, HEAD_DIM=D, BLOCK_M=pre_m,
+    bwd_preprocess_kernel[(triton.cdiv(N, PREPROCESS_BLOCK_M), B * H)](
+        out, do, delta, *_strides4(out), *_strides4(do), H, N, HEAD_DIM=D, BLOCK_M=PREPROCESS_BLOCK_M,
     )
     lse = lse.contiguous()
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
@@ -548,7 +590,7 @@ def attention_backward(do, q, k, v, out, lse, scale: float | None = None, *, num
     _bwd_dq_tuned[lambda META: (triton.cdiv(N, META["BLOCK_M"]), B * H, splits)](
         q, k, v, do, lse, delta, dq_buf, scale * _LOG2E, scale,
         *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(do), *dq_strides,
-        H, N, T, split_size, _bucket(N), _bucket(T), HEAD_DIM=D, PREC=prec, SPLIT_ALIGN=_SPLIT_ALIGN,
+        H, N, T, split_size, _bucket(N), _bucket(T), HEAD_DIM=D, PREC=prec, SPLIT_ALIGN=SPLIT_ALIGN,
     )
     if splits > 1:
         dq = dq_buf.sum(0).to(q.dtype)  # fixed-order reduction: deterministic

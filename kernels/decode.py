@@ -25,11 +25,18 @@ _MIN_KEYS_PER_SPLIT = 512
 _MAX_DECODE_QUERIES = 64
 
 
-def _decode_config(M: int, D: int) -> dict:
-    """Fixed launch config: the kernel is memory bound and cache_len changes every step (no autotune)."""
+def decode_config(M: int, D: int, dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Fixed launch config: the kernel is memory bound and cache_len changes every step (no autotune).
+
+    fp32 inputs take ieee products on CUDA cores, whose 4-warp tiles and 64-row tiles spill registers
+    on sm_90 at D = 128; 8-warp tiles of at most 32 x 64 do not (``python -m kernels.compile_sm90``
+    measures every one of these configs). M > 32 then takes several query blocks.
+    """
     block_m = max(16, triton.next_power_of_2(M))  # tl.dot needs at least 16 rows
     if ca.INTERPRET:
         return {"BLOCK_M": block_m, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1}
+    if dtype == torch.float32:
+        return {"BLOCK_M": min(block_m, 32), "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
     return {"BLOCK_M": block_m, "BLOCK_N": 64 if D == 128 else 128, "num_warps": 4, "num_stages": 3}
 
 
@@ -65,7 +72,7 @@ def decode_attention_fn(q, k_cache, v_cache, cache_len: int, scale: float | None
         return ca.causal_cross_attention_fn(q, k, v, scale)
     ca.check_supported(q, k, v)
     scale = float(scale) if scale is not None else 1.0 / math.sqrt(D)
-    cfg = _decode_config(M, D)
+    cfg = decode_config(M, D, q.dtype)
     splits, split_size = _decode_plan(B * H, cache_len, cfg["BLOCK_N"], q.device, num_splits)
     # split_size is a multiple of the config's BLOCK_N (_decode_plan), so that is its alignment.
     out, _ = ca.launch_forward(q, k, v, scale, splits, split_size, cfg["BLOCK_N"], ca.attn_fwd_kernel,
