@@ -133,7 +133,8 @@ def launch_configs(kernels=KERNELS, dtypes=DTYPES, head_dims=HEAD_DIMS, tiles=No
     for dtype in dtypes:
         width = "fp32" if dtype == "fp32" else "16bit"
         io_types = {n: "*" + dtype for n in ("Q", "K", "V", "O", "DO", "DK", "DV", "DQ")}
-        types = io_types | {n: "*fp32" for n in ("LSE", "DELTA", "OP", "LSEP")} | {"qk_scale": "fp32", "sm_scale": "fp32"}
+        types = io_types | {n: "*fp32" for n in ("LSE", "DELTA", "OP", "LSEP")}
+        types |= {"qk_scale": "fp32", "sm_scale": "fp32"}
         prec = "ieee" if dtype == "fp32" else "tf32"
         for D in head_dims:
             base = dict(dtype=dtype, D=D, consts={"HEAD_DIM": D, "PREC": prec, "SPLIT_ALIGN": ca.SPLIT_ALIGN})
