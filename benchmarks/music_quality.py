@@ -232,8 +232,9 @@ def card_section(fields: dict) -> str:
     for key, label in rows:
         lines.append(f"| {label} | " + " | ".join(fmt(s[c].get(key)) for c, _ in cols) + " |")
     met = "met" if t["met"] else "not met"
-    lines += ["", f"Generated vs real: key accuracy {fmt(t['key_accuracy_vs_real'])} of real's (target 0.6), mode "
-              f"accuracy {fmt(t['mode_accuracy_vs_real'])} (target 0.8): {met}."]  # fmt: skip
+    ratio = lambda v: "n/a (real 0)" if v is None else f"{v:.3g}"  # noqa: E731
+    lines += ["", f"Generated vs real: key accuracy {ratio(t['key_accuracy_vs_real'])} of real's (target 0.6), mode "
+              f"accuracy {ratio(t['mode_accuracy_vs_real'])} (target 0.8): {met}."]  # fmt: skip
     if fields.get("held_out"):
         h = fields["held_out"]
         lines.append(f"Held-out bits per token: {h['bits_per_token']:.4f} ({h['audio_tokens_scored']} tokens).")
