@@ -1,7 +1,7 @@
 """Fit and save an audio codebook on a folder of audio / MIDI files.
 
     python -m tokenizers_mm.fit_audio --data ../shared/data/bach --out checkpoints/audio_tokenizer \
-        [--codebook-size 4096] [--max-files 150]
+        [--codebook-size 4096] [--max-files 150] [--n-mels 128 --patch-frames 2]
 
 MIDI files are rendered with fluidsynth first (in parallel threads: the work is in the fluidsynth processes).
 """
@@ -49,6 +49,8 @@ def main(argv=None) -> None:
     ap.add_argument("--max-frames", type=int, default=250_000, help="spectrogram frames sampled for k-means")
     ap.add_argument("--iters", type=int, default=15, help="Lloyd iterations")
     ap.add_argument("--sample-rate", type=int, default=22050)
+    ap.add_argument("--n-mels", type=int, default=80, help="mel bins per frame (128 keeps pitch; see audio.py)")
+    ap.add_argument("--patch-frames", type=int, default=1, help="spectrogram frames per token (2 halves the tokens)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shuffle", action="store_true", help="pick --max-files at random (seeded) instead of in order")
     ap.add_argument("--jobs", type=int, default=2, help="parallel MIDI renders")
@@ -64,7 +66,7 @@ def main(argv=None) -> None:
     clips = load_all(files, args.sample_rate, args.jobs)
     tok = AudioTokenizer.fit(
         clips, sample_rate=args.sample_rate, codebook_size=args.codebook_size, seed=args.seed,
-        max_frames=args.max_frames, iters=args.iters, progress=True,
+        max_frames=args.max_frames, iters=args.iters, progress=True, n_mels=args.n_mels, patch_frames=args.patch_frames,
     )  # fmt: skip
     tok.save(args.out)
     (args.out / "fitted_on.txt").write_text("".join(f"{p}\n" for p in files))

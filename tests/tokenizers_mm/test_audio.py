@@ -171,6 +171,11 @@ def test_fit_cli(tmp_path):
     fit_main(["--data", str(data), "--out", str(tmp_path / "tok"), "--codebook-size", "16", "--iters", "3"])
     tok = AudioTokenizer.load(tmp_path / "tok")
     assert tok.codebook_size == 16 and len(tok.encode_file(data / "clip0.wav")) == 1 + int(1.5 * SR) // 256
+    fit_main(["--data", str(data), "--out", str(tmp_path / "tok2"), "--codebook-size", "16", "--iters", "3",
+              "--n-mels", "128", "--patch-frames", "2"])  # fmt: skip
+    tok2 = AudioTokenizer.load(tmp_path / "tok2")
+    assert (tok2.config.n_mels, tok2.config.patch_frames) == (128, 2)
+    assert len(tok2.encode_file(data / "clip0.wav")) == -(-(1 + int(1.5 * SR) // 256) // 2)
 
 
 def _spectral_convergence(tok, magnitude, y):
@@ -225,3 +230,28 @@ def test_decoder_settings_are_recorded_and_old_configs_decode_as_before(tok, tmp
         AudioTokenizer.load(tmp_path / "old")
     with pytest.raises(TokenizerError, match="griffin_lim_init"):
         audio_mod.AudioConfig(griffin_lim_init="smart")
+
+
+def test_two_frames_per_token_and_128_mels(tmp_path):
+    """The recommended budget (two hop-256 frames of 128 mel bins per token, 43 tokens/s): half the tokens of the
+    default, codes decode back to every frame in order, and the settings survive save/load."""
+    tok2 = AudioTokenizer.fit([tones(4, FREQS, s) for s in range(3)], codebook_size=64, iters=8, seed=0,
+                              n_mels=128, patch_frames=2)  # fmt: skip
+    assert tok2.codebook.shape == (64, 256) and abs(tok2.tokens_per_second - 43.07) < 0.01
+    x = tones(2, FREQS, seed=7)
+    frames = 1 + len(x) // 256
+    ids = tok2.encode(x, SR)
+    assert len(ids) == tok2.n_tokens(2.0) == -(-frames // 2)
+    db = tok2.codes_to_db(ids)  # (128, 2 * tokens): each code's two frames, in order
+    assert db.shape == (128, 2 * len(ids))
+    patches = tok2.codebook[torch.tensor(ids) - AUDIO_OFFSET]
+    assert torch.equal(db[:, 0], patches[0, :128]) and torch.equal(db[:, 1], patches[0, 128:])
+    assert torch.equal(db[:, 2], patches[1, :128])
+    y, _ = tok2.decode(ids)
+    assert len(y) == (2 * len(ids) - 1) * 256
+    ref = tok2.log_mel(x, SR)
+    q = rms_db(tok2, ref, db)
+    assert q < 6.0 and rms_db(tok2, ref, tok2.log_mel(y, SR)) < 9.0, q
+    tok2.save(tmp_path / "t2")
+    back = AudioTokenizer.load(tmp_path / "t2")
+    assert (back.config.n_mels, back.config.patch_frames) == (128, 2) and back.encode(x, SR) == ids
