@@ -13,13 +13,14 @@
 #   CONTEXTS=65536 STEPS=20000 bash recipes/copy.sh --n-latents 1024 --width 256 --layers 6 --batch 16 --rope-base 10000
 # and watch the loss leave 5.55. (The official 131,072-token copy model used 1,024 latents, batch 4,096, crops of at
 # least 65,536 and absolute sinusoidal positions rather than rotary ones.)
-# By content instead (issue 19): trained short, scored up to 131,072 (README: 84.0% at 65,536, 75.0% at 131,072;
-# 8 min of one CPU core in all). Three stages, each starting from the last:
+# By content instead (issue 19): trained short, scored up to 131,072 (README: 90.2% at 65,536, 85.2% at 131,072;
+# 12 min of one CPU core in all). Four stages, each starting from the last:
 #   C="--n-latents 32 --width 128 --head-dim 64 --layers 1 --conv-kernel 4 --rope-fraction 0 --byte-vocab
 #      --eval-contexts 8192 16384 32768 65536 131072 --eval-windows 4 --eval-seqs 2 --declare-context 131072"
 #   CONTEXTS=128 STEPS=700 bash recipes/copy.sh $C --batch 32 --lr 3e-3 --conv-init-std 0.5 --save /tmp/copy128
 #   CONTEXTS=1024 STEPS=300 bash recipes/copy.sh $C --batch 8 --lr 1e-3 --init-from /tmp/copy128 --save /tmp/copy1024
 #   CONTEXTS=4096 STEPS=200 bash recipes/copy.sh $C --batch 4 --lr 1e-3 --init-from /tmp/copy1024 --save /tmp/copy4096
+#   CONTEXTS=8192 STEPS=300 bash recipes/copy.sh $C --batch 4 --lr 1e-3 --init-from /tmp/copy4096 --save /tmp/copy8192
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/python -m benchmarks.copy_task --contexts ${CONTEXTS:-1024} --steps "${STEPS:-2000}" "$@"
