@@ -21,6 +21,12 @@ Records (JSON under benchmarks/results/generate-<device>-<date>.json):
   a*T + b*T^2 (labelled ``extrapolated``); its decode step is timed against a KV cache of 65,536 entries.
 * ``n_latents``: time to first token and tokens/s at a 16,384-token prompt for several n_latents
   (plus bits/dim on --eval-file when a checkpoint is given).
+
+``--targets`` measures issue 21's CPU targets instead (JSON: results/generate-targets-cpu-<date>.json), today's path
+(``--baseline``, a git revision exported to a temporary folder) beside this tree's variants (eager fp32, the
+default; compiled; bf16), each in its own process (``benchmarks/decode_speed.py``), one task at a time:
+
+    python benchmarks/generate.py --targets       # (1) one emoji image, (2) shakespeare text bytes/s, (3) 16K context
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -248,6 +256,124 @@ def bench_n_latents(model, P: int, values: list[int], n_tokens: int, device, eva
     return out
 
 
+# ------------------------------------------------------------------------ targets: today's path vs the new one
+
+# "Today's path": the code before the static-shape decode step (issue 21), exported from git and measured by the
+# same worker (benchmarks/decode_speed.py) in its own process, beside this tree's variants.
+BASELINE_REV = "c212e05710d0ef87e9756b0333961188bad5101f"
+TARGETS = {"image_wall_s": 5.0, "text_bytes_per_s": 200.0, "cached_vs_uncached_per_token": 50.0}
+VARIANTS = {  # name -> (tree: "baseline" | "this", worker flags)
+    "today": ("baseline", []),
+    "new": ("this", []),
+    "new_compiled": ("this", ["--compile"]),
+    "new_bf16": ("this", ["--dtype", "bf16"]),
+}
+
+
+def export_revision(rev: str, dest: Path) -> Path:
+    """The packages of git revision ``rev`` in ``dest`` (what PYTHONPATH points the baseline worker at)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "perceiverar", "tokenizers_mm", "kernels"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def run_worker(tree: Path, task: str, flags: list[str], threads: int, timeout: float) -> dict:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "decode_speed.py"), task, *flags, "--threads", str(threads)]
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if r.returncode != 0:
+        return {"error": (r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"]}
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "process_wall_s": time.perf_counter() - t0}
+
+
+def bench_targets(args) -> dict:
+    """(1) one image with the emoji checkpoint, (2) text bytes/s with the shakespeare checkpoint, (3) cached vs
+    uncached seconds per token at a 16K prompt: each for today's path and the new one's variants, in one run.
+
+    Each round runs every variant of a task in turn (side by side); the summary takes each variant's best warm run
+    over the rounds, the one a busy machine disturbed least.
+    """
+    tasks = {
+        "image": ["--checkpoint", str(args.image_checkpoint)],
+        "text": ["--checkpoint", str(args.text_checkpoint), "--bytes", "400"],
+        "context": ["--checkpoint", str(args.text_checkpoint), "--context", "16384"],
+    }
+    tasks = {k: v for k, v in tasks.items() if k in args.tasks}
+    variants = {k: VARIANTS[k] for k in args.variants}
+    out: dict = {task: {name: [] for name in variants} for task in tasks}
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {"this": ROOT, "baseline": export_revision(args.baseline, Path(tmp))}
+        for task, task_flags in tasks.items():
+            for _ in range(args.rounds):
+                for name, (tree, flags) in variants.items():
+                    res = run_worker(trees[tree], task, task_flags + flags, args.threads or 1, args.worker_timeout)
+                    out[task][name].append(res)
+                    print(f"{task:8s} {name:13s} {_summary(task, res)}", flush=True)
+    summary = {name: _best(out, name) for name in variants}
+    return {"baseline_rev": args.baseline, "targets": TARGETS, "rounds": args.rounds, "summary": summary,
+            "measurements": out}  # fmt: skip
+
+
+def _best(out: dict, name: str) -> dict:
+    """A variant's best warm (last) run per task over the rounds, in wall and in CPU seconds, against the targets."""
+
+    def warm(task, key, best):
+        vals = [r["runs"][-1][key] for r in out.get(task, {}).get(name, []) if "runs" in r]
+        return best(vals) if vals else None
+
+    def ctx(key):
+        vals = [r[key] for r in out.get("context", {}).get(name, []) if key in r]
+        return max(vals) if vals else None
+
+    res = {
+        "image_wall_s": warm("image", "wall_s", min),
+        "image_cpu_s": warm("image", "cpu_s", min),
+        "text_bytes_per_s": warm("text", "bytes_per_s", max),
+        "text_bytes_per_cpu_s": warm("text", "bytes_per_cpu_s", max),
+        "cached_vs_uncached_per_token": ctx("speedup_per_token"),
+        "cached_vs_uncached_per_cpu_s": ctx("cpu_speedup_per_token"),
+    }
+    res["meets_wall"] = {
+        "image_wall_s": _le(res["image_wall_s"], TARGETS["image_wall_s"]),
+        "text_bytes_per_s": _ge(res["text_bytes_per_s"], TARGETS["text_bytes_per_s"]),
+        "cached_vs_uncached_per_token": _ge(res["cached_vs_uncached_per_token"], TARGETS["cached_vs_uncached_per_token"]),
+    }
+    res["meets_cpu_s"] = {
+        "image_wall_s": _le(res["image_cpu_s"], TARGETS["image_wall_s"]),
+        "text_bytes_per_s": _ge(res["text_bytes_per_cpu_s"], TARGETS["text_bytes_per_s"]),
+        "cached_vs_uncached_per_token": _ge(res["cached_vs_uncached_per_cpu_s"], TARGETS["cached_vs_uncached_per_token"]),
+    }
+    return res
+
+
+def _le(x, limit):
+    return None if x is None else x <= limit
+
+
+def _ge(x, limit):
+    return None if x is None else x >= limit
+
+
+def _summary(task: str, r: dict) -> str:
+    if "error" in r:
+        return f"ERROR {r['error']}"
+    if task == "image":
+        return (f"{r['image']} {r['image_mode']} ({r['tokens_per_image']} tokens): "
+                + ", ".join(f"{x['wall_s']:.2f} s ({x['cpu_s']:.2f} CPU s)" for x in r["runs"]))  # fmt: skip
+    if task == "text":
+        return ", ".join(f"{x['bytes_per_s']:.0f} bytes/s ({x['bytes_per_cpu_s']:.0f} per CPU s)" for x in r["runs"])
+    c = r["cached"]
+    return (f"@{r['context']}: cached {1e3 * c['s_per_token_after_first']:.1f} ms/token (ttft {c['ttft_s']:.1f} s), "
+            f"uncached {r['uncached_mean_s_per_token']:.2f} s/token (mean over a stride) -> {r['speedup_per_token']:.0f}x "
+            f"({r['cpu_speedup_per_token']:.0f}x in CPU s; {r['speedup_vs_cheapest_uncached']:.0f}x against the "
+            "cheapest uncached tokens)")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -261,7 +387,31 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--note", action="append", default=[], help="a note to store with the results (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--targets", action="store_true",
+                    help="issue 21's CPU targets instead: today's path vs the new one (image, text, 16K context)")
+    ap.add_argument("--baseline", default=BASELINE_REV, help="git revision of today's path (with --targets)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="with --targets")
+    ap.add_argument("--tasks", nargs="+", default=["image", "text", "context"], choices=["image", "text", "context"],
+                    help="with --targets")
+    ap.add_argument("--rounds", type=int, default=1, help="with --targets: measurements per variant and task")
+    ap.add_argument("--tag", default="", help="with --targets: added to the JSON file's name")
+    ap.add_argument("--image-checkpoint", type=Path, default=ROOT / "checkpoints" / "emoji")
+    ap.add_argument("--text-checkpoint", type=Path, default=ROOT / "checkpoints" / "shakespeare")
+    ap.add_argument("--worker-timeout", type=float, default=3600.0, help="seconds per measurement process")
     args = ap.parse_args(argv)
+    if args.targets:
+        load_before = os.getloadavg()
+        res = bench_targets(args)
+        res = {"benchmark": "generate-targets", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "device": "cpu", "device_name": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+               "load_average_before": load_before, "load_average_after": os.getloadavg(), "notes": args.note, **res}  # fmt: skip
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "-".join(x for x in ("generate-targets", args.tag, "cpu", dt.date.today().isoformat()) if x)
+        path = path.with_suffix(".json")
+        path.write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res["summary"], indent=2))
+        print(f"wrote {path}")
+        return 0
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.threads:

@@ -6,8 +6,11 @@ those positions), and attention runs over the whole preallocated buffers under a
 token, and ``torch.compile`` compiles it once; on CUDA, ``mode="reduce-overhead"`` also records it as a CUDA graph,
 which removes the per-kernel launch cost that dominates a small model's step.
 
-On the CPU the eager step is the default (``COMPILE_ON_CPU``): compiling costs minutes on a busy 2-core CPU, and
-``benchmarks/generate.py --targets`` measures both.
+On the CPU the eager step is the default (``COMPILE_ON_CPU``). Measured on this project's shared 2-core CPU in CPU
+seconds of one thread (``benchmarks/generate.py --targets``, results/generate-targets-cpu-2026-11-29.json), the
+compiled step is cheaper per token (text: 254 bytes per CPU second against 195 eager; a 16x16 palette image: 1.30
+against 1.64 CPU s; at a 16K context: 6.3-6.8 against 7.7-7.9 ms per token), but compiling it took 40-55 s of wall
+time per process (and again for new shapes), ten times the image itself; a long-running process can turn it on.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ StepFn = Callable[..., torch.Tensor]
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
     """The weights' dtype generation runs in by default (``Pipeline.load``), and so its caches' and attention's:
-    bf16 on CUDA (tensor cores; norms, rotary angles, softmax statistics and logits stay fp32), fp32 on the CPU
-    (``benchmarks/generate.py --targets`` measures bf16 there: ``new_bf16``)."""
+    bf16 on CUDA (tensor cores; norms, rotary angles, softmax statistics and logits stay fp32), fp32 on the CPU,
+    where bf16 measured slower (text 163 against 195 bytes per CPU second; at a 16K context 12.8 against 7.8 ms per
+    token: PyTorch's bf16 attention is slow on this CPU); ``benchmarks/generate.py --targets``, ``new_bf16``."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 

@@ -362,19 +362,19 @@ def generate(
     step = step_function(device, compile)
     with torch.inference_mode(), _eval_mode(model):
         cache, pooled = None, None
-        if use_cache:
-            rows, capacity = num_samples * len(prompts), max(len(p) for p in prompts) + max_new_tokens
+        if use_cache:  # one cache for every row: the conditional rows, then the unconditional ones
+            rows, capacity = num_samples * len(prompts), max(len(ids) for ids in prompts) + max_new_tokens
             if uses_cuda_graphs(step):
-                p = next(model.parameters())
+                dtype = next(model.parameters()).dtype
                 pooled, cache = _POOL.take(cfg, rows, min(schedule.context_len, capacity), min(schedule.n_latents, capacity),
-                                           device=p.device, dtype=p.dtype, on_new=_static_addresses)  # fmt: skip
+                                           device=device, dtype=dtype, on_new=_static_addresses)  # fmt: skip
             else:
                 cache = new_cache(model, rows, capacity, schedule)
         streams = []
-        for i, p in enumerate(prompts):
-            rows = cache if cache is None or len(prompts) == 1 else cache.rows(i * num_samples, (i + 1) * num_samples)
-            streams.append(new_stream(model, p, num_samples, max_new_tokens, schedule=schedule, use_cache=use_cache,
-                                      cache=rows, plan=plan))  # fmt: skip
+        for i, ids in enumerate(prompts):
+            share = cache if cache is None or len(prompts) == 1 else cache.rows(i * num_samples, (i + 1) * num_samples)
+            streams.append(new_stream(model, ids, num_samples, max_new_tokens, schedule=schedule, use_cache=use_cache,
+                                      cache=share, plan=plan))  # fmt: skip
         try:
             return decode_n(model, streams, max_new_tokens, schedule=schedule, pick=pick, cache=cache, step=step,
                             cfg_scale=float(cfg_scale), constraint=constraint, on_token=on_token, stop_event=stop_event)  # fmt: skip
