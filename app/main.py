@@ -119,6 +119,8 @@ def main(argv=None) -> int:
         concurrency = args.concurrency or default_concurrency(args.device)
         demo = create_app(service, concurrency=concurrency, max_queue=args.max_queue)
         launch(demo, service, host=args.host, port=args.port, share=args.share, quiet=args.quiet)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (also when it lands outside Gradio's own wait loop): a normal stop
+        pass
     finally:
         service.close()
     return 0
