@@ -12,7 +12,7 @@ Labels of a ``captions.jsonl`` record:
 - ``tone``: the skin tones its caption names: "none", one of light / medium-light / medium / medium-dark / dark,
   or "mixed" when it names two different ones ("couple with heart: light skin tone and dark skin tone").
 
-Fitting takes a minute or two on one CPU thread; the fitted weights are cached under
+Fitting takes 1.5 (16x16) to 3 minutes (32x32) on one idle CPU thread; the fitted weights are cached under
 ``~/.cache/perceiverar/image_classifier/`` keyed by the folder listing (names, sizes, mtimes, labels), the image
 size and the training settings, so a rerun loads them.
 """
@@ -37,7 +37,7 @@ from tokenizers_mm.image import ImageTokenizer
 TASKS = ("category", "style", "tone")
 TONES = ("light", "medium-light", "medium", "medium-dark", "dark")
 _TONE = re.compile(r"(?<![\w-])(medium-light|medium-dark|light|medium|dark) skin tone")
-VERSION = 1  # bump when the model or the training changes: old cache entries are then ignored
+VERSION = 2  # bump when the model or the training changes: old cache entries are then ignored
 
 
 def skin_tone(text: str) -> str:
@@ -74,19 +74,26 @@ def load_images(folder: Path, records: list[dict], tokenizer: ImageTokenizer) ->
 
 
 class TinyCNN(nn.Module):
-    """Three 3x3 conv layers (16, 32, 64 channels, two 2x2 max-pools), 4x4 average pool, one linear head per task."""
+    """Four 3x3 conv layers (32, 32, 64, 128 channels; 2x2 max-pools after the 2nd and 3rd), a 4x4 average pool,
+    dropout, one linear head per task (~0.5 M parameters).
 
-    def __init__(self, n_classes: dict[str, int]):
+    Chosen on the held-out emoji among a few sizes: against a 16-32-64 version without dropout it scores
+    86 / 96 / 96% (category / style / tone) at 32x32 instead of 84 / 95 / 94%, and 85 / 94 / 93% at 16x16
+    instead of 84 / 91 / 90%. Mirrored or shifted training images made it worse.
+    """
+
+    def __init__(self, n_classes: dict[str, int], dropout: float = 0.3):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Dropout(dropout),
         )  # fmt: skip
-        self.heads = nn.ModuleDict({t: nn.Linear(64 * 16, n) for t, n in n_classes.items()})
+        self.heads = nn.ModuleDict({t: nn.Linear(128 * 16, n) for t, n in n_classes.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.body(x)  # (B, 1024)
+        z = self.body(x)  # (B, 2048)
         return {t: head(z) for t, head in self.heads.items()}  # each (B, n_classes)
 
 
@@ -97,10 +104,10 @@ def to_input(images: np.ndarray) -> torch.Tensor:
 
 @dataclass(kw_only=True)
 class FitSettings:
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 3e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     seed: int = 0
 
 
