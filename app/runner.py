@@ -1,7 +1,7 @@
 """Running one generation in a worker thread: streamed progress, Stop, and failures as messages.
 
-``Runner.run(call, session)`` starts ``call(on_progress, stop_event)`` in a thread and yields its progress at most
-every ``STREAM_INTERVAL_S``, then its result. Stop (``Runner.stop`` for a browser session, or a client that
+``Runner.run(call, session)`` starts ``call(on_progress, stop_event)`` in a thread and yields its progress every
+``STREAM_INTERVAL_S`` (the newest update, or the last fraction with no partial result), then its result. Stop (``Runner.stop`` for a browser session, or a client that
 cancels or goes away) sets the run's stop event; the pipeline stops between tokens and returns what it has.
 A failure comes back as ``RunFailed`` whose message a visitor can act on; only unexpected failures are logged
 with their traceback.
@@ -111,7 +111,7 @@ class Runner:
         worker = threading.Thread(target=work, name="perceiverar-generate", daemon=True)
         worker.start()
         try:
-            last_sent, latest, finished = 0.0, None, False
+            last_sent, latest, fraction, finished = time.monotonic(), None, 0.0, False
             while not finished:
                 try:
                     item = updates.get(timeout=STREAM_INTERVAL_S)
@@ -125,8 +125,12 @@ class Runner:
                         item = False
                 finished = item is None
                 now = time.monotonic()
-                if latest is not None and not finished and now - last_sent >= STREAM_INTERVAL_S:
-                    yield "progress", latest
+                if not finished and now - last_sent >= STREAM_INTERVAL_S:
+                    # Without news (a long prompt's prefill, a slow step) the last fraction and no partial result:
+                    # the status clock keeps ticking, and a caller who closes this iterator (a client's cancel
+                    # waits for it) is never kept waiting longer than one interval.
+                    fraction = latest[0] if latest is not None else fraction
+                    yield "progress", latest if latest is not None else (fraction, None)
                     latest, last_sent = None, now
             worker.join()
             if "error" in outcome:

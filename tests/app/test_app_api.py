@@ -19,6 +19,23 @@ def _text_ok(client) -> None:
     assert "Done" in status and files
 
 
+def _cancel(jobs, service, timeout: float = 60.0) -> None:
+    """Cancel client jobs and wait until none runs. A loaded machine (CI's 2 cores) may answer a cancel after
+    gradio_client's 5 s HTTP timeout: the server still cancels, so a timed-out request is not a failure here;
+    what is checked is that the worker is freed."""
+    import httpx
+
+    for job in jobs:
+        try:
+            job.cancel()
+        except httpx.TimeoutException:
+            pass
+    deadline = time.time() + timeout
+    while service.runner.running and time.time() < deadline:
+        time.sleep(0.1)
+    assert not service.runner.running, "a cancelled generation kept running"
+
+
 def test_each_endpoint_uses_its_own_default_checkpoint(client):
     """No checkpoint given: image from emoji, music from bach, text from shakespeare (the README's calls)."""
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
@@ -140,12 +157,7 @@ def test_bad_requests_are_refused_before_queueing(app_server, client):
             client.predict(prompt="", api_name="/generate_text")
         assert time.perf_counter() - t0 < 5
     finally:
-        for job in busy:
-            job.cancel()
-    deadline = time.time() + 30
-    while app_server.service.runner.running and time.time() < deadline:
-        time.sleep(0.1)
-    assert not app_server.service.runner.running
+        _cancel(busy, app_server.service)
 
 
 def test_out_of_memory_and_missing_checkpoint(client, capfd, vanished_checkpoint):
@@ -162,6 +174,7 @@ def test_out_of_memory_and_missing_checkpoint(client, capfd, vanished_checkpoint
 def test_stop_keeps_the_partial_result(app_server):
     """Stop (service.stop for the session) ends a real run early; the partial text is saved and recorded."""
     service = app_server.service
+    _cancel([], service)  # nothing left over from an earlier test
     req, errors = service.check("text", dict(prompt="KING.\n", checkpoint="shakespeare", max_new_bytes=3000,
                                              num_samples=1, seed=5, temperature=1.0, top_k=0, top_p=1.0,
                                              cfg_scale=1.0, n_latents=0))  # fmt: skip
@@ -185,11 +198,7 @@ def test_client_cancel_frees_the_worker(app_server, client):
     while not service.runner.running and time.time() < deadline:
         time.sleep(0.05)
     assert service.runner.running, "generation never started"
-    job.cancel()
-    deadline = time.time() + 30
-    while service.runner.running and time.time() < deadline:
-        time.sleep(0.1)
-    assert not service.runner.running, "the generation kept running after the client cancelled"
+    _cancel([job], service)
     _text_ok(client)
 
 

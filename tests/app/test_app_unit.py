@@ -195,3 +195,33 @@ def test_launch_restarts_a_server_that_did_not_answer_in_time(tmp_path, monkeypa
     finally:
         demo.close()
         svc.close()
+
+
+def test_runner_answers_a_close_within_one_interval_even_without_progress():
+    """A generation silent for seconds (a long prefill) still yields every interval, so closing the stream (a
+    client's cancel, which waits for the current step of the iterator) is quick and stops the worker."""
+    import threading
+    import time
+
+    from app.runner import STREAM_INTERVAL_S, Runner
+
+    seen_stop = threading.Event()
+
+    def silent(on_progress, stop):
+        on_progress(0.25)
+        for _ in range(200):  # 10 s unless stopped
+            if stop.wait(0.05):
+                seen_stop.set()
+                return "stopped"
+        return "finished"
+
+    runner = Runner()
+    stream = runner.run(silent, session="s")
+    t0 = time.perf_counter()
+    first = [next(stream) for _ in range(3)]  # one real update, then two ticks with the last fraction
+    assert [kind for kind, _ in first] == ["progress"] * 3 and first[1][1] == (0.25, None) == first[2][1]
+    assert time.perf_counter() - t0 < 10 * STREAM_INTERVAL_S and runner.running == 1
+    t1 = time.perf_counter()
+    stream.close()
+    assert time.perf_counter() - t1 < 2 * STREAM_INTERVAL_S and runner.running == 0
+    assert seen_stop.wait(2.0), "the worker was not told to stop"
