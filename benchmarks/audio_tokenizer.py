@@ -145,6 +145,7 @@ def main(argv=None) -> None:
     ap.add_argument("--fit-option", action="append", default=[], help=f"FIELD=VALUE of the fitted tokenizer's "
                     f"AudioConfig, FIELD in {', '.join(FIT_FIELDS)} (repeatable)")  # fmt: skip
     ap.add_argument("--max-frames", type=int, default=250_000, help="k-means sample size (patches)")
+    ap.add_argument("--iters", type=int, default=15, help="k-means Lloyd iterations")
     ap.add_argument("--decoder", action="append", default=[], help="NAME[:FIELD=VALUE,...] decoder variant to "
                     f"compare, FIELD in {', '.join(DECODER_FIELDS)} (repeatable; default: the tokenizer's own)")  # fmt: skip
     ap.add_argument("--save-tokenizer", type=Path, default=None, help="where to save a fitted tokenizer "
@@ -178,7 +179,7 @@ def main(argv=None) -> None:
         print(f"rendered {len(test_wavs) + len(fit_wavs)} chorales in {time.time() - t0:.0f} s")
         t1 = time.time()
         tok = AudioTokenizer.fit(fit_wavs, codebook_size=args.codebook_size, max_frames=args.max_frames,
-                                 progress=True, **fit_options)  # fmt: skip
+                                 iters=args.iters, progress=True, **fit_options)  # fmt: skip
         fit_seconds = time.time() - t1
         save = args.save_tokenizer or ROOT / ".cache" / "-".join(x for x in ("audio_tokenizer", args.tag) if x)
         tok.save(save)
@@ -280,6 +281,7 @@ def main(argv=None) -> None:
         "test_seconds": round(total_seconds, 1),
         "fit_files": None if args.tokenizer else len(fit_mids),
         "fit_seconds": None if fit_seconds is None else round(fit_seconds, 1),
+        "fit_kmeans": None if args.tokenizer else {"max_frames": args.max_frames, "iters": args.iters},
         "db_rms_pooled": {**{k: rms(k) for k in fixed}, "round_trip": rms(first)},
         "db_rms_per_clip_mean": {k: round(float(np.mean(per_clip[k])), 3) for k in fixed}
         | {"round_trip": round(float(np.mean(per_clip[first])), 3)},

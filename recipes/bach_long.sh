@@ -15,3 +15,4 @@ RUN=${RUN:-runs/bach-long}
 .venv/bin/python -m recipes.export_checkpoint --run "$RUN" --name bach --data "$DATA" --eval-items 16 \
     --recipe "bash recipes/bach.sh && bash recipes/bach_long.sh" \
     --limitations "Trained briefly on a CPU: samples are chorale-coloured organ-like sound without musical structure."
+.venv/bin/python -m benchmarks.music_quality --checkpoint checkpoints/bach --data "$DATA" --model-card
