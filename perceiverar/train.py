@@ -212,7 +212,8 @@ class Trainer:
         self.net = wrap_model(model, dd, fsdp=self.fsdp, compile=a.compile)
         self.opt = make_optimizer(model, a)
         self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
-                               filler=self.filler, whole_items=not a.no_whole_items)  # fmt: skip
+                               filler=self.filler, whole_items=not a.no_whole_items,
+                               caption_part_dropout=a.caption_part_dropout)  # fmt: skip
         self.tok_cfg = self.tokenizer_config()
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume is not None:

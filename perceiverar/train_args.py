@@ -77,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "batches (default 0.5), so captions steer from far away in long prompts")
     g.add_argument("--prompt-dropout", type=float, default=0.1,
                    help="probability of training an item with the empty prompt (for classifier-free guidance)")
+    g.add_argument("--caption-part-dropout", type=float, default=0.0,
+                   help="with whole items: drop each ';'-separated part of a caption after the first with this "
+                        "probability, so the first part (the name) must be read and shorter prompts are in "
+                        "distribution (e.g. 0.5 for the emoji captions)")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
     g.add_argument("--init-from", default=None, metavar="CKPT",
@@ -126,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.prompt_dropout <= 1:
         p.error(f"--prompt-dropout must be in [0, 1], got {args.prompt_dropout}")
+    if not 0 <= args.caption_part_dropout < 1:
+        p.error(f"--caption-part-dropout must be in [0, 1), got {args.caption_part_dropout}")
     if not 1 <= args.palette_colours <= 256:
         p.error(f"--palette-colours must be in 1..256, got {args.palette_colours}")
     if args.conv_kernel is not None and not 0 <= args.conv_kernel <= 64:

@@ -24,6 +24,12 @@ stays in context, as at generation). One uniform draw per batch places every row
 over its own span), so the rows' crops differ only by their prompts' lengths; they are right-padded and the
 batch's latents cover every row's targets (``stats["n_latents"]``, at most N plus that difference).
 
+Caption parts (``caption_part_dropout``, whole items and uniform windows only): a caption written as parts
+joined by ``;`` ("blue heart; smileys & emotion; heart; google style") loses each part after the first with
+this probability, independently. The first part (the name) is then often the only thing that tells the model
+what to draw, so it cannot lean on the shared category and style parts alone and leave the name unread, and
+prompts that give fewer parts than the training captions (a user's "blue heart") are in distribution.
+
 A batch with buried captions (:class:`~perceiverar.data.filler.Filler`) holds the whole prompt and the first
 ``k`` tokens after it (``k`` uniform in ``[N, header + target]``, so the latents, where the loss is, sit on the
 media, not on the filler), and the filler is sized so every row of the batch has one length, drawn uniform in
@@ -43,6 +49,24 @@ from perceiverar.data.sources import DatasetError
 from tokenizers_mm.vocab import PAD
 
 
+SEPARATOR = ord(";")  # caption parts are joined by "; " (the caption templates write them so)
+MAX_PARTS = 8  # caption_part_dropout: parts after the 8th are always kept
+
+
+def thin_caption(caption: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The caption's byte tokens without the ``;``-separated parts whose ``keep`` is False (the first part, the
+    name, always stays; a dropped part goes with the separator before it and the spaces after that)."""
+    cuts = np.flatnonzero(caption == SEPARATOR)  # (parts - 1,)
+    if not len(cuts) or keep[1 : len(cuts) + 1].all():
+        return caption
+    bounds = [0, *cuts.tolist(), len(caption)]
+    out = [caption[: bounds[1]]]
+    for p in range(1, len(bounds) - 1):
+        if p >= len(keep) or keep[p]:
+            out.append(caption[bounds[p] : bounds[p + 1]])
+    return np.concatenate(out)
+
+
 @dataclass
 class Mixture:
     """Weighted mixture of prepared sources -> equal-length crop batches, a pure function of (seed, step, micro)."""
@@ -54,6 +78,7 @@ class Mixture:
     seed: int = 0
     filler: Filler | None = None
     whole_items: bool = False  # items that fit in the latents are trained whole (see the module docstring)
+    caption_part_dropout: float = 0.0  # drop each ";" part of a caption after the first (module docstring)
     probs: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -76,11 +101,12 @@ class Mixture:
             if all(self.sources[s].modality != "text" for s, _, _ in picks):
                 return self._buried_batch(rng, picks)
         if self.whole_items:
-            lens = [self.sources[s].length(i, d) for s, i, d in picks]
+            rows_ = [self._row(rng, s, i, d) for s, i, d in picks]
+            lens = [len(ids) for ids, _ in rows_]
             if max(lens) <= min(self.n_latents, self.context_len) + 1:
-                return self._whole_batch(picks, lens)
+                return self._whole_batch(picks, rows_)
             if max(lens) <= self.context_len + 1:
-                return self._uniform_batch(rng, picks, lens)
+                return self._uniform_batch(rng, picks, rows_)
         m = min(self.sources[s].length(i, d) for s, i, d in picks)
         hi = min(self.context_len + 1, m)
         lo = min(self.n_latents + 1, hi)
@@ -101,39 +127,49 @@ class Mixture:
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks)}
         return tokens, features, stats
 
-    def _whole_batch(self, picks: list, lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _row(self, rng: np.random.Generator, s: int, i: int, drop: bool) -> tuple[np.ndarray, int]:
+        """Item i of source s as trained whole: its ids (caption dropped, or thinned to some of its parts) and
+        where its target starts."""
+        src = self.sources[s]
+        ids, plen = src.item(i, drop), 0 if drop else int(src.index[i, 2])
+        t0 = src.target_range(i)[0] - (int(src.index[i, 2]) - plen)
+        if self.caption_part_dropout > 0 and plen:
+            keep = rng.random(MAX_PARTS) >= self.caption_part_dropout  # a fixed number of draws per row
+            caption = thin_caption(ids[2 : 2 + plen], keep)
+            ids = np.concatenate([ids[:2], caption, ids[2 + plen :]])  # [BOS][TEXT_BEGIN] | caption | ...
+            t0 -= plen - len(caption)
+        return ids, t0
+
+    def _whole_batch(self, picks: list, rows_: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Whole items right-padded to the longest; loss mask on each item's target and end markers."""
-        length = max(lens)
+        length = max(len(ids) for ids, _ in rows_)
         tokens = torch.full((len(picks), length), PAD, dtype=torch.long)  # (rows, l)
         features = torch.zeros((len(picks), length, 3), dtype=torch.long)  # (rows, l, 3)
         mask = torch.zeros((len(picks), length), dtype=torch.bool)  # (rows, l): which targets count
-        for r, ((s, i, drop), n) in enumerate(zip(picks, lens)):
-            src = self.sources[s]
-            ids = src.item(i, drop)
+        for r, ((s, _, _), (ids, start)) in enumerate(zip(picks, rows_)):
+            n = len(ids)
             tokens[r, :n] = torch.from_numpy(ids)
-            features[r, :n] = torch.from_numpy(src.features(ids))
-            start = src.target_range(i)[0] - (int(src.index[i, 2]) if drop else 0)
+            features[r, :n] = torch.from_numpy(self.sources[s].features(ids))
             mask[r, start:n] = True
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "loss_mask": mask}
         return tokens, features, stats
 
-    def _uniform_batch(self, rng: np.random.Generator, picks: list, lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def _uniform_batch(self, rng: np.random.Generator, picks: list, rows_: list[tuple[np.ndarray, int]]
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict]:  # fmt: skip
         """Prefix crops whose loss windows cover every target position equally often (module docstring)."""
         N, q = self.n_latents, float(rng.random())
         rows = []
-        for (s, i, drop), n in zip(picks, lens):
-            src = self.sources[s]
-            t0 = src.target_range(i)[0] - (int(src.index[i, 2]) if drop else 0)
+        for (s, _, _), (ids, t0) in zip(picks, rows_):
+            n = len(ids)
             v = t0 + int(q * (n - t0 + N - 1))  # virtual window end, uniform over [t0, n - 1 + N - 1]
-            rows.append((s, i, drop, max(t0, v - N + 1), min(v, n - 1)))  # targets [lo, hi]
+            rows.append((s, ids, max(t0, v - N + 1), min(v, n - 1)))  # targets [lo, hi]
         length = max(hi for *_, hi in rows) + 1
         tokens = torch.full((len(rows), length), PAD, dtype=torch.long)  # (rows, l)
         features = torch.zeros((len(rows), length, 3), dtype=torch.long)  # (rows, l, 3)
         mask = torch.zeros((len(rows), length), dtype=torch.bool)  # (rows, l)
-        for r, (s, i, drop, lo, hi) in enumerate(rows):
-            ids, f = self.sources[s].crop(i, 0, hi + 1, drop)
-            tokens[r, : hi + 1] = torch.from_numpy(ids)
-            features[r, : hi + 1] = torch.from_numpy(f)
+        for r, (s, ids, lo, hi) in enumerate(rows):
+            tokens[r, : hi + 1] = torch.from_numpy(ids[: hi + 1])
+            features[r, : hi + 1] = torch.from_numpy(self.sources[s].features(ids)[: hi + 1])
             mask[r, lo : hi + 1] = True
         # Target p is predicted by input position p - 1: the latents (the last n inputs) must reach min lo - 1.
         n = length - min(lo for *_, lo, _ in rows)

@@ -362,6 +362,56 @@ def test_palette_cache_and_whole_item_batches(folders):
     assert "loss_mask" not in D.Mixture([src], context_len=256, n_latents=16).batch(0, 0, 2)[2]
 
 
+def test_thin_caption_keeps_the_name_and_drops_whole_parts():
+    from perceiverar.data.batches import MAX_PARTS, thin_caption
+
+    cap = np.frombuffer(b"blue heart; smileys & emotion; heart; google style", np.uint8).astype(np.int64)
+    keep = np.ones(MAX_PARTS, bool)
+
+    def thin(*dropped):
+        k = keep.copy()
+        k[list(dropped)] = False
+        return thin_caption(cap, k).astype(np.uint8).tobytes().decode()
+
+    assert thin() == "blue heart; smileys & emotion; heart; google style"
+    assert thin(0) == thin()  # the first part (the name) is never dropped
+    assert thin(1) == "blue heart; heart; google style" and thin(3) == "blue heart; smileys & emotion; heart"
+    assert thin(1, 2, 3) == "blue heart" and thin_caption(cap[:10], keep[:1] * 0).tolist() == cap[:10].tolist()
+
+
+def test_caption_part_dropout_trains_items_with_fewer_caption_parts(folders):
+    """Whole items with thinned captions: each row is the item with some ';' parts of its caption removed (never
+    the first), the loss mask starts at its target, and the features are those of the thinned sequence."""
+    import torch
+
+    from tokenizers_mm.vocab import IMAGE_BEGIN, PAD, TEXT_END
+
+    img, _, cache = folders
+    settings = D.TokenizerSettings(image_height=4, image_width=4, caption_template="{text}; {style} style")
+    (src,), _ = D.prepare_sources([D.SourceSpec(img, 1.0, "image")], settings, cache, progress=False)
+    captions = {src.file(i): src.item(i)[2 : 2 + int(src.index[i, 2])] for i in range(len(src))}
+    plain = D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.0, whole_items=True)
+    thinned = D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.0, whole_items=True,
+                        caption_part_dropout=0.6)  # fmt: skip
+    assert torch.equal(plain.batch(0, 0, 4)[0], D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.0,
+                                                           whole_items=True, caption_part_dropout=0.0).batch(0, 0, 4)[0])
+    shorter = 0
+    for step in range(8):
+        tokens, feats, st = thinned.batch(step, 0, 4)
+        for r in range(4):
+            ids = tokens[r][tokens[r] != PAD]
+            cap = bytes(ids[2 : int(torch.nonzero(ids == TEXT_END)[0])].tolist()).decode()
+            parts = cap.split("; ")
+            wholes = [w for w in (bytes(c.tolist()).decode().split("; ") for c in captions.values())
+                      if w[0] == parts[0] and all(p in w[1:] for p in parts[1:])]  # fmt: skip
+            assert wholes, cap  # the name, then some of the item's own parts
+            shorter += len(parts) < min(len(w) for w in wholes)
+            assert torch.equal(feats[r, : len(ids)], torch.from_numpy(position_features(ids.tolist())))
+            first = int(torch.nonzero(st["loss_mask"][r])[0])
+            assert ids[first - 3] == IMAGE_BEGIN and first == len(ids) - 4 * 4 * 3 - 2  # header, pixels, END, EOS
+    assert shorter >= 10  # of 32 rows, each caption has 3-4 parts after the name
+
+
 def test_audio_items_below_the_minimum_length_are_skipped(tmp_path):
     """A file that decodes to a click (as a corrupt MIDI file can render) is no item: it could be the only val item."""
     import soundfile
