@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from benchmarks import music_quality as MQ
-from tokenizers_mm.audio import AudioConfig, AudioTokenizer, load_audio, render_midi
+from tokenizers_mm.audio import AudioConfig, AudioTokenizer
+from tokenizers_mm.audio_files import load_audio, render_midi
 
 ROOT = Path(__file__).resolve().parents[1]
 DECODER_FIELDS = ("griffin_lim_iters", "griffin_lim_momentum", "griffin_lim_init", "nnls_iters")

@@ -10,12 +10,12 @@ resize). Writes JSON and prints it.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.results_io import print_result
 from perceiverar.data import is_val, list_entries
 from tokenizers_mm.image import ImageTokenizer, cube_palette, fit_palette
 
@@ -57,10 +57,7 @@ def main(argv=None) -> int:
             "val_psnr_db_median": round(float(np.median(scores)), 2),
             "val_exact_images": int(len(scores) - len(finite)),
         }
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print_result("palette", "cpu", result, args.out)
     return 0
 
 

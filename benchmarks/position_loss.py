@@ -14,13 +14,13 @@ Two figures per checkpoint, both per image row (row 0 is the first row, the one 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.results_io import print_result
 from perceiverar.data import Mixture, default_cache_dir, parse_data_arg, prepare_sources
 from perceiverar.evaluate import data_settings, item_nll
 from perceiverar.pipeline import Pipeline
@@ -92,16 +92,13 @@ def main(argv=None) -> int:
         counts += (~np.isnan(rows)).sum(1)
     bits = (sums / np.maximum(counts, 1) / np.log(2)).round(4).tolist()
     result = {
-        "checkpoint": str(args.checkpoint), "device": "cpu", "image": f"{tok.height}x{tok.width} {tok.mode}",
+        "checkpoint": str(args.checkpoint), "image": f"{tok.height}x{tok.width} {tok.mode}",
         "policy": "whole items" if whole else "prefix crops", "context_len": L, "n_latents": N,
         "train_target_share": share, "val_bits_per_token": bits, "val_items": int(min(args.items, len(src.val_items))),
         "first_row_share_over_mean": round(share[0] / float(np.mean(share)), 3) if np.mean(share) else None,
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
-    print(json.dumps(result, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print_result("position_loss", "cpu", result, args.out)
     return 0
 
 

@@ -30,3 +30,10 @@ def save_result(benchmark: str, device: str | torch.device, fields: dict, out: P
     path.write_text(json.dumps(result, indent=2))
     print(f"saved {path}")
     return path
+
+
+def print_result(benchmark: str, device: str | torch.device, fields: dict, out: Path | None) -> Path | None:
+    """Print ``fields`` as JSON, and save them with :func:`save_result` only when ``out`` is given (the scripts
+    whose results are kept on request)."""
+    print(json.dumps(fields, indent=1))
+    return save_result(benchmark, device, fields, out=out) if out else None

@@ -33,7 +33,7 @@ from perceiverar.model import PerceiverAR
 from perceiverar.prompting import as_ids, fit_context, unconditional_prompt
 from perceiverar.sampling import check_sampling_args, guide, sample
 from perceiverar.window import Schedule, Window, make_schedule
-from tokenizers_mm.vocab import FeatureTracker
+from tokenizers_mm.features import FeatureTracker
 
 # Context positions embedded and projected at once when (re)filling the cross K/V: bounds
 # the temporary (B, chunk, C) activations for a 65,536-token window.

@@ -26,8 +26,9 @@ batch is ``--batch-size x --grad-accum x world size`` sequences; change the worl
 batch by adjusting ``--batch-size``/``--grad-accum`` (a resumed run may use a different world size).
 
 The run directory (checkpoints, ``best``, metrics, samples) is described in ``perceiverar.rundir``. The parts
-of a run have their own modules: ``train_args`` (the command line), ``distributed`` (ranks, DDP/FSDP), ``optim``
-(AdamW, the schedule, RNG state) and ``runlog`` (log, metrics, plots, samples); this one holds the loop and main().
+of a run have their own modules: ``train_args`` (the command line), ``train_data`` (the sources, the image layout,
+the tokenizer config), ``distributed`` (ranks, DDP/FSDP), ``optim`` (AdamW, the schedule, RNG state) and ``runlog``
+(log, metrics, plots, samples); this one holds the model set-up, checkpoints, validation, the loop and main().
 
 Batches: one crop length per micro-step for the whole global batch (no padding; see ``perceiverar.data.batches``).
 """
@@ -41,17 +42,13 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from perceiverar.checkpoint import WEIGHTS, CheckpointError, check_weights, read_checkpoint_config
 from perceiverar.config import PerceiverARConfig
-from perceiverar.data import (
-    AUDIO_TOKENIZER_DIR, DatasetError, Filler, Mixture, SourceSpec, TokenizerSettings, default_cache_dir,
-    detect_modality, fit_source_palette, load_audio_codec, parse_data_arg, prepare_source, prepare_sources,
-)  # fmt: skip
+from perceiverar.data import AUDIO_TOKENIZER_DIR, DatasetError, Mixture
 from perceiverar.distributed import Dist, full_state, load_optimizer_state, setup_dist, wrap_model
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
 from perceiverar.model import PerceiverAR
@@ -61,7 +58,8 @@ from perceiverar.rundir import (
     save_step, tidy,
 )  # fmt: skip
 from perceiverar.runlog import Logger, append_metrics, plot_losses, save_samples, truncate_metrics
-from perceiverar.train_args import UsageError, audio_options, parse_args
+from perceiverar.train_args import UsageError, parse_args
+from perceiverar.train_data import prepare_data, tokenizer_config
 
 
 def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) -> PerceiverARConfig:
@@ -75,13 +73,6 @@ def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) ->
     if init_cfg is not None:  # fine-tuning: the checkpoint's architecture, with the run-time knobs overridden
         return PerceiverARConfig.from_dict({**init_cfg, **over})
     return PerceiverARConfig.preset(args.preset, **over)
-
-
-def audio_seconds(sources, codec, cfg: PerceiverARConfig) -> float:
-    lens = [int(b - a) for s in sources if s.modality == "audio" for a, b in s.index[:, 4:6]]
-    tps = codec.tokenizer.tokens_per_second
-    fit = max(1.0, (cfg.context_len - 128) / tps)  # leave room for a prompt
-    return round(min(float(np.median(lens)) / tps, fit), 1) if lens else 10.0
 
 
 class Trainer:
@@ -99,87 +90,10 @@ class Trainer:
 
     # ---- setup ----
 
-    def prepare_data(self):
-        a = self.args
-        specs = [parse_data_arg(d, a.modality) for d in a.data]
-        h = a.image_size[0]
-        w = a.image_size[1] if len(a.image_size) > 1 else h
-        codec = None
-        if a.init_from and (Path(a.init_from) / AUDIO_TOKENIZER_DIR).is_dir():
-            codec = load_audio_codec(Path(a.init_from) / AUDIO_TOKENIZER_DIR)  # the weights know these codes
-            a.audio_codebook_size = codec.tokenizer.codebook_size  # so run.json and the checkpoint say so
-        self.settings = TokenizerSettings(image_height=h, image_width=w, audio_codebook_size=a.audio_codebook_size,
-                                          audio_fit_files=a.audio_fit_files, caption_template=a.caption_template,
-                                          audio_options=audio_options(getattr(a, "audio_option", [])))  # fmt: skip
-        cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
-        self._image_layout(specs, cache)
-        filler_spec, filler_prob = None, 0.5
-        if a.filler:
-            filler_spec = parse_data_arg(a.filler)
-            if filler_spec.path != Path(a.filler).expanduser().resolve():  # DIR:PROB
-                filler_prob = filler_spec.weight
-            kind = detect_modality(filler_spec.path)
-            if kind != "text":
-                raise DatasetError(f"--filler {a.filler}: needs a folder of .txt documents, but it holds {kind} files")
-            filler_spec = SourceSpec(filler_spec.path, 1.0, "text")
-        err = None
-        for rank_turn in (True, False):  # rank 0 tokenizes; the others then find the cache
-            if self.dd.main == rank_turn:
-                try:
-                    self.sources, self.codec = prepare_sources(specs, self.settings, cache, codec=codec,
-                                                               progress=not a.no_progress and rank_turn,
-                                                               log=self.log if rank_turn else lambda m: None)  # fmt: skip
-                    self.filler = None
-                    if filler_spec is not None:
-                        src = prepare_source(filler_spec, self.settings, cache, progress=False, log=self.log)
-                        self.filler = Filler(src, filler_prob)
-                except DatasetError as e:
-                    err = e
-            if rank_turn:
-                self.dd.barrier()
-        if err is not None:
-            raise err
-        for s in self.sources:
-            self.log(f"data {s.manifest['folder']} ({s.modality}, weight {s.weight:g}): {s.manifest['n_train']} train / "
-                     f"{s.manifest['n_val']} val items, {s.manifest['n_tokens']:,} tokens, {s.manifest['n_skipped']} skipped; "
-                     f"cache {s.dir}")  # fmt: skip
-
-    def _image_layout(self, specs: list[SourceSpec], cache: Path) -> None:
-        """Sub-pixels or colour tokens: a fine-tune keeps its checkpoint's layout and palette (the weights know
-        those ids); a new palette run fits its palette on the training images."""
-        a = self.args
-        init = Path(a.init_from) if a.init_from else None
-        # (a missing or broken --init-from is reported with the model checks in build())
-        img = read_checkpoint_config(init)["tokenizer"].get("image") if init and (init / "config.json").is_file() else None
-        if img:
-            mode, palette = img.get("mode", "subpixel"), img.get("palette")
-            if a.image_mode not in (None, mode):
-                raise DatasetError(f"--image-mode {a.image_mode}: --init-from {a.init_from} was trained with {mode!r} images")
-            a.image_mode = mode
-            palette = tuple(map(tuple, palette)) if palette is not None else None
-        else:
-            a.image_mode = a.image_mode or "subpixel"
-            palette = None
-            if a.image_mode == "palette":
-                specs = [s if s.modality else SourceSpec(s.path, s.weight, detect_modality(s.path)) for s in specs]
-                palette = fit_source_palette(specs, self.settings, cache, colours=a.palette_colours,
-                                             log=self.log if self.dd.main else (lambda m: None))  # fmt: skip
-        self.settings.image_mode, self.settings.image_palette = a.image_mode, palette
-
-    def tokenizer_config(self) -> dict:
-        mods = sorted({s.modality for s in self.sources})
-        audio_s = audio_seconds(self.sources, self.codec, self.cfg) if "audio" in mods else None
-        if self.args.audio_seconds is not None:
-            audio_s = self.args.audio_seconds
-        from perceiverar.pipeline import make_tokenizer_config  # noqa: PLC0415
-
-        h, w = self.settings.image_height, self.settings.image_width
-        cfg = make_tokenizer_config(mods, height=h if "image" in mods else None, width=w if "image" in mods else None,
-                                    audio_seconds=audio_s, audio_dir=AUDIO_TOKENIZER_DIR,
-                                    image_mode=self.settings.image_mode, palette=self.settings.image_palette)  # fmt: skip
-        if self.settings.caption_template != "{text}":  # how the training captions were written, for users and eval
-            cfg["caption_template"] = self.settings.caption_template
-        return cfg
+    def prepare_data(self) -> None:
+        data = prepare_data(self.args, self.dd, self.log)
+        self.data = data
+        self.settings, self.sources, self.codec, self.filler = data.settings, data.sources, data.codec, data.filler
 
     def build(self, resume: ResumePoint | None) -> None:
         a, dd = self.args, self.dd
@@ -214,7 +128,7 @@ class Trainer:
         self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
                                filler=self.filler, whole_items=not a.no_whole_items,
                                caption_part_dropout=a.caption_part_dropout)  # fmt: skip
-        self.tok_cfg = self.tokenizer_config()
+        self.tok_cfg = tokenizer_config(a, self.data, self.cfg)
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume is not None:
             state = resume.state

@@ -1,7 +1,7 @@
 """Modality tokenizers: text bytes, RGB pixels and audio codes in one id space and one sequence layout.
 
-Data flows file -> tokenizer -> ids -> (model) -> ids -> tokenizer -> media; see ``tokenizers_mm.vocab`` for
-the id ranges and layout.
+Data flows file -> tokenizer -> ids -> (model) -> ids -> tokenizer -> media; see ``tokenizers_mm.ids`` for
+the id ranges, ``tokenizers_mm.vocab`` for the layout and ``tokenizers_mm.features`` for the position features.
 """
 
 from tokenizers_mm.errors import TokenizerError
@@ -24,7 +24,8 @@ __all__ = [
 
 # The audio tokenizer pulls in torchaudio and librosa (seconds to import): load it on first use, so that
 # ``import perceiverar.config`` or an image-only program never pays for it.
-_AUDIO_NAMES = ("AudioConfig", "AudioTokenizer", "load_audio", "render_midi")
+_AUDIO_NAMES = ("AudioConfig", "AudioTokenizer")
+_AUDIO_FILE_NAMES = ("load_audio", "render_midi")
 
 
 def __getattr__(name: str):
@@ -32,4 +33,8 @@ def __getattr__(name: str):
         from tokenizers_mm import audio  # noqa: PLC0415
 
         return getattr(audio, name)
+    if name in _AUDIO_FILE_NAMES:
+        from tokenizers_mm import audio_files  # noqa: PLC0415
+
+        return getattr(audio_files, name)
     raise AttributeError(f"module 'tokenizers_mm' has no attribute {name!r}")

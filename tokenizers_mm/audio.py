@@ -7,9 +7,8 @@ Pipeline::
       -> dB (10 log10 power), floored at ``db_floor``
       -> patches of ``patch_frames`` frames x all 80 mel bins (one frequency band, AUDIO_FREQ_BANDS = 1)
       -> nearest centroid of a k-means codebook -> id = AUDIO_OFFSET + code
-    decode: ids -> centroids -> dB -> power mel -> linear power spectrum by NNLS (multiplicative updates, so it
-      stays non-negative; much better than the clamped pseudo-inverse) -> fast Griffin-Lim (momentum 0.99), 16
-      iterations from a phase-locked start ("peaks": the phase steady partials at the spectral peaks would have).
+    decode: ids -> centroids -> dB -> linear power spectrum by NNLS -> fast Griffin-Lim from a phase-locked
+      start (``tokenizers_mm.mel_inversion``, with the measurements behind its choices).
 
 ``db_floor`` is fitted: the median over the fitting clips of (clip maximum dB) - 55 dB, so the codebook spends no
 capacity below the -50 dB floor of the quality metric (chorales rendered by fluidsynth -g 0.8: about -43 dB).
@@ -33,30 +32,13 @@ Choices, and the measurements that made them:
   <= ~90 tokens/s budget allows one token per hop-256 frame, and the 2.9 dB bar needs the largest codebook.
   Quantisation error falls with more fitting data (the codebook over-fits a small set): 60 chorales / 100k frames
   -> 2.78 dB on 6 held-out clips, 140-150 chorales / 250k frames -> 2.69-2.70 dB on 10-20 held-out clips.
-- mel -> linear spectrum: the clamped pseudo-inverse + Griffin-Lim 32 costs 3.00 dB even without quantisation
-  (3.94 dB round trip with it); NNLS by 50 multiplicative updates costs 1.46-1.60 dB alone and gives a
-  round trip of 3.24 dB (60-chorale codebook) / 2.93 dB (150-chorale codebook). NNLS was the gain; Griffin-Lim iterations are not: 100 instead of 32 iterations gave 3.22 vs 3.24 dB
-  at 3x the time, and a "mel-consistent" Griffin-Lim (re-fitting the magnitude to the mel every iteration)
-  3.03-3.12 dB at 10-40x the time.
-- momentum 0.99 (fast Griffin-Lim): same cost per iteration as plain Griffin-Lim, faster convergence.
-- Griffin-Lim's start, measured side by side on the same codes (``--decoder``, 150-chorale codebook, 20 held-out
-  chorales, one CPU thread; benchmarks/results/audio_tokenizer-decoders-cpu-2026-11-29.json), as round trip dB /
-  decode CPU seconds per second of audio / chroma similarity to the original: random phase 32 iterations (the
-  old default) 2.928 / 0.036 / 0.850; 64: 2.914 / 0.068; 100: 2.908 / 0.104 / 0.850; momentum 0: 2.956;
-  zero phase 32: 2.926; phase-locked ("peaks") 8: 2.899 / 0.0135 / 0.873, 16: 2.890 / 0.021 / 0.871, 32: 2.887 /
-  0.038, 64: 2.886. The phase-locked start with 16 iterations beats 100 random-start ones at a fifth of the cost
-  and keeps more of the pitch; it is the default of new tokenizers. Tokenizers saved before ``griffin_lim_init``
-  existed load with random phase (LEGACY_DEFAULTS) and their 32 iterations: they decode bit for bit as before.
+- the decoder's choices (NNLS, momentum, Griffin-Lim's start): see ``tokenizers_mm.mel_inversion``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -64,17 +46,15 @@ import numpy as np
 import torch
 import torchaudio
 
+from tokenizers_mm.audio_files import load_audio, render_midi  # noqa: F401  (render_midi: public here too)
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.kmeans import kmeans, nearest
-from tokenizers_mm.vocab import AUDIO_CODES, AUDIO_FREQ_BANDS, AUDIO_OFFSET, check_in_range
+from tokenizers_mm.mel_inversion import PHASE_INITS, MelInverter
+from tokenizers_mm.ids import AUDIO_CODES, AUDIO_FREQ_BANDS, AUDIO_OFFSET, check_in_range
 
-SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"
-MIDI_SUFFIXES = (".mid", ".midi")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 CODEBOOK_FILE = "codebook.safetensors"
 CONFIG_FILE = "audio_tokenizer.json"
 FORMAT_VERSION = 1
-PHASE_INITS = ("random", "zeros", "peaks")
 # Fields a tokenizer saved before they existed decodes with: what the code did then, not today's defaults.
 LEGACY_DEFAULTS = {"griffin_lim_init": "random"}
 
@@ -91,7 +71,7 @@ class AudioConfig:
     nnls_iters: int = 50  # multiplicative NNLS updates for mel -> linear spectrum
     griffin_lim_iters: int = 16
     griffin_lim_momentum: float = 0.99
-    griffin_lim_init: str = "peaks"  # Griffin-Lim's first phase: "peaks", "random" (seeded) or "zeros" (see _phase_init)
+    griffin_lim_init: str = "peaks"  # Griffin-Lim's first phase: "peaks", "random" (seeded) or "zeros" (MelInverter.phase_init)
     seed: int = 0  # k-means and Griffin-Lim phase initialisation
 
     def __post_init__(self):
@@ -128,74 +108,6 @@ def _mono(waveform, name: str = "waveform") -> torch.Tensor:
     return x
 
 
-def render_midi(path, out_wav=None, sample_rate: int = 22050) -> tuple[np.ndarray, int]:
-    """Render a MIDI file with fluidsynth + the FluidR3 General MIDI soundfont.
-
-    Returns (mono float32 waveform, sample_rate); when ``out_wav`` is given the rendered WAV is also kept there.
-    """
-    path = Path(path)
-    exe = shutil.which("fluidsynth")
-    if exe is None:
-        raise TokenizerError(
-            f"cannot render {str(path)!r}: fluidsynth not found; install the Debian packages 'fluidsynth' and "
-            "'fluid-soundfont-gm' (scripts/setup-debian.sh)"
-        )
-    if not Path(SOUNDFONT).is_file():
-        raise TokenizerError(
-            f"cannot render {str(path)!r}: soundfont {SOUNDFONT} not found; install the Debian package "
-            "'fluid-soundfont-gm' (scripts/setup-debian.sh)"
-        )
-    if not path.is_file():
-        raise TokenizerError(f"MIDI file {str(path)!r} does not exist")
-    with open(path, "rb") as f:
-        if f.read(4) != b"MThd":
-            raise TokenizerError(f"{str(path)!r} is not a MIDI file (no MThd header)")
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(out_wav) if out_wav is not None else Path(tmp) / "out.wav"
-        cmd = [exe, "-ni", "-g", "0.8", "-r", str(sample_rate), "-F", str(wav), SOUNDFONT, str(path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0 or not wav.is_file() or wav.stat().st_size <= 44:
-            msg = (proc.stderr or proc.stdout).strip()[-500:]
-            raise TokenizerError(f"fluidsynth could not render {str(path)!r} (exit {proc.returncode}): {msg}")
-        x, sr = _read_audio(wav)
-    if x.size == 0:
-        raise TokenizerError(f"MIDI file {str(path)!r} rendered to zero-length audio")
-    return x, sr
-
-
-def _read_audio(path: Path) -> tuple[np.ndarray, int]:
-    """Mono float32 samples of an audio file: soundfile (WAV/FLAC/OGG/MP3), then librosa as the fallback."""
-    import soundfile as sf
-
-    try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
-        return x.mean(1), int(sr)
-    except Exception as e_sf:  # noqa: BLE001 - any decoder failure becomes one clear error below
-        try:
-            import librosa
-
-            with warnings.catch_warnings():  # librosa warns on its audioread fallback; we report our own error
-                warnings.simplefilter("ignore")
-                x, sr = librosa.load(str(path), sr=None, mono=True)
-            return x.astype(np.float32), int(sr)
-        except Exception:  # noqa: BLE001
-            raise TokenizerError(f"cannot read audio file {str(path)!r}: {e_sf}") from None
-
-
-def load_audio(path, sample_rate: int = 22050) -> tuple[np.ndarray, int]:
-    """(mono float32 waveform, its sample rate) of an audio file, or of a MIDI file rendered at ``sample_rate``."""
-    path = Path(path)
-    if not path.is_file():
-        raise TokenizerError(f"audio file {str(path)!r} does not exist")
-    if path.suffix.lower() in MIDI_SUFFIXES:
-        x, sr = render_midi(path, sample_rate=sample_rate)
-    else:
-        x, sr = _read_audio(path)
-    if x.size == 0:
-        raise TokenizerError(f"audio file {str(path)!r} has zero length")
-    return x, sr
-
-
 class AudioTokenizer:
     """Log-mel patch codebook tokenizer; see the module docstring. Build with ``fit`` or ``load``."""
 
@@ -209,12 +121,7 @@ class AudioTokenizer:
         self.config = config
         self.codebook = codebook.contiguous()  # (K, patch_frames * n_mels), dB
         self._mel = _mel_transform(config)
-        self._window = torch.hann_window(config.n_fft)
-        self._fb = self._mel.mel_scale.fb.T.contiguous()  # (n_mels, n_freq)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": the two matmuls used are stable
-            warnings.simplefilter("ignore", UserWarning)
-            self._fb_csr = self._fb.to_sparse_csr()
-            self._fbt_csr = self._fb.T.contiguous().to_sparse_csr()
+        self.inverter = MelInverter(config, self._mel.mel_scale.fb.T)  # the decoder; filterbank (n_mels, n_freq)
 
     # ---------------------------------------------------------------------------------------- properties
 
@@ -401,77 +308,9 @@ class AudioTokenizer:
         patches = self.codebook[torch.from_numpy(arr - lo)]  # (P, patch_frames * n_mels)
         return patches.reshape(-1, self.config.n_mels).T  # (n_mels, T)
 
-    def _mel_to_power(self, mel_power: torch.Tensor) -> torch.Tensor:
-        """(n_mels, T) mel power -> (n_freq, T) non-negative power spectrum minimising |fb S - mel| (NNLS by
-        multiplicative updates, started from the transposed filterbank)."""
-        # The filterbank is ~2.5% non-zero (each frequency bin lies under at most two triangles): sparse CSR
-        # matmuls make the 50 iterations ~20x cheaper than dense ones.
-        a, at = self._fb_csr, self._fbt_csr  # (n_mels, n_freq), (n_freq, n_mels)
-        atb = at @ mel_power  # (n_freq, T)
-        s = (atb / (at @ self._fb.sum(1, keepdim=True)).clamp_min(1e-8)).clamp_min(1e-12)  # (n_freq, T)
-        for _ in range(self.config.nnls_iters):
-            s = s * atb / (at @ (a @ s)).clamp_min(1e-12)
-        return s
-
-    def _phase_init(self, magnitude: torch.Tensor) -> torch.Tensor:
-        """Griffin-Lim's starting phase (n_freq, T), by ``griffin_lim_init``:
-
-        - random: uniform, from a generator seeded with ``seed`` (deterministic);
-        - zeros: all zero;
-        - peaks: the phase a sum of steady sinusoids would have (a phase-locked vocoder): each frame's spectral
-          peaks give their frequency by quadratic interpolation of the log magnitude, every bin follows its
-          nearest peak, the phase at the frame centre advances by frequency x hop from frame to frame, and a bin
-          k of a Hann-windowed STFT whose frames start at the window's first sample reads that centre phase
-          minus pi k. Notes then start coherent across frames and bins instead of as noise.
-        """
-        c = self.config
-        if c.griffin_lim_init == "random":
-            g = torch.Generator().manual_seed(c.seed)
-            return 2 * torch.pi * torch.rand(magnitude.shape, generator=g)
-        if c.griffin_lim_init == "zeros":
-            return torch.zeros_like(magnitude)
-        n_freq, _ = magnitude.shape
-        logm = magnitude.clamp_min(1e-10).log()  # (F, T)
-        lo = torch.cat([torch.full_like(logm[:1], -torch.inf), logm[:-1]])  # neighbour below, (F, T)
-        hi = torch.cat([logm[1:], torch.full_like(logm[:1], -torch.inf)])  # neighbour above
-        k = torch.arange(n_freq)[:, None].expand_as(logm)  # (F, T) bin index
-        peak = (logm >= lo) & (logm > hi)
-        below = torch.where(peak, k, -n_freq).cummax(0).values  # nearest peak at or below each bin (or none)
-        above = torch.where(peak, k, 2 * n_freq).flip(0).cummin(0).values.flip(0)  # at or above
-        nearest = torch.where(k - below <= above - k, below, above).clamp(0, n_freq - 1)  # (F, T) its peak
-        a, b, cc = (t.gather(0, nearest) for t in (lo, logm, hi))
-        curv = a - 2 * b + cc
-        ok = torch.isfinite(a) & torch.isfinite(cc) & (curv < 0)
-        delta = torch.where(ok, 0.5 * (a - cc) / torch.where(ok, curv, -1.0), 0.0).clamp(-0.5, 0.5)
-        omega = 2 * torch.pi * (nearest + delta) / c.n_fft  # (F, T) radians per sample of each bin's peak
-        step = c.hop_length * 0.5 * (omega[:, 1:] + omega[:, :-1])  # centre-phase advance between frames
-        centre = torch.cat([torch.zeros_like(omega[:, :1]), step.cumsum(1)], 1)  # (F, T), each bin's own track
-        # lock each bin to its peak's track, so the bins of one partial agree (a Hann main lobe is real, positive)
-        return (centre.gather(0, nearest) - torch.pi * k) % (2 * torch.pi)
-
-    def _griffin_lim(self, magnitude: torch.Tensor, length: int) -> torch.Tensor:
-        """Fast Griffin-Lim (momentum, Perraudin et al. 2013) from ``_phase_init``'s phase. magnitude (n_freq, T)."""
-        c = self.config
-        stft = lambda x: torch.stft(x, c.n_fft, c.hop_length, window=self._window, return_complex=True)  # noqa: E731
-        istft = lambda s: torch.istft(s, c.n_fft, c.hop_length, window=self._window, length=length)  # noqa: E731
-        angles = torch.polar(torch.ones_like(magnitude), self._phase_init(magnitude))
-        prev = torch.zeros_like(angles)
-        alpha = c.griffin_lim_momentum / (1 + c.griffin_lim_momentum)
-        for _ in range(c.griffin_lim_iters):
-            rebuilt = stft(istft(magnitude * angles))
-            angles = rebuilt - alpha * prev
-            angles = angles / angles.abs().clamp_min(1e-16)
-            prev = rebuilt
-        return istft(magnitude * angles)
-
     def db_to_waveform(self, db: torch.Tensor) -> np.ndarray:
-        """(n_mels, T) dB spectrogram -> float32 waveform of (T - 1) * hop samples."""
-        frames = db.shape[1]
-        if frames == 0:
-            return np.zeros(0, dtype=np.float32)
-        power = self._mel_to_power(10.0 ** (db / 10.0))
-        y = self._griffin_lim(power.sqrt(), (frames - 1) * self.config.hop_length)
-        return y.clamp(-1.0, 1.0).numpy().astype(np.float32)
+        """(n_mels, T) dB spectrogram -> float32 waveform of (T - 1) * hop samples (``tokenizers_mm.mel_inversion``)."""
+        return self.inverter.db_to_waveform(db)
 
     def decode(self, ids) -> tuple[np.ndarray, int]:
         """Ids -> (float32 mono waveform, sample_rate). A partial sequence decodes to the audio so far."""

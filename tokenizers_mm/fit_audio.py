@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tokenizers_mm.audio import AUDIO_SUFFIXES, MIDI_SUFFIXES, AudioTokenizer, load_audio
+from tokenizers_mm.audio import AudioTokenizer
+from tokenizers_mm.audio_files import AUDIO_SUFFIXES, MIDI_SUFFIXES, load_audio
 from tokenizers_mm.errors import TokenizerError
 
 

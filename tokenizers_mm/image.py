@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from tokenizers_mm.errors import TokenizerError
-from tokenizers_mm.vocab import (
+from tokenizers_mm.ids import (
     IMAGE_MODES, MAX_IMAGE_SIDE, PIXEL_OFFSET, PIXEL_SIZE, check_image_mode, check_in_range, image_section_begin,
 )  # fmt: skip
 

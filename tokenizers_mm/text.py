@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokenizers_mm.errors import TokenizerError
-from tokenizers_mm.vocab import TEXT_OFFSET, TEXT_SIZE, check_in_range
+from tokenizers_mm.ids import TEXT_OFFSET, TEXT_SIZE, check_in_range
 
 
 class TextTokenizer:

@@ -1,14 +1,9 @@
 """One id space for text, pixels, audio codes and markers, and the one sequence layout every part uses.
 
-Id ranges (half-open)::
-
-    text     0 ..  256   UTF-8 bytes
-    image  256 ..  512   sub-pixel value v -> 256 + v
-    audio  512 .. 4608   audio codebook index c -> 512 + c   (AUDIO_CODES = 4096 at most)
-    num   4608 .. 5632   header number k -> 4608 + k         (image h/w, audio length digits)
-    special 5632 ..      PAD BOS EOS TEXT_BEGIN TEXT_END IMAGE_BEGIN IMAGE_END AUDIO_BEGIN AUDIO_END SEP
-                         PALETTE_BEGIN (5643..5647 reserved); VOCAB_SIZE = 5696 (5648 used, padded to a multiple of 64
-                         so the embedding / output matmuls tile evenly)
+The id ranges, marker ids and their names are ``tokenizers_mm.ids``; the position features of a sequence are
+``tokenizers_mm.features``. This module holds the layout (:func:`build_sequence`, :func:`split_sequence`) and the
+:class:`Vocabulary` record, and re-exports both of those modules' names, so ``tokenizers_mm.vocab`` stays the one
+place to import the layout from.
 
 Sequence layout (built only by :func:`build_sequence`, parsed only by :func:`split_sequence`)::
 
@@ -23,21 +18,6 @@ Sequence layout (built only by :func:`build_sequence`, parsed only by :func:`spl
 
 The unconditional (classifier-free guidance) sequence is the same with an empty prompt:
 ``[BOS] [TEXT_BEGIN] [TEXT_END] [SEP] ...``.
-
-Position features (:func:`position_features`, :class:`FeatureTracker`): three small integer slots per token,
-value 0 meaning "none", each below ``FEATURE_SIZES``:
-
-    pixel token inside an image section   (row + 1, col + 1, channel + 1)   from the header h, w and the
-                                          token's index in the section; 1..256, 1..256, 1..3
-    colour token inside a palette section (row + 1, col + 1, 4)             one token per pixel
-    audio code inside an audio section    (0, 0, band + 1) where band = index % AUDIO_FREQ_BANDS is the
-                                          frequency patch of the code (AUDIO_FREQ_BANDS = 1 today: one code
-                                          covers all 80 mel bins of a frame, so every code gets (0, 0, 1))
-    everything else                       (0, 0, 0)
-
-The features are causal: a token's features depend only on the tokens at or before it (the section header
-comes first), so generation can compute them one token at a time (:class:`FeatureTracker`). A pixel past the
-h*w*3 declared by the header, or a section whose header is malformed, gets (0, 0, 0).
 """
 
 from __future__ import annotations
@@ -47,104 +27,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tokenizers_mm.errors import TokenizerError
+from tokenizers_mm.features import FeatureTracker, position_features  # noqa: F401  (re-exported)
+from tokenizers_mm.ids import (  # noqa: F401  (re-exported: the id space is imported from here)
+    AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_OFFSET, BOS, EOS, FEATURE_SIZES, IMAGE_BEGIN,
+    IMAGE_END, IMAGE_MODES, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, N_FEATURES, N_SPECIAL, NUM_OFFSET, NUM_VALUES, PAD,
+    PALETTE_BEGIN, PIXEL_OFFSET, PIXEL_SIZE, SEP, SPECIAL_NAMES, SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET,
+    TEXT_SIZE, VOCAB_SIZE, allowed_range, check_image_mode, check_in_range, image_section_begin, image_tokens,
+    modality_of, token_name,
+)  # fmt: skip
 
-TEXT_OFFSET = 0
-TEXT_SIZE = 256
-PIXEL_OFFSET = 256
-PIXEL_SIZE = 256
-AUDIO_OFFSET = 512
-AUDIO_CODES = 4096
-NUM_OFFSET = 4608
-NUM_VALUES = 1024
-SPECIAL_OFFSET = 5632
-PAD = 5632
-BOS = 5633
-EOS = 5634
-TEXT_BEGIN = 5635
-TEXT_END = 5636
-IMAGE_BEGIN = 5637
-IMAGE_END = 5638
-AUDIO_BEGIN = 5639
-AUDIO_END = 5640
-SEP = 5641
-PALETTE_BEGIN = 5642  # an image section of colour tokens (one per pixel) instead of sub-pixels
-N_SPECIAL = 16  # 5632..5647; 5643..5647 reserved
-VOCAB_SIZE = 5696  # 5648 used, padded to a multiple of 64 for efficient matmuls
-
-N_FEATURES = 3
-FEATURE_SIZES = (257, 257, 17)
-AUDIO_FREQ_BANDS = 1  # audio codes per spectrogram frame (frequency patches); see tokenizers_mm.audio
-
-MAX_IMAGE_SIDE = 256
-MAX_AUDIO_TOKENS = NUM_VALUES**2 - 1
-
-SPECIAL_NAMES = {
-    PAD: "PAD", BOS: "BOS", EOS: "EOS", TEXT_BEGIN: "TEXT_BEGIN", TEXT_END: "TEXT_END",
-    IMAGE_BEGIN: "IMAGE_BEGIN", IMAGE_END: "IMAGE_END", AUDIO_BEGIN: "AUDIO_BEGIN", AUDIO_END: "AUDIO_END",
-    SEP: "SEP", PALETTE_BEGIN: "PALETTE_BEGIN",
-}  # fmt: skip
-
-_RANGES = {
-    "text": (TEXT_OFFSET, TEXT_OFFSET + TEXT_SIZE),
-    "image": (PIXEL_OFFSET, PIXEL_OFFSET + PIXEL_SIZE),
-    "audio": (AUDIO_OFFSET, AUDIO_OFFSET + AUDIO_CODES),
-    "num": (NUM_OFFSET, NUM_OFFSET + NUM_VALUES),
-    "special": (SPECIAL_OFFSET, SPECIAL_OFFSET + N_SPECIAL),
-}
 _BEGIN = {"image": IMAGE_BEGIN, "audio": AUDIO_BEGIN}
 _END = {"image": IMAGE_END, "audio": AUDIO_END, "text": TEXT_END}
 MODALITIES = ("text", "image", "audio")
-# Image section layouts: mode -> (section-begin id, tokens per pixel). Both end with IMAGE_END and use the
-# pixel id range: a sub-pixel value v or a palette index c is id 256 + v / 256 + c.
-IMAGE_MODES = {"subpixel": (IMAGE_BEGIN, 3), "palette": (PALETTE_BEGIN, 1)}
-PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
-
-
-def check_image_mode(mode: str) -> str:
-    if mode not in IMAGE_MODES:
-        raise TokenizerError(f"unknown image mode {mode!r}; expected one of {sorted(IMAGE_MODES)}")
-    return mode
-
-
-def image_section_begin(mode: str = "subpixel") -> int:
-    """The id that opens an image section of this layout."""
-    return IMAGE_MODES[check_image_mode(mode)][0]
-
-
-def image_tokens(height: int, width: int, mode: str = "subpixel") -> int:
-    """Content ids of an h x w image section: h*w*3 sub-pixels or h*w colour tokens."""
-    return int(height) * int(width) * IMAGE_MODES[check_image_mode(mode)][1]
-
-
-def allowed_range(modality: str) -> tuple[int, int]:
-    """Half-open id range (lo, hi) of a modality's content tokens, for constrained decoding."""
-    if modality not in _RANGES:
-        raise TokenizerError(f"unknown modality {modality!r}; expected one of {sorted(_RANGES)}")
-    return _RANGES[modality]
-
-
-def modality_of(token: int) -> str:
-    """'text', 'image', 'audio', 'num' or 'special' (ids past the used range count as 'special')."""
-    t = int(token)
-    for name, (lo, hi) in _RANGES.items():
-        if lo <= t < hi:
-            return name
-    return "special"
-
-
-def token_name(token: int) -> str:
-    """A readable name for debugging: 'byte:0x41', 'px:17', 'audio:3', 'num:32', 'BOS', 'reserved:5645'."""
-    t = int(token)
-    kind = modality_of(t)
-    if kind == "text":
-        return f"byte:{t:#04x}"
-    if kind == "image":
-        return f"px:{t - PIXEL_OFFSET}"
-    if kind == "audio":
-        return f"audio:{t - AUDIO_OFFSET}"
-    if kind == "num":
-        return f"num:{t - NUM_OFFSET}"
-    return SPECIAL_NAMES.get(t, f"reserved:{t}" if 0 <= t < VOCAB_SIZE else f"invalid:{t}")
 
 
 @dataclass
@@ -218,18 +112,6 @@ def _prompt_ids(prompt) -> list[int]:
         if not 0 <= t < TEXT_SIZE:
             raise TokenizerError(f"prompt id {t} at position {i} is not a text byte id (0..255)")
     return ids
-
-
-def check_in_range(ids, lo: int, hi: int, what: str) -> np.ndarray:
-    """``ids`` as a flat int64 array, or a TokenizerError naming the first id outside [lo, hi), its position and
-    what was expected: the one check behind every decoder's "wrong modality" error."""
-    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-    bad = np.flatnonzero((arr < lo) | (arr >= hi))
-    if bad.size:
-        i = int(bad[0])
-        v = int(arr[i])
-        raise TokenizerError(f"id {v} ({token_name(v)}) at position {i} is not {what} ({lo}..{hi - 1})")
-    return arr
 
 
 def _check_range(ids: list[int], modality: str) -> None:
@@ -373,90 +255,3 @@ def split_sequence(ids) -> ParsedSequence:
     out.target = ids[i:j]
     out.complete = j < n and ids[j] == _END[modality]
     return out
-
-
-# -------------------------------------------------------------------------------------- position features
-
-
-class FeatureTracker:
-    """Incremental, causal position features for generation: ``extend(prefix)`` then ``push(id)`` per token.
-
-    State machine: IMAGE_BEGIN/PALETTE_BEGIN/AUDIO_BEGIN open a header; two NUM ids complete it (a non-NUM id aborts it);
-    then each id of the section's modality advances an index; any other id closes the section.
-    """
-
-    def __init__(self, audio_freq_bands: int = AUDIO_FREQ_BANDS):
-        self.audio_freq_bands = int(audio_freq_bands)
-        self._section: str | None = None  # None | 'image' | 'audio'
-        self._header: list[int] = []  # NUM values read so far for the open section
-        self._ready = False  # header complete
-        self._h = self._w = 0
-        self._index = 0  # content tokens seen in the section
-        self._channels = 3  # tokens per pixel of the open image section
-
-    def _start(self, modality: str, channels: int = 3) -> None:
-        self._section, self._header, self._ready, self._index = modality, [], False, 0
-        self._channels = channels
-
-    def _close(self) -> None:
-        self._section, self._header, self._ready = None, [], False
-
-    def push(self, token: int) -> np.ndarray:
-        return self.extend([token])[0]
-
-    def extend(self, ids) -> np.ndarray:
-        """Features (T, 3) int64 of the given ids, continuing from the state left by earlier calls."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        feats = np.zeros((ids.shape[0], N_FEATURES), dtype=np.int64)  # (T, 3)
-        t, n = 0, ids.shape[0]
-        while t < n:
-            tok = int(ids[t])
-            if self._section is not None and self._ready:
-                lo, hi = _RANGES[self._section]
-                # Vectorised over the run of content ids starting here (the common, long case).
-                run = np.flatnonzero((ids[t:] < lo) | (ids[t:] >= hi))
-                end = t + (int(run[0]) if run.size else n - t)
-                if end > t:
-                    idx = self._index + np.arange(end - t)  # (L,)
-                    self._fill(feats[t:end], idx)
-                    self._index += end - t
-                    t = end
-                    continue
-                self._close()  # a non-content id ends the section; it is handled below as a fresh id
-            if self._section is not None and not self._ready:
-                if NUM_OFFSET <= tok < NUM_OFFSET + NUM_VALUES:
-                    self._header.append(tok - NUM_OFFSET)
-                    if len(self._header) == 2:
-                        self._ready = True
-                        self._h, self._w = self._header
-                    t += 1
-                    continue
-                self._close()
-            if tok == IMAGE_BEGIN:
-                self._start("image")
-            elif tok == PALETTE_BEGIN:
-                self._start("image", channels=1)
-            elif tok == AUDIO_BEGIN:
-                self._start("audio")
-            t += 1
-        return feats
-
-    def _fill(self, out: np.ndarray, idx: np.ndarray) -> None:
-        if self._section == "image":
-            h, w = self._h, self._w
-            if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
-                return  # malformed header: no features
-            c = self._channels
-            ok = idx < h * w * c
-            row, col = idx // (w * c), (idx // c) % w
-            ch = idx % 3 + 1 if c == 3 else np.full_like(idx, PALETTE_CHANNEL)
-            out[:, 0] = np.where(ok, row + 1, 0)
-            out[:, 1] = np.where(ok, col + 1, 0)
-            out[:, 2] = np.where(ok, ch, 0)
-        else:
-            out[:, 2] = idx % self.audio_freq_bands + 1
-
-
-def position_features(ids) -> np.ndarray:
-    """(T, 3) int64 position features of a whole sequence (see the module docstring); causal."""
-    return FeatureTracker().extend(ids)

@@ -36,7 +36,8 @@ from perceiverar.data.sources import (
 )  # fmt: skip
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.image import ImageTokenizer
-from tokenizers_mm.vocab import BOS, EOS, N_FEATURES, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence, position_features
+from tokenizers_mm.features import position_features
+from tokenizers_mm.vocab import BOS, EOS, N_FEATURES, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence
 
 assert VOCAB_SIZE < 2**15  # ids fit int16
 # Items shorter than these are skipped (listed in the manifest): they teach nothing and can end up the only val item.

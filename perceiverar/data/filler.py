@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perceiverar.data.sources import DatasetError
-from tokenizers_mm.vocab import BOS, N_FEATURES, TEXT_BEGIN, position_features
+from tokenizers_mm.features import position_features
+from tokenizers_mm.vocab import BOS, N_FEATURES, TEXT_BEGIN
 
 if TYPE_CHECKING:
     from perceiverar.data.cache import PreparedSource

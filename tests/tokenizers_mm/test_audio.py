@@ -7,12 +7,13 @@ import soundfile as sf
 import torch
 
 import tokenizers_mm.audio as audio_mod
+import tokenizers_mm.audio_files as audio_files
 from tokenizers_mm import AUDIO_OFFSET, AudioTokenizer, TokenizerError, render_midi
 from tokenizers_mm.fit_audio import main as fit_main
 
 SR = 22050
 needs_fluidsynth = pytest.mark.skipif(
-    shutil.which("fluidsynth") is None or not __import__("os").path.isfile(audio_mod.SOUNDFONT),
+    shutil.which("fluidsynth") is None or not __import__("os").path.isfile(audio_files.SOUNDFONT),
     reason="fluidsynth / fluid-soundfont-gm not installed",
 )
 
@@ -142,7 +143,7 @@ def _tiny_midi(path, seconds=1.0):
 def test_midi_without_fluidsynth(tok, tmp_path, monkeypatch):
     mid = tmp_path / "song.mid"
     _tiny_midi(mid)
-    monkeypatch.setattr(audio_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(audio_files.shutil, "which", lambda name: None)
     with pytest.raises(TokenizerError, match=r"song.mid.*fluidsynth.*fluid-soundfont-gm"):
         tok.encode_file(mid)
 
@@ -181,7 +182,7 @@ def test_fit_cli(tmp_path):
 def _spectral_convergence(tok, magnitude, y):
     """|| |STFT(y)| - magnitude || / || magnitude ||: how far a waveform is from having that magnitude."""
     c = tok.config
-    s = torch.stft(torch.as_tensor(y), c.n_fft, c.hop_length, window=tok._window, return_complex=True).abs()
+    s = torch.stft(torch.as_tensor(y), c.n_fft, c.hop_length, window=tok.inverter.window, return_complex=True).abs()
     t = min(s.shape[1], magnitude.shape[1])
     return float((s[:, :t] - magnitude[:, :t]).norm() / magnitude[:, :t].norm())
 
@@ -193,13 +194,13 @@ def test_peaks_phase_init_starts_close_to_a_consistent_phase(tok):
     x = sum(np.sin(2 * np.pi * f * t + ph) / (i + 1) for i, (f, ph) in enumerate([(261.6, 0.3), (329.6, 1.0),
                                                                                  (392.0, 2.0), (523.2, 0.1)]))
     x = torch.as_tensor((0.1 * x).astype(np.float32))
-    mag = torch.stft(x, 1024, 256, window=tok._window, return_complex=True).abs()  # (513, T)
+    mag = torch.stft(x, 1024, 256, window=tok.inverter.window, return_complex=True).abs()  # (513, T)
     conv = {}
     for init in ("random", "zeros", "peaks"):
         for iters in (0, 8):
             cfg = audio_mod.AudioConfig(codebook_size=64, griffin_lim_init=init, griffin_lim_iters=iters)
             vt = AudioTokenizer(cfg, tok.codebook)
-            conv[init, iters] = _spectral_convergence(vt, mag, vt._griffin_lim(mag, (mag.shape[1] - 1) * 256))
+            conv[init, iters] = _spectral_convergence(vt, mag, vt.inverter.griffin_lim(mag, (mag.shape[1] - 1) * 256))
     assert conv["peaks", 0] < 0.15 < 0.5 < conv["random", 0] and conv["zeros", 0] > 0.5, conv
     assert conv["peaks", 8] < 0.8 * conv["random", 8], conv
 

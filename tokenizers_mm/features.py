@@ -1,0 +1,112 @@
+"""Position features: where each content token sits in its section of the sequence layout (``tokenizers_mm.vocab``).
+
+:func:`position_features` and :class:`FeatureTracker` give three small integer slots per token, value 0 meaning
+"none", each below ``FEATURE_SIZES``:
+
+    pixel token inside an image section   (row + 1, col + 1, channel + 1)   from the header h, w and the
+                                          token's index in the section; 1..256, 1..256, 1..3
+    colour token inside a palette section (row + 1, col + 1, 4)             one token per pixel
+    audio code inside an audio section    (0, 0, band + 1) where band = index % AUDIO_FREQ_BANDS is the
+                                          frequency patch of the code (AUDIO_FREQ_BANDS = 1 today: one code
+                                          covers all 80 mel bins of a frame, so every code gets (0, 0, 1))
+    everything else                       (0, 0, 0)
+
+The features are causal: a token's features depend only on the tokens at or before it (the section header
+comes first), so generation can compute them one token at a time (:class:`FeatureTracker`). A pixel past the
+h*w*3 declared by the header, or a section whose header is malformed, gets (0, 0, 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tokenizers_mm.ids import (
+    AUDIO_BEGIN, AUDIO_FREQ_BANDS, IMAGE_BEGIN, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET, NUM_VALUES, PALETTE_BEGIN,
+    allowed_range,
+)  # fmt: skip
+
+PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
+
+
+class FeatureTracker:
+    """Incremental, causal position features for generation: ``extend(prefix)`` then ``push(id)`` per token.
+
+    State machine: IMAGE_BEGIN/PALETTE_BEGIN/AUDIO_BEGIN open a header; two NUM ids complete it (a non-NUM id aborts it);
+    then each id of the section's modality advances an index; any other id closes the section.
+    """
+
+    def __init__(self, audio_freq_bands: int = AUDIO_FREQ_BANDS):
+        self.audio_freq_bands = int(audio_freq_bands)
+        self._section: str | None = None  # None | 'image' | 'audio'
+        self._header: list[int] = []  # NUM values read so far for the open section
+        self._ready = False  # header complete
+        self._h = self._w = 0
+        self._index = 0  # content tokens seen in the section
+        self._channels = 3  # tokens per pixel of the open image section
+
+    def _start(self, modality: str, channels: int = 3) -> None:
+        self._section, self._header, self._ready, self._index = modality, [], False, 0
+        self._channels = channels
+
+    def _close(self) -> None:
+        self._section, self._header, self._ready = None, [], False
+
+    def push(self, token: int) -> np.ndarray:
+        return self.extend([token])[0]
+
+    def extend(self, ids) -> np.ndarray:
+        """Features (T, 3) int64 of the given ids, continuing from the state left by earlier calls."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        feats = np.zeros((ids.shape[0], N_FEATURES), dtype=np.int64)  # (T, 3)
+        t, n = 0, ids.shape[0]
+        while t < n:
+            tok = int(ids[t])
+            if self._section is not None and self._ready:
+                lo, hi = allowed_range(self._section)
+                # Vectorised over the run of content ids starting here (the common, long case).
+                run = np.flatnonzero((ids[t:] < lo) | (ids[t:] >= hi))
+                end = t + (int(run[0]) if run.size else n - t)
+                if end > t:
+                    idx = self._index + np.arange(end - t)  # (L,)
+                    self._fill(feats[t:end], idx)
+                    self._index += end - t
+                    t = end
+                    continue
+                self._close()  # a non-content id ends the section; it is handled below as a fresh id
+            if self._section is not None and not self._ready:
+                if NUM_OFFSET <= tok < NUM_OFFSET + NUM_VALUES:
+                    self._header.append(tok - NUM_OFFSET)
+                    if len(self._header) == 2:
+                        self._ready = True
+                        self._h, self._w = self._header
+                    t += 1
+                    continue
+                self._close()
+            if tok == IMAGE_BEGIN:
+                self._start("image")
+            elif tok == PALETTE_BEGIN:
+                self._start("image", channels=1)
+            elif tok == AUDIO_BEGIN:
+                self._start("audio")
+            t += 1
+        return feats
+
+    def _fill(self, out: np.ndarray, idx: np.ndarray) -> None:
+        if self._section == "image":
+            h, w = self._h, self._w
+            if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+                return  # malformed header: no features
+            c = self._channels
+            ok = idx < h * w * c
+            row, col = idx // (w * c), (idx // c) % w
+            ch = idx % 3 + 1 if c == 3 else np.full_like(idx, PALETTE_CHANNEL)
+            out[:, 0] = np.where(ok, row + 1, 0)
+            out[:, 1] = np.where(ok, col + 1, 0)
+            out[:, 2] = np.where(ok, ch, 0)
+        else:
+            out[:, 2] = idx % self.audio_freq_bands + 1
+
+
+def position_features(ids) -> np.ndarray:
+    """(T, 3) int64 position features of a whole sequence (see the module docstring); causal."""
+    return FeatureTracker().extend(ids)

@@ -1,0 +1,127 @@
+"""The id space of every modality: ranges, marker ids, section tables, names and range checks.
+
+Id ranges (half-open)::
+
+    text     0 ..  256   UTF-8 bytes
+    image  256 ..  512   sub-pixel value v -> 256 + v
+    audio  512 .. 4608   audio codebook index c -> 512 + c   (AUDIO_CODES = 4096 at most)
+    num   4608 .. 5632   header number k -> 4608 + k         (image h/w, audio length digits)
+    special 5632 ..      PAD BOS EOS TEXT_BEGIN TEXT_END IMAGE_BEGIN IMAGE_END AUDIO_BEGIN AUDIO_END SEP
+                         PALETTE_BEGIN (5643..5647 reserved); VOCAB_SIZE = 5696 (5648 used, padded to a multiple of 64
+                         so the embedding / output matmuls tile evenly)
+
+The sequence layout that puts these ids in order is ``tokenizers_mm.vocab``, which re-exports every name here
+(import them from there, or from ``tokenizers_mm``); the position features of each id are ``tokenizers_mm.features``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tokenizers_mm.errors import TokenizerError
+
+TEXT_OFFSET = 0
+TEXT_SIZE = 256
+PIXEL_OFFSET = 256
+PIXEL_SIZE = 256
+AUDIO_OFFSET = 512
+AUDIO_CODES = 4096
+NUM_OFFSET = 4608
+NUM_VALUES = 1024
+SPECIAL_OFFSET = 5632
+PAD = 5632
+BOS = 5633
+EOS = 5634
+TEXT_BEGIN = 5635
+TEXT_END = 5636
+IMAGE_BEGIN = 5637
+IMAGE_END = 5638
+AUDIO_BEGIN = 5639
+AUDIO_END = 5640
+SEP = 5641
+PALETTE_BEGIN = 5642  # an image section of colour tokens (one per pixel) instead of sub-pixels
+N_SPECIAL = 16  # 5632..5647; 5643..5647 reserved
+VOCAB_SIZE = 5696  # 5648 used, padded to a multiple of 64 for efficient matmuls
+
+N_FEATURES = 3
+FEATURE_SIZES = (257, 257, 17)
+AUDIO_FREQ_BANDS = 1  # audio codes per spectrogram frame (frequency patches); see tokenizers_mm.audio
+
+MAX_IMAGE_SIDE = 256
+MAX_AUDIO_TOKENS = NUM_VALUES**2 - 1
+
+SPECIAL_NAMES = {
+    PAD: "PAD", BOS: "BOS", EOS: "EOS", TEXT_BEGIN: "TEXT_BEGIN", TEXT_END: "TEXT_END",
+    IMAGE_BEGIN: "IMAGE_BEGIN", IMAGE_END: "IMAGE_END", AUDIO_BEGIN: "AUDIO_BEGIN", AUDIO_END: "AUDIO_END",
+    SEP: "SEP", PALETTE_BEGIN: "PALETTE_BEGIN",
+}  # fmt: skip
+
+_RANGES = {
+    "text": (TEXT_OFFSET, TEXT_OFFSET + TEXT_SIZE),
+    "image": (PIXEL_OFFSET, PIXEL_OFFSET + PIXEL_SIZE),
+    "audio": (AUDIO_OFFSET, AUDIO_OFFSET + AUDIO_CODES),
+    "num": (NUM_OFFSET, NUM_OFFSET + NUM_VALUES),
+    "special": (SPECIAL_OFFSET, SPECIAL_OFFSET + N_SPECIAL),
+}
+# Image section layouts: mode -> (section-begin id, tokens per pixel). Both end with IMAGE_END and use the
+# pixel id range: a sub-pixel value v or a palette index c is id 256 + v / 256 + c.
+IMAGE_MODES = {"subpixel": (IMAGE_BEGIN, 3), "palette": (PALETTE_BEGIN, 1)}
+
+
+def check_image_mode(mode: str) -> str:
+    if mode not in IMAGE_MODES:
+        raise TokenizerError(f"unknown image mode {mode!r}; expected one of {sorted(IMAGE_MODES)}")
+    return mode
+
+
+def image_section_begin(mode: str = "subpixel") -> int:
+    """The id that opens an image section of this layout."""
+    return IMAGE_MODES[check_image_mode(mode)][0]
+
+
+def image_tokens(height: int, width: int, mode: str = "subpixel") -> int:
+    """Content ids of an h x w image section: h*w*3 sub-pixels or h*w colour tokens."""
+    return int(height) * int(width) * IMAGE_MODES[check_image_mode(mode)][1]
+
+
+def allowed_range(modality: str) -> tuple[int, int]:
+    """Half-open id range (lo, hi) of a modality's content tokens, for constrained decoding."""
+    if modality not in _RANGES:
+        raise TokenizerError(f"unknown modality {modality!r}; expected one of {sorted(_RANGES)}")
+    return _RANGES[modality]
+
+
+def modality_of(token: int) -> str:
+    """'text', 'image', 'audio', 'num' or 'special' (ids past the used range count as 'special')."""
+    t = int(token)
+    for name, (lo, hi) in _RANGES.items():
+        if lo <= t < hi:
+            return name
+    return "special"
+
+
+def token_name(token: int) -> str:
+    """A readable name for debugging: 'byte:0x41', 'px:17', 'audio:3', 'num:32', 'BOS', 'reserved:5645'."""
+    t = int(token)
+    kind = modality_of(t)
+    if kind == "text":
+        return f"byte:{t:#04x}"
+    if kind == "image":
+        return f"px:{t - PIXEL_OFFSET}"
+    if kind == "audio":
+        return f"audio:{t - AUDIO_OFFSET}"
+    if kind == "num":
+        return f"num:{t - NUM_OFFSET}"
+    return SPECIAL_NAMES.get(t, f"reserved:{t}" if 0 <= t < VOCAB_SIZE else f"invalid:{t}")
+
+
+def check_in_range(ids, lo: int, hi: int, what: str) -> np.ndarray:
+    """``ids`` as a flat int64 array, or a TokenizerError naming the first id outside [lo, hi), its position and
+    what was expected: the one check behind every decoder's "wrong modality" error."""
+    arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+    bad = np.flatnonzero((arr < lo) | (arr >= hi))
+    if bad.size:
+        i = int(bad[0])
+        v = int(arr[i])
+        raise TokenizerError(f"id {v} ({token_name(v)}) at position {i} is not {what} ({lo}..{hi - 1})")
+    return arr
