@@ -155,13 +155,17 @@ def first_half_shuffled(seq: torch.Tensor, generator: torch.Generator) -> torch.
 
 @torch.no_grad()
 def copy_accuracy_windows(model: PerceiverAR, context: int, n_seqs: int, device, windows: int = 8, seed: int = 1234,
-                          shuffled: bool = False) -> tuple[float, list[float]]:
+                          shuffled: bool = False, skip: int = 0) -> tuple[float, list[float]]:
     """Teacher-forced accuracy on fresh sequences at ``context`` over ``windows`` windows of N latents.
 
     The windows' ends are spread evenly from the start to the end of the second half; each is one forward
     pass over everything before it. Returns the mean and the per-window accuracies. ``shuffled`` permutes
     each first half (the control: a model that copies must drop to chance, 1/256). A context beyond the
     model's ``context_len`` runs the same weights under the longer context (only relative positions are used).
+    ``skip`` leaves out the second half's first ``skip`` positions. A look-up by content cannot know them: the
+    n-gram before each straddles the two halves and has not occurred yet (only an exact look-back of half the
+    context could). Over the whole second half they weigh ``skip / half`` (3 / 32,768 at 65,536), but the first
+    window always sits on them, so with few windows they would weigh ``skip / (windows * N)``.
     """
     from benchmarks.long_prompt import with_context
 
@@ -172,7 +176,8 @@ def copy_accuracy_windows(model: PerceiverAR, context: int, n_seqs: int, device,
     seq = copy_batch(n_seqs, context, g, device)
     if shuffled:
         seq = first_half_shuffled(seq, g)
-    ends = sorted({round(half + N + (context - half - N) * i / max(1, windows - 1)) for i in range(windows)})
+    start = half + skip + N  # the first window's end
+    ends = sorted({round(start + (context - start) * i / max(1, windows - 1)) for i in range(windows)})
     per_window = []
     for end in ends:
         logits = model(seq[:, : end - 1])  # (B, N, V): predicts tokens end - N .. end - 1
@@ -189,6 +194,36 @@ def save_copy_checkpoint(path: Path, model: PerceiverAR, context: int | None, tr
         model = with_context(model.cpu(), context)
     save_checkpoint(path, model, {"task": "copy", "symbols": N_SYMBOLS}, training=training, dtype=torch.bfloat16)
     print(f"  saved {path} (context_len {model.cfg.context_len:,})")
+
+
+def evaluate_checkpoint(a, device) -> None:
+    """``--eval-from``: score a saved copy checkpoint at ``--eval-contexts`` (with the control), nothing trained."""
+    from perceiverar import load_checkpoint
+
+    ck = load_checkpoint(a.eval_from, device=device)
+    weights = {str(t.dtype).removeprefix("torch.") for t in load_file_dtypes(a.eval_from)}
+    trained = {k: v for k, v in ck.training.items() if k not in ("evaluated", "loss_history", "accuracy_by_position")}
+    records = []
+    for E in a.eval_contexts:
+        t1 = time.time()
+        acc, windows = copy_accuracy_windows(ck.model, E, a.eval_seqs, device, a.eval_windows, skip=a.eval_skip)
+        s_acc, _ = copy_accuracy_windows(ck.model, E, a.control_seqs or a.eval_seqs, device, 1, shuffled=True)
+        n_scored = a.eval_seqs * len(windows) * ck.config.n_latents
+        print(f"  context {E}: copy accuracy {acc:.4f} over {n_scored} positions (min window {min(windows):.4f}); "
+              f"first half shuffled {s_acc:.4f}  ({time.time() - t1:.0f}s)")
+        records.append({**trained, "task": "copy", "context": E, "accuracy": round(acc, 5), "accuracy_by_window": windows,
+                        "shuffled_first_half_accuracy": round(s_acc, 5), "eval_sequences": a.eval_seqs,
+                        "control_sequences": a.control_seqs or a.eval_seqs, "eval_windows": len(windows),
+                        "eval_skip": a.eval_skip, "scored_tokens": n_scored, "checkpoint": str(a.eval_from),
+                        "weights": "/".join(sorted(weights)), "eval_seconds": round(time.time() - t1, 1)})  # fmt: skip
+        save_result("copy_task", device, {"results": records}, a.out)
+
+
+def load_file_dtypes(directory: Path) -> list[torch.Tensor]:
+    """The stored tensors of a checkpoint (their dtype is the precision it was saved in)."""
+    from safetensors.torch import load_file
+
+    return list(load_file(str(Path(directory) / "model.safetensors")).values())
 
 
 def main(argv=None) -> None:
@@ -215,6 +250,9 @@ def main(argv=None) -> None:
                    help="start the convolution at random weights of this std (default 0: the model's zero init)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this copy checkpoint's weights (same sizes; a curriculum stage)")
+    p.add_argument("--query-scale", type=float, default=1.0,
+                   help="multiply the --init-from weights' cross-attention queries by this (a lower softmax temperature: "
+                        "a sharper look-up among more distractors at long contexts)")
     p.add_argument("--head-dim", type=int, default=32)
     p.add_argument("--byte-vocab", action="store_true",
                    help="a 256-id vocabulary (the task's symbols only) instead of the full multimodal one: a smaller, faster model")
@@ -222,6 +260,13 @@ def main(argv=None) -> None:
                    help="also score the trained model at these contexts (fresh sequences, --eval-windows windows each, "
                         "with a shuffled-first-half control)")
     p.add_argument("--eval-windows", type=int, default=8)
+    p.add_argument("--eval-skip", type=int, default=0,
+                   help="leave the second half's first K positions out of the --eval-contexts scores (3 for a look-up "
+                        "by trigram: the copy's first tokens follow an n-gram that straddles the halves)")
+    p.add_argument("--control-seqs", type=int, default=None,
+                   help="sequences for the shuffled-first-half control (default --eval-seqs); it scores one window")
+    p.add_argument("--eval-from", type=Path, default=None,
+                   help="train nothing: score this copy checkpoint (its stored weights) at --eval-contexts")
     p.add_argument("--declare-context", type=int, default=None,
                    help="save the checkpoint with this context_len (trained short, declared long: it must have been "
                         "evaluated there, see --eval-contexts)")
@@ -231,11 +276,17 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     device = torch.device(a.device)
+    if a.eval_from is not None:
+        evaluate_checkpoint(a, device)
+        return
     init_state = None
     if a.init_from is not None:
         from perceiverar import load_checkpoint
 
         init_state = {k: v.float() for k, v in load_checkpoint(a.init_from).model.state_dict().items()}
+        for k in ("cross.wq.weight", "cross.wq.bias"):
+            if k in init_state:
+                init_state[k] *= a.query_scale
     records = []
     for T in a.contexts:
         extra = {"conv_kernel": a.conv_kernel, "rope_fraction": a.rope_fraction}
@@ -256,6 +307,7 @@ def main(argv=None) -> None:
             "rope_fraction": cfg.rope_fraction, "conv_kernel": cfg.conv_kernel, "lr": a.lr, "steps": a.steps,
             "seed": a.seed, "batch": a.batch, "vary_length": a.vary_length,
             "conv_init_std": a.conv_init_std, "init_from": None if a.init_from is None else str(a.init_from),
+            "query_scale": a.query_scale,
             "train_seconds": round(train_s, 1),
         }
         records.append({"task": "copy", "context": T, "accuracy": round(acc, 5), "accuracy_by_position": per_bucket,
@@ -268,13 +320,15 @@ def main(argv=None) -> None:
                 save_copy_checkpoint(a.save, model, a.declare_context, {**trained, "evaluated": evaluated})
             for E in a.eval_contexts:
                 t1 = time.time()
-                e_acc, e_windows = copy_accuracy_windows(model, E, a.eval_seqs, device, a.eval_windows)
-                s_acc, _ = copy_accuracy_windows(model, E, a.eval_seqs, device, 1, shuffled=True)
+                e_acc, e_windows = copy_accuracy_windows(model, E, a.eval_seqs, device, a.eval_windows, skip=a.eval_skip)
+                s_acc, _ = copy_accuracy_windows(model, E, a.control_seqs or a.eval_seqs, device, 1, shuffled=True)
                 print(f"  context {E} (trained at {T}): copy accuracy {e_acc:.4f} by window {e_windows}; "
                       f"first half shuffled {s_acc:.4f}  ({time.time() - t1:.0f}s)")
                 evaluated.append({"task": "copy", "context": E, "accuracy": round(e_acc, 5), "accuracy_by_window": e_windows,
                                 "shuffled_first_half_accuracy": round(s_acc, 5), "eval_sequences": a.eval_seqs,
-                                "eval_windows": len(e_windows), "eval_seconds": round(time.time() - t1, 1),
+                                "eval_windows": len(e_windows), "eval_skip": a.eval_skip,
+                                "scored_tokens": a.eval_seqs * len(e_windows) * cfg.n_latents,
+                                "eval_seconds": round(time.time() - t1, 1),
                                 "bf16_weights": a.save is not None, **setup})  # fmt: skip
                 records.append(evaluated[-1])
                 save_result("copy_task", device, {"results": records}, a.out)

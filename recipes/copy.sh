@@ -21,6 +21,12 @@
 #   CONTEXTS=1024 STEPS=300 bash recipes/copy.sh $C --batch 8 --lr 1e-3 --init-from /tmp/copy128 --save /tmp/copy1024
 #   CONTEXTS=4096 STEPS=200 bash recipes/copy.sh $C --batch 4 --lr 1e-3 --init-from /tmp/copy1024 --save /tmp/copy4096
 #   CONTEXTS=8192 STEPS=300 bash recipes/copy.sh $C --batch 4 --lr 1e-3 --init-from /tmp/copy4096 --save /tmp/copy8192
+# Then (README: 96.4% at 65,536 on 4,096 positions; 98.7% with the queries x 3, --query-scale; 11 min more):
+#   CONTEXTS=16384 STEPS=300 bash recipes/copy.sh $C --batch 2 --lr 5e-4 --init-from /tmp/copy8192 --save /tmp/copy16384
+#   CONTEXTS=32768 STEPS=300 bash recipes/copy.sh $C --batch 2 --lr 5e-4 --init-from /tmp/copy16384 --save /tmp/copy32768
+#   CONTEXTS=32768 STEPS=100 bash recipes/copy.sh $C --batch 2 --lr 3e-4 --init-from /tmp/copy32768 --query-scale 3 --save /tmp/copy32768s
+# and score a checkpoint on more positions, leaving out the copy's first 3 (see copy_accuracy_windows):
+#   bash recipes/copy.sh --eval-from /tmp/copy32768s --eval-contexts 65536 --eval-seqs 8 --eval-windows 16 --eval-skip 3 --control-seqs 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/python -m benchmarks.copy_task --contexts ${CONTEXTS:-1024} --steps "${STEPS:-2000}" "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -40,3 +41,15 @@ def test_bundled_copy_checkpoint_copies_unseen_sequences_and_fails_when_the_firs
     assert acc >= 0.99, by_window
     acc, by_window = copy_accuracy_windows(ck.model, context, n_seqs=2, device="cpu", windows=2, seed=5, shuffled=True)
     assert acc < 0.1, by_window
+
+
+def test_eval_from_scores_a_saved_checkpoint_without_training(tmp_path):
+    from benchmarks.copy_task import main
+
+    out = tmp_path / "r.json"
+    main(["--eval-from", str(CHECKPOINT), "--eval-contexts", "4096", "--eval-seqs", "1", "--eval-windows", "2",
+          "--eval-skip", "3", "--control-seqs", "1", "--out", str(out)])
+    (rec,) = json.loads(out.read_text())["results"]
+    assert rec["context"] == 4096 and rec["eval_skip"] == 3 and rec["scored_tokens"] == 2 * 32
+    assert rec["accuracy"] >= 0.99 and rec["shuffled_first_half_accuracy"] < 0.1, rec
+    assert rec["weights"] == "bfloat16"
