@@ -64,9 +64,7 @@ EXAMPLES = {
         ["red apple; food & drink; food fruit; google style"],
         ["grinning face; smileys & emotion; face smiling; twitter style"],
         ["red heart; smileys & emotion; heart; google style"],
-        ["frog; animals & nature; animal amphibian; twitter style\n\nA long prompt works too: the bundled emoji "
-         "model was trained with captions buried in pages of other text, so the caption may open (or close) a "
-         "prompt of up to about 60,000 characters."],
+        ["frog; animals & nature; animal amphibian; twitter style"],
     ],
     "audio": [  # in the style of the bundled bach checkpoint's captions
         ["bach chorale in G major, 4/4 time"],
