@@ -65,6 +65,7 @@ EXAMPLES = {
         ["grinning face; smileys & emotion; face smiling; twitter style"],
         ["red heart; smileys & emotion; heart; google style"],
         ["frog; animals & nature; animal amphibian; twitter style"],
+        ["grinning face"],  # the name alone: the bundled model was trained with parts of its captions left out
     ],
     "audio": [  # in the style of the bundled bach checkpoint's captions
         ["bach chorale in G major, 4/4 time"],

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # checkpoints/emoji: text -> 16x16 emoji in colour tokens (one token per pixel, a 256-colour k-means palette),
 # trained whole (caption + image in the latents), on a 2-core CPU in about 80 minutes (3,200 steps of 16).
-# Continue a bundled checkpoint for more steps: INIT_FROM=checkpoints/emoji STEPS=2000 LR=5e-4 bash recipes/emoji.sh
+# The bundled checkpoint had a second stage with caption parts left out (so the name alone is read), ~115 min:
+#   RUN=runs/emoji-2 INIT_FROM=checkpoints/emoji STEPS=1100 LR=5e-4 bash recipes/emoji.sh --caption-part-dropout 0.5
+# Continue it the same way for more steps (each stage exports over checkpoints/emoji when it finishes).
 # On a GPU: drop --cpu-bf16, raise --batch-size and --max-steps, and try --image-size 32 --n-latents 1536.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +17,4 @@ INIT=()
     --save-every 100 --keep-last 2 --sample-every 400 --no-progress --log-every 10 --compile --cpu-bf16 "$@"
 .venv/bin/python -m recipes.export_checkpoint --run "$RUN" --name emoji --data "$DATA" \
     --recipe "bash recipes/emoji.sh" \
-    --limitations "Trained for about 80 minutes on a 2-core CPU at 16x16 pixels: see the measured category accuracy, colour-word match and non-blank share above, and the sample grid."
+    --limitations "Trained on a 2-core CPU at 16x16 pixels: see the measured category accuracy, colour-word match and non-blank share above, and the sample grid."
