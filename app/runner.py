@@ -1,10 +1,10 @@
 """Running one generation in a worker thread: streamed progress, Stop, and failures as messages.
 
 ``Runner.run(call, session)`` starts ``call(on_progress, stop_event)`` in a thread and yields its progress every
-``STREAM_INTERVAL_S`` (the newest update, or the last fraction with no partial result), then its result. Stop (``Runner.stop`` for a browser session, or a client that
-cancels or goes away) sets the run's stop event; the pipeline stops between tokens and returns what it has.
-A failure comes back as ``RunFailed`` whose message a visitor can act on; only unexpected failures are logged
-with their traceback.
+``STREAM_INTERVAL_S`` (the newest update, or the last fraction with no partial result), then its result. Stop
+(``Runner.stop`` for a browser session, or a client that cancels or goes away) sets the run's stop event; the
+pipeline stops between tokens and returns what it has. A failure comes back as ``RunFailed`` whose message a
+visitor can act on; only unexpected failures are logged with their traceback.
 """
 
 from __future__ import annotations
@@ -129,8 +129,9 @@ class Runner:
                     # Without news (a long prompt's prefill, a slow step) the last fraction and no partial result:
                     # the status clock keeps ticking, and a caller who closes this iterator (a client's cancel
                     # waits for it) is never kept waiting longer than one interval.
-                    fraction = latest[0] if latest is not None else fraction
-                    yield "progress", latest if latest is not None else (fraction, None)
+                    if latest is not None:
+                        fraction = latest[0]
+                    yield "progress", latest or (fraction, None)
                     latest, last_sent = None, now
             worker.join()
             if "error" in outcome:

@@ -40,15 +40,14 @@ COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "brown", "black
 STYLES = ("google", "twitter")
 
 
-def edits(rec: dict, template: str, other_name: str) -> dict[str, str | list[str]]:
-    """The true caption and each edited one (``colour``: a list, one per other colour) of one record."""
+def edits(rec: dict, template: str, other_name: str) -> dict[str, list[str]]:
+    """Each edited caption of one record, as a list (``colour``: one per other colour; the others: one)."""
     true = caption_from(rec, template)
     name = rec["text"].split(";")[0]
-    out: dict[str, str | list[str]] = {"true": true, "name": true.replace(name, other_name, 1), "empty": ""}
-    out["rest"] = name
+    out = {"name": [true.replace(name, other_name, 1)], "empty": [""], "rest": [name]}
     if rec.get("style") in STYLES:
         other = STYLES[1 - STYLES.index(rec["style"])]
-        out["style"] = true.replace(f"{rec['style']} style", f"{other} style")
+        out["style"] = [true.replace(f"{rec['style']} style", f"{other} style")]
     cw = IM.colour_word(name)
     if cw and cw[0] in COLOURS:
         out["colour"] = [true.replace(cw[0], c, 1) for c in COLOURS if c != cw[0]]
@@ -64,21 +63,22 @@ def summarize(deltas: list[float]) -> dict:
             "true_likelier_share": round(float((d > 0).mean()), 3)}  # fmt: skip
 
 
-def probe(model, tok, records: list[dict], template: str, names: list[tuple[str, str]], log=print) -> dict:
-    """Per edit, the deltas of bits(edited) - bits(true) over ``records`` (``names``: (category, name) pool)."""
+def probe(model, tok, folder: Path, records: list[dict], template: str, names: list[tuple[str, str]],
+          log=print) -> dict:  # fmt: skip
+    """Per edit, the deltas of bits(edited) - bits(true) over ``records`` of image ``folder`` (``names``: the
+    (category, name) pool the ``name`` edit draws from)."""
     deltas: dict[str, list[float]] = {}
     rows = []
     for k, rec in enumerate(records):
         others = [n for c, n in names if c != rec["category"]]
         other = others[int(hashlib.sha256(rec["file"].encode()).hexdigest(), 16) % len(others)]
-        img = tok.preprocess(Path(rec["_folder"]) / rec["file"])
-        caps = edits(rec, template, other)
-        true_bits, n_tok = image_bits(model, tok, caps.pop("true"), img)
-        row = {"file": rec["file"], "caption": caption_from(rec, template), "val": rec["val"],
-               "true_bits": round(true_bits, 2), "tokens": n_tok}  # fmt: skip
-        for kind, cap in caps.items():
-            b = np.mean([image_bits(model, tok, c, img)[0] for c in cap]) if isinstance(cap, list) else image_bits(
-                model, tok, cap, img)[0]  # fmt: skip
+        img = tok.preprocess(Path(folder) / rec["file"])
+        true = caption_from(rec, template)
+        true_bits, n_tok = image_bits(model, tok, true, img)
+        row = {"file": rec["file"], "caption": true, "val": rec["val"], "true_bits": round(true_bits, 2),
+               "tokens": n_tok}  # fmt: skip
+        for kind, caps in edits(rec, template, other).items():
+            b = np.mean([image_bits(model, tok, c, img)[0] for c in caps])
             deltas.setdefault(kind, []).append(float(b - true_bits))
             row[kind] = round(float(b - true_bits), 2)
         rows.append(row)
@@ -103,16 +103,17 @@ def main(argv=None) -> None:
     if "image" not in pipe.modalities:
         raise SystemExit(f"caption_probe: error: {args.checkpoint} generates {', '.join(pipe.modalities)}, not images")
     tok, template = pipe.image_tokenizer(), pipe.config.get("caption_template", "{text}")
-    records = [{**r, "_folder": str(args.data)} for r in IC.read_records(args.data)]
+    records = IC.read_records(args.data)
     names = sorted({(r["category"], r["text"].split(";")[0]) for r in records})
     val = [r for r in records if r["val"]]
     picked = [val[i] for i in np.linspace(0, len(val) - 1, min(args.items, len(val))).astype(int)]
     coloured = [r for r in records if (cw := IM.colour_word(r["text"].split(";")[0])) and cw[0] in COLOURS]
-    coloured = [coloured[i] for i in np.linspace(0, len(coloured) - 1, min(args.colour_items, len(coloured))).astype(int)]
+    spaced = np.linspace(0, len(coloured) - 1, min(args.colour_items, len(coloured))).astype(int)
+    coloured = [coloured[i] for i in spaced]
     t0 = time.perf_counter()
     print(f"{len(picked)} held-out items, {len(coloured)} colour-word items")
-    held_out = probe(pipe.model, tok, picked, template, names)
-    colour = probe(pipe.model, tok, coloured, template, names) if coloured else None
+    held_out = probe(pipe.model, tok, args.data, picked, template, names)
+    colour = probe(pipe.model, tok, args.data, coloured, template, names) if coloured else None
     for what, res in (("held-out", held_out), ("colour words", colour)):
         for kind, s in (res or {"edits": {}})["edits"].items():
             print(f"{what:13s} {kind:7s} +{s.get('mean_bits')} bits (se {s.get('se_bits')}), true likelier "
