@@ -13,15 +13,8 @@ is reported beside it as a diagnostic, not a target.
 
 Colour names
 ------------
-Every pixel that is not near-white is named by its HSV value (hue H in degrees, saturation S = (max - min) /
-max, value V = max / 255):
-
-- achromatic (S < 0.2): ``black`` if V < 0.5, ``white`` if V >= 0.7, else ``grey``;
-- V < 0.25 (any hue): ``black``;
-- brown: H in [0, 45) and (V < 0.6, or V < 0.85 with S < 0.7) (a dark or muted orange-red);
-- pink: H in [295, 345), or H in the red range with S < 0.55 (a light red);
-- otherwise by hue: red [345, 15), orange [15, 40), yellow [40, 70), green [70, 170), blue [170, 255) (light
-  blue and cyan included), purple [255, 295).
+Every pixel that is not near-white is named by ``tokenizers_mm.colours.colour_names`` (HSV rules, the
+same names the trainer's colour tags use).
 
 The image's **dominant colour** is the most common name among those pixels ("none" for a blank image, so a
 blank image never matches, not even "white"). The ranges were set on the real emoji of the colour-word
@@ -34,12 +27,10 @@ import re
 
 import numpy as np
 
-NEAR_WHITE = 240  # every channel >= this: background
+from tokenizers_mm.colours import COLOUR_NAMES, HUES, NEAR_WHITE, colour_names  # noqa: F401  (re-exported)
+
 BLANK_SHARE = 0.03  # fewer drawn pixels than this share: blank
 UNIFORM_TOL = 32  # channel distance to the most common colour that still counts as that colour
-COLOUR_NAMES = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey")
-HUES = (("red", 345, 15), ("orange", 15, 40), ("yellow", 40, 70), ("green", 70, 170), ("blue", 170, 255),
-        ("purple", 255, 295), ("pink", 295, 345))  # fmt: skip
 # a caption's name field: [size words] colour [size words] shape, e.g. "large red circle", "black small square".
 # "heavy black heart" (U+2764, drawn red) is left out on purpose: its name does not say its colour.
 _SIZE = r"(?:large|medium|small)"
@@ -75,27 +66,8 @@ def is_uniform(img) -> bool:
 
 
 def pixel_names(img) -> np.ndarray:
-    """(H, W) array of indices into COLOUR_NAMES (-1 for near-white background); see the module docstring."""
-    a = _rgb(img).astype(np.float32)
-    mx, mn = a.max(2), a.min(2)  # (H, W)
-    v = mx / 255.0
-    s = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
-    r, g, b = a[..., 0], a[..., 1], a[..., 2]
-    d = np.maximum(mx - mn, 1e-6)
-    h = np.where(mx == r, (g - b) / d % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60.0  # [0, 360)
-    idx = {n: i for i, n in enumerate(COLOUR_NAMES)}
-    out = np.full(a.shape[:2], -1, dtype=np.int64)
-    for name, lo, hi in HUES:  # hue first, then the rules that override it
-        out[((h >= lo) & (h < hi)) if lo < hi else ((h >= lo) | (h < hi))] = idx[name]
-    reddish = (h >= 345) | (h < 15)
-    out[reddish & (s < 0.55)] = idx["pink"]
-    out[(h < 45) & ((v < 0.6) | ((v < 0.85) & (s < 0.7)))] = idx["brown"]
-    grey = s < 0.2
-    out[grey & (v >= 0.7)] = idx["white"]
-    out[grey & (v >= 0.5) & (v < 0.7)] = idx["grey"]
-    out[(grey & (v < 0.5)) | (v < 0.25)] = idx["black"]
-    out[mn >= NEAR_WHITE] = -1
-    return out
+    """(H, W) array of indices into COLOUR_NAMES (-1 for near-white background); see tokenizers_mm.colours."""
+    return colour_names(_rgb(img))
 
 
 def colour_shares(img) -> dict[str, float]:

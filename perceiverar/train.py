@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from perceiverar.checkpoint import WEIGHTS, CheckpointError, check_weights, read_checkpoint_config
 from perceiverar.config import PerceiverARConfig
-from perceiverar.data import AUDIO_TOKENIZER_DIR, DatasetError, Mixture
+from perceiverar.data import AUDIO_TOKENIZER_DIR, ColourAugment, DatasetError, Mixture
 from perceiverar.distributed import Dist, full_state, load_optimizer_state, setup_dist, wrap_model
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
 from perceiverar.model import PerceiverAR
@@ -127,7 +127,8 @@ class Trainer:
         self.opt = make_optimizer(model, a)
         self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
                                filler=self.filler, whole_items=not a.no_whole_items,
-                               caption_part_dropout=a.caption_part_dropout)  # fmt: skip
+                               caption_part_dropout=a.caption_part_dropout,
+                               colour_augment=self._colour_augment(a))  # fmt: skip
         self.tok_cfg = tokenizer_config(a, self.data, self.cfg)
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume is not None:
@@ -142,6 +143,15 @@ class Trainer:
                  f"global batch {a.batch_size * a.grad_accum * dd.world} sequences")  # fmt: skip
 
     # ---- checkpoints ----
+
+    def _colour_augment(self, a) -> ColourAugment | None:
+        """--colour-tags / --hue-rotate: they need colour tokens (the palette is what they read and turn)."""
+        if not (a.colour_tags or a.hue_rotate):
+            return None
+        if self.settings.image_palette is None:
+            raise UsageError("--colour-tags and --hue-rotate need colour-token images: add --image-mode palette "
+                             "(or --init-from a palette checkpoint)")
+        return ColourAugment(self.settings.image_palette, a.colour_tags, a.hue_rotate)
 
     def _training_meta(self, val: float | None = None) -> dict:
         a = vars(self.args).copy()

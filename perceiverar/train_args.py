@@ -81,6 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with whole items: drop each ';'-separated part of a caption after the first with this "
                         "probability, so the first part (the name) must be read and shorter prompts are in "
                         "distribution (e.g. 0.5 for the emoji captions)")
+    g.add_argument("--colour-tags", type=float, default=0.0,
+                   help="palette images trained whole: put the image's dominant colour in front of the caption's "
+                        "name with this probability ('yellow grinning face'), so colour words are learnt from "
+                        "every image (perceiverar/data/colour_augment.py)")
+    g.add_argument("--hue-rotate", type=float, default=0.0,
+                   help="palette images trained whole: turn the image's hue by a multiple of 30 degrees with this "
+                        "probability and name the new colour in its caption ('red heart' -> 'blue heart')")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
     g.add_argument("--init-from", default=None, metavar="CKPT",
@@ -132,6 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--prompt-dropout must be in [0, 1], got {args.prompt_dropout}")
     if not 0 <= args.caption_part_dropout < 1:
         p.error(f"--caption-part-dropout must be in [0, 1), got {args.caption_part_dropout}")
+    for flag in ("colour_tags", "hue_rotate"):
+        if not 0 <= getattr(args, flag) <= 1:
+            p.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if not 1 <= args.palette_colours <= 256:
         p.error(f"--palette-colours must be in 1..256, got {args.palette_colours}")
     if args.conv_kernel is not None and not 0 <= args.conv_kernel <= 64:

@@ -7,12 +7,14 @@ One module per job:
 - ``cache``: each folder tokenized once into a memory-mapped cache (:func:`prepare_source`, :class:`PreparedSource`);
 - ``filler``: long prompts, captions buried in unrelated text (:class:`Filler`);
 - ``palette``: the colour-token palette, fitted on the training images (:func:`fit_source_palette`);
+- ``colour_augment``: colour tags and hue rotation that teach colour words (:class:`ColourAugment`);
 - ``batches``: the weighted mixture of folders -> equal-length crop batches (:class:`Mixture`).
 
 The public names are re-exported here: ``from perceiverar.data import Mixture, prepare_sources``.
 """
 
 from perceiverar.data.batches import Mixture
+from perceiverar.data.colour_augment import ColourAugment
 from perceiverar.data.cache import PreparedSource, default_cache_dir, prepare_source, prepare_sources
 from perceiverar.data.codec import AUDIO_TOKENIZER_DIR, AudioCodec, fit_audio_codec, load_audio_codec
 from perceiverar.data.filler import CAPTION_SEP, Filler, bury_caption, prompted_sequence
@@ -25,7 +27,7 @@ from perceiverar.data.sources import (
 __all__ = [
     "Mixture", "PreparedSource", "default_cache_dir", "prepare_source", "prepare_sources", "AUDIO_TOKENIZER_DIR",
     "AudioCodec", "fit_audio_codec", "load_audio_codec", "CAPTION_SEP", "Filler", "bury_caption", "prompted_sequence",
-    "fit_source_palette",
+    "fit_source_palette", "ColourAugment",
     "AUDIO_EXTS", "CACHE_FORMAT", "CAPTIONS", "IMAGE_EXTS", "TEXT_EXTS", "VAL_PERMILLE", "DatasetError", "Entry",
     "SourceSpec", "TokenizerSettings", "caption_from", "detect_modality", "is_val", "list_entries", "parse_data_arg",
 ]  # fmt: skip

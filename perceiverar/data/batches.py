@@ -30,6 +30,10 @@ this probability, independently. The first part (the name) is then often the onl
 what to draw, so it cannot lean on the shared category and style parts alone and leave the name unread, and
 prompts that give fewer parts than the training captions (a user's "blue heart") are in distribution.
 
+Colour words (``colour_augment``, palette-mode image items trained whole): a colour tag in front of the name and
+hue-rotated images with captions that say their new colour (:mod:`perceiverar.data.colour_augment`), applied
+before the caption parts are thinned.
+
 A batch with buried captions (:class:`~perceiverar.data.filler.Filler`) holds the whole prompt and the first
 ``k`` tokens after it (``k`` uniform in ``[N, header + target]``, so the latents, where the loss is, sit on the
 media, not on the filler), and the filler is sized so every row of the batch has one length, drawn uniform in
@@ -44,6 +48,7 @@ import numpy as np
 import torch
 
 from perceiverar.data.cache import PreparedSource
+from perceiverar.data.colour_augment import ColourAugment
 from perceiverar.data.filler import Filler, prompted_sequence
 from perceiverar.data.sources import DatasetError
 from tokenizers_mm.vocab import PAD
@@ -79,6 +84,7 @@ class Mixture:
     filler: Filler | None = None
     whole_items: bool = False  # items that fit in the latents are trained whole (see the module docstring)
     caption_part_dropout: float = 0.0  # drop each ";" part of a caption after the first (module docstring)
+    colour_augment: ColourAugment | None = None  # colour tags / hue rotation of palette images (whole items)
     probs: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -131,14 +137,16 @@ class Mixture:
         """Item i of source s as trained whole: its ids (caption dropped, or thinned to some of its parts) and
         where its target starts."""
         src = self.sources[s]
-        ids, plen = src.item(i, drop), 0 if drop else int(src.index[i, 2])
-        t0 = src.target_range(i)[0] - (int(src.index[i, 2]) - plen)
+        full = int(src.index[i, 2])
+        ids, plen = src.item(i, drop), 0 if drop else full
+        if self.colour_augment is not None and src.modality == "image":
+            ids, plen = self.colour_augment.apply(rng, ids, plen)
         if self.caption_part_dropout > 0 and plen:
             keep = rng.random(MAX_PARTS) >= self.caption_part_dropout  # a fixed number of draws per row
             caption = thin_caption(ids[2 : 2 + plen], keep)
             ids = np.concatenate([ids[:2], caption, ids[2 + plen :]])  # [BOS][TEXT_BEGIN] | caption | ...
-            t0 -= plen - len(caption)
-        return ids, t0
+            plen = len(caption)
+        return ids, src.target_range(i)[0] - (full - plen)
 
     def _whole_batch(self, picks: list, rows_: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Whole items right-padded to the longest; loss mask on each item's target and end markers."""

@@ -504,3 +504,36 @@ def test_audio_options_reach_the_fitted_codebook(tmp_path):
     bad = D.TokenizerSettings(audio_codebook_size=8, audio_fit_files=3, audio_options=(("n_mels", "many"),))
     with pytest.raises((D.DatasetError, TypeError, ValueError)):
         D.prepare_sources([D.parse_data_arg(str(folder))], bad, tmp_path / "c", progress=False, log=lambda m: None)
+
+
+def test_colour_augment_rows_keep_their_layout(folders):
+    """Whole items with colour tags and hue rotation: each row's caption is its own with a colour word in front
+    (or one colour word changed), the loss mask starts at its pixels and the features are the row's own."""
+    import torch
+
+    from tokenizers_mm.vocab import PAD, PALETTE_BEGIN
+
+    img, _, cache = folders
+    spec = D.SourceSpec(img, 1.0, "image")
+    pal = D.fit_source_palette([spec], SETTINGS, cache, colours=16, log=lambda m: None)
+    settings = D.TokenizerSettings(image_height=8, image_width=8, image_mode="palette", image_palette=pal)
+    src = D.prepare_source(spec, settings, cache, progress=False)
+    names = {bytes(src.item(i)[2 : 2 + int(src.index[i, 2])].tolist()).decode().split(";")[0] for i in range(len(src))}
+    mix = D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.0, whole_items=True,
+                    colour_augment=D.ColourAugment(np.array(pal, np.uint8), tag_prob=1.0, rotate_prob=0.5))  # fmt: skip
+    changed = 0
+    for step in range(6):
+        tokens, feats, st = mix.batch(step, 0, 4)
+        for r in range(4):
+            ids = tokens[r][tokens[r] != PAD]
+            cap = bytes(ids[2 : int(torch.nonzero(ids == TEXT_END)[0])].tolist()).decode()
+            name = cap.split(";")[0]
+            if name not in names:
+                words = name.split()
+                assert any(" ".join(words[1:]) == n or (len(n.split()) == len(words) and sum(
+                    a != b for a, b in zip(n.split(), words)) == 1) for n in names), name  # fmt: skip
+                changed += 1
+            first = int(torch.nonzero(st["loss_mask"][r])[0])
+            assert ids[first - 3] == PALETTE_BEGIN and first == len(ids) - 8 * 8 - 2
+            assert torch.equal(feats[r, : len(ids)], torch.from_numpy(position_features(ids.tolist())))
+    assert changed >= 8  # of 24 rows, most emoji have a clear dominant colour
