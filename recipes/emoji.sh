@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # checkpoints/emoji: text -> 16x16 emoji in colour tokens (one token per pixel, a 256-colour k-means palette),
 # trained whole (caption + image in the latents), on a 2-core CPU in about 80 minutes (3,200 steps of 16).
-# The bundled checkpoint had a second stage with caption parts left out (so the name alone is read), ~115 min:
+# The bundled checkpoint had a second stage with caption parts left out (so the name alone is read), ~115 min,
+# and a third with colour tags and hue rotation (colour words from every image; STEPS=1200 ... --colour-tags 0.5
+# --hue-rotate 0.25 added to the line below), ~105 min beside other runs:
 #   RUN=runs/emoji-2 INIT_FROM=checkpoints/emoji STEPS=1100 LR=5e-4 bash recipes/emoji.sh --caption-part-dropout 0.5
 # Continue it the same way for more steps (each stage exports over checkpoints/emoji when it finishes).
 # On a GPU: drop --cpu-bf16, raise --batch-size and --max-steps, and try --image-size 32 --n-latents 1536.
