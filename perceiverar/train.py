@@ -142,8 +142,6 @@ class Trainer:
                  f"device {dd.device}, world {dd.world}{' (FSDP)' if self.fsdp else ' (DDP)' if dd.world > 1 else ''}; "
                  f"global batch {a.batch_size * a.grad_accum * dd.world} sequences")  # fmt: skip
 
-    # ---- checkpoints ----
-
     def _colour_augment(self, a) -> ColourAugment | None:
         """--colour-tags / --hue-rotate: they need colour tokens (the palette is what they read and turn)."""
         if not (a.colour_tags or a.hue_rotate):
@@ -152,6 +150,8 @@ class Trainer:
             raise UsageError("--colour-tags and --hue-rotate need colour-token images: add --image-mode palette "
                              "(or --init-from a palette checkpoint)")
         return ColourAugment(self.settings.image_palette, a.colour_tags, a.hue_rotate)
+
+    # ---- checkpoints ----
 
     def _training_meta(self, val: float | None = None) -> dict:
         a = vars(self.args).copy()

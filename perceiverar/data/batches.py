@@ -48,13 +48,12 @@ import numpy as np
 import torch
 
 from perceiverar.data.cache import PreparedSource
-from perceiverar.data.colour_augment import ColourAugment
+from perceiverar.data.colour_augment import SEPARATOR, ColourAugment
 from perceiverar.data.filler import Filler, prompted_sequence
 from perceiverar.data.sources import DatasetError
 from tokenizers_mm.vocab import PAD
 
 
-SEPARATOR = ord(";")  # caption parts are joined by "; " (the caption templates write them so)
 MAX_PARTS = 8  # caption_part_dropout: parts after the 8th are always kept
 
 

@@ -32,7 +32,7 @@ from tokenizers_mm.ids import PIXEL_OFFSET
 ANGLES = tuple(range(30, 360, 30))  # the hue turns a rotation draws from (degrees)
 MIN_DRAWN = 0.03  # share of drawn pixels below which an image has no dominant colour (blank)
 MIN_SHARE = 0.35  # share of the drawn pixels the dominant name must hold
-SEPARATOR = ord(";")
+SEPARATOR = ord(";")  # caption parts are joined by "; " (the caption templates write them so)
 _WORD = re.compile(r"\b(" + "|".join([*COLOUR_NAMES, "gray"]) + r")\b")
 
 

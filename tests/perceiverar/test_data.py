@@ -362,6 +362,26 @@ def test_palette_cache_and_whole_item_batches(folders):
     assert "loss_mask" not in D.Mixture([src], context_len=256, n_latents=16).batch(0, 0, 2)[2]
 
 
+def _unpadded_row(tokens, r: int):
+    """Row ``r`` of a whole-item batch without its PAD, and its caption's text."""
+    import torch
+
+    from tokenizers_mm.vocab import PAD
+
+    ids = tokens[r][tokens[r] != PAD]
+    return ids, bytes(ids[2 : int(torch.nonzero(ids == TEXT_END)[0])].tolist()).decode()
+
+
+def _assert_row_layout(ids, feats, mask, begin: int, n_target: int) -> None:
+    """A whole-item row's features are its own sequence's, and its loss starts at its ``n_target`` media tokens
+    (after the ``begin`` marker and the two size tokens) and runs through END and EOS."""
+    import torch
+
+    assert torch.equal(feats[: len(ids)], torch.from_numpy(position_features(ids.tolist())))
+    first = int(torch.nonzero(mask)[0])
+    assert ids[first - 3] == begin and first == len(ids) - n_target - 2
+
+
 def test_thin_caption_keeps_the_name_and_drops_whole_parts():
     from perceiverar.data.batches import MAX_PARTS, thin_caption
 
@@ -384,8 +404,6 @@ def test_caption_part_dropout_trains_items_with_fewer_caption_parts(folders):
     the first), the loss mask starts at its target, and the features are those of the thinned sequence."""
     import torch
 
-    from tokenizers_mm.vocab import IMAGE_BEGIN, PAD, TEXT_END
-
     img, _, cache = folders
     settings = D.TokenizerSettings(image_height=4, image_width=4, caption_template="{text}; {style} style")
     (src,), _ = D.prepare_sources([D.SourceSpec(img, 1.0, "image")], settings, cache, progress=False)
@@ -399,16 +417,13 @@ def test_caption_part_dropout_trains_items_with_fewer_caption_parts(folders):
     for step in range(8):
         tokens, feats, st = thinned.batch(step, 0, 4)
         for r in range(4):
-            ids = tokens[r][tokens[r] != PAD]
-            cap = bytes(ids[2 : int(torch.nonzero(ids == TEXT_END)[0])].tolist()).decode()
+            ids, cap = _unpadded_row(tokens, r)
             parts = cap.split("; ")
             wholes = [w for w in (bytes(c.tolist()).decode().split("; ") for c in captions.values())
                       if w[0] == parts[0] and all(p in w[1:] for p in parts[1:])]  # fmt: skip
             assert wholes, cap  # the name, then some of the item's own parts
             shorter += len(parts) < min(len(w) for w in wholes)
-            assert torch.equal(feats[r, : len(ids)], torch.from_numpy(position_features(ids.tolist())))
-            first = int(torch.nonzero(st["loss_mask"][r])[0])
-            assert ids[first - 3] == IMAGE_BEGIN and first == len(ids) - 4 * 4 * 3 - 2  # header, pixels, END, EOS
+            _assert_row_layout(ids, feats[r], st["loss_mask"][r], IMAGE_BEGIN, 4 * 4 * 3)
     assert shorter >= 10  # of 32 rows, each caption has 3-4 parts after the name
 
 
@@ -509,9 +524,7 @@ def test_audio_options_reach_the_fitted_codebook(tmp_path):
 def test_colour_augment_rows_keep_their_layout(folders):
     """Whole items with colour tags and hue rotation: each row's caption is its own with a colour word in front
     (or one colour word changed), the loss mask starts at its pixels and the features are the row's own."""
-    import torch
-
-    from tokenizers_mm.vocab import PAD, PALETTE_BEGIN
+    from tokenizers_mm.vocab import PALETTE_BEGIN
 
     img, _, cache = folders
     spec = D.SourceSpec(img, 1.0, "image")
@@ -525,15 +538,12 @@ def test_colour_augment_rows_keep_their_layout(folders):
     for step in range(6):
         tokens, feats, st = mix.batch(step, 0, 4)
         for r in range(4):
-            ids = tokens[r][tokens[r] != PAD]
-            cap = bytes(ids[2 : int(torch.nonzero(ids == TEXT_END)[0])].tolist()).decode()
+            ids, cap = _unpadded_row(tokens, r)
             name = cap.split(";")[0]
             if name not in names:
                 words = name.split()
                 assert any(" ".join(words[1:]) == n or (len(n.split()) == len(words) and sum(
                     a != b for a, b in zip(n.split(), words)) == 1) for n in names), name  # fmt: skip
                 changed += 1
-            first = int(torch.nonzero(st["loss_mask"][r])[0])
-            assert ids[first - 3] == PALETTE_BEGIN and first == len(ids) - 8 * 8 - 2
-            assert torch.equal(feats[r, : len(ids)], torch.from_numpy(position_features(ids.tolist())))
+            _assert_row_layout(ids, feats[r], st["loss_mask"][r], PALETTE_BEGIN, 8 * 8)
     assert changed >= 8  # of 24 rows, most emoji have a clear dominant colour
