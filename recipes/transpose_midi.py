@@ -19,9 +19,9 @@ import random
 from pathlib import Path, PurePosixPath
 
 from perceiverar.data.sources import CAPTIONS, hash_int, is_val
+from perceiverar.media_files import write_atomic
+from tokenizers_mm.audio_files import MIDI_SUFFIXES
 from tokenizers_mm.midi_transpose import transpose_caption, transpose_key, transpose_midi
-
-MIDI_EXTS = {".mid", ".midi"}
 
 
 def transposed_name(rel: str, shift: int) -> str:
@@ -35,7 +35,7 @@ def plan(records: list[dict], shifts: list[int], per_file: int | None = None) ->
     out, seen = [], set()
     for rec in records:
         rel = rec["file"]
-        if is_val(rel) or PurePosixPath(rel).suffix.lower() not in MIDI_EXTS:
+        if is_val(rel) or PurePosixPath(rel).suffix.lower() not in MIDI_SUFFIXES:
             continue
         chosen = list(shifts)
         if per_file is not None and per_file < len(chosen):
@@ -61,10 +61,10 @@ def build(data: Path, out: Path, shifts: list[int], per_file: int | None = None,
             os.symlink((data / rec["file"]).resolve(), link)
     for rec, s, new in todo:
         dst = out / new["file"]
-        if not dst.exists():
-            transpose_midi(data / rec["file"], dst, s)
+        if not dst.exists():  # written whole or not at all, so a file already there is complete
+            write_atomic(dst, lambda tmp, rec=rec, s=s: transpose_midi(data / rec["file"], tmp, s))
     lines = [json.dumps(r) for r in records] + [json.dumps(new) for _, _, new in todo]
-    (out / CAPTIONS).write_text("\n".join(lines) + "\n")
+    write_atomic(out / CAPTIONS, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     summary = {"originals": len(records), "val": sum(is_val(r["file"]) for r in records), "transposed": len(todo)}
     log(f"{out}: {summary['originals']} originals ({summary['val']} val) + {summary['transposed']} transposed copies")
     return summary
