@@ -272,6 +272,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0, help="generation seed of the first caption (then +1 each)")
     ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (checkpoint default)")
     ap.add_argument("--top-p", type=float, default=None, help="nucleus sampling (checkpoint default)")
+    ap.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (checkpoint default)")
     ap.add_argument("--tag", default="", help="name part of the result files, e.g. bach-before")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     ap.add_argument("--model-card", action="store_true", help="write music_quality.json and .png into the "
@@ -300,7 +301,7 @@ def main(argv=None) -> dict:
         t = time.time()
         with torch.no_grad():
             g = pipe.generate_audio(r["text"], seconds=args.seconds, seed=args.seed + i, temperature=args.temperature,
-                                    top_p=args.top_p, partial_audio=False)[0]  # fmt: skip
+                                    top_p=args.top_p, cfg_scale=args.cfg_scale, partial_audio=False)[0]  # fmt: skip
         gen_seconds += time.time() - t
         sets["generated"].append(g)
         print(f"{r['file']}: generated {args.seconds:g} s in {time.time() - t:.0f} s", flush=True)
@@ -328,8 +329,9 @@ def main(argv=None) -> dict:
                           out.with_suffix(".png"))  # fmt: skip
     fields = {
         "checkpoint": str(args.checkpoint), "data": str(args.data), "items": args.items, "seconds": args.seconds,
-        "seed": args.seed, "sampling": {k: v for k, v in pipe.defaults.items() if k in ("temperature", "top_p", "top_k")}
-        | {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None},
+        "seed": args.seed, "sampling": {k: v for k, v in pipe.defaults.items() if k in ("temperature", "top_p", "top_k", "cfg_scale")}
+        | {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p), ("cfg_scale", args.cfg_scale))
+           if v is not None},
         "tokenizer": {"tokens_per_second": round(tok.tokens_per_second, 3), "codebook_size": tok.codebook_size,
                       "patch_frames": tok.config.patch_frames},
         "summary": summary, "targets": targets, "held_out": eval_res, "spectrogram_png": png.name,

@@ -159,7 +159,7 @@ def _normal(key: str, value):
         return folder(value) if key == "filler" else str(Path(value).expanduser().resolve())
     if key == "image_size":
         return (value[0], value[-1])
-    return value
+    return tuple(value) if isinstance(value, (list, tuple)) else value  # JSON reads a tuple back as a list
 
 
 def resume_differences(run_json: dict, args) -> list[str]:

@@ -128,7 +128,8 @@ class Trainer:
         self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
                                filler=self.filler, whole_items=not a.no_whole_items,
                                caption_part_dropout=a.caption_part_dropout,
-                               colour_augment=self._colour_augment(a))  # fmt: skip
+                               colour_augment=self._colour_augment(a), opening_weight=a.opening_weight[0],
+                               opening_tokens=a.opening_weight[1])  # fmt: skip
         self.tok_cfg = tokenizer_config(a, self.data, self.cfg)
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume is not None:

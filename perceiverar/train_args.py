@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from perceiverar.config import PRESETS
 
@@ -18,6 +19,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def _opening(text: str) -> tuple[float, int]:
+    """'8:86' -> (8.0, 86): --opening-weight."""
+    try:
+        w, k = text.split(":")
+        out = float(w), int(k)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected W:K (a weight and a token count, e.g. 8:86), got {text!r}") from None
+    if not (out[0] > 0 and math.isfinite(out[0])) or out[1] < 0:
+        raise argparse.ArgumentTypeError(f"expected a weight > 0 and a token count >= 0, got {text!r}")
+    return out
 
 
 def audio_options(items: list[str]) -> tuple:
@@ -88,6 +101,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--hue-rotate", type=float, default=0.0,
                    help="palette images trained whole: turn the image's hue by a multiple of 30 degrees with this "
                         "probability and name the new colour in its caption ('red heart' -> 'blue heart')")
+    g.add_argument("--opening-weight", type=_opening, default=(1.0, 0), metavar="W:K",
+                   help="with whole items and uniform windows: the first K targets of each item's media count W "
+                        "times in the loss (e.g. 8:86, the first two seconds of a 43-tokens/s clip), where only the "
+                        "caption can say what comes: a chorale's key, say")
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="small", help=f"model size: {', '.join(PRESETS)}")
     g.add_argument("--init-from", default=None, metavar="CKPT",

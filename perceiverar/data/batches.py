@@ -30,6 +30,12 @@ this probability, independently. The first part (the name) is then often the onl
 what to draw, so it cannot lean on the shared category and style parts alone and leave the name unread, and
 prompts that give fewer parts than the training captions (a user's "blue heart") are in distribution.
 
+Opening weight (``opening_weight`` over ``opening_tokens``, whole items and uniform windows only): the first
+``opening_tokens`` targets of each item's media count ``opening_weight`` times in the loss (``stats["loss_mask"]``
+is then a float weight). At the opening of a clip or image only the caption can tell the model what comes (a
+chorale's key is evident from its own audio a second in, so a model can lower its loss almost everywhere
+without reading the key); the weight puts the gradient where the caption matters.
+
 Colour words (``colour_augment``, palette-mode image items trained whole): a colour tag in front of the name and
 hue-rotated images with captions that say their new colour (:mod:`perceiverar.data.colour_augment`), applied
 before the caption parts are thinned.
@@ -84,6 +90,8 @@ class Mixture:
     whole_items: bool = False  # items that fit in the latents are trained whole (see the module docstring)
     caption_part_dropout: float = 0.0  # drop each ";" part of a caption after the first (module docstring)
     colour_augment: ColourAugment | None = None  # colour tags / hue rotation of palette images (whole items)
+    opening_weight: float = 1.0  # loss weight of each item's first ``opening_tokens`` targets (module docstring)
+    opening_tokens: int = 0
     probs: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -158,8 +166,19 @@ class Mixture:
             tokens[r, :n] = torch.from_numpy(ids)
             features[r, :n] = torch.from_numpy(self.sources[s].features(ids))
             mask[r, start:n] = True
+        mask = self._weighted(mask, [start for _, start in rows_])
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "loss_mask": mask}
         return tokens, features, stats
+
+    def _weighted(self, mask: torch.Tensor, starts: list[int]) -> torch.Tensor:
+        """``mask`` (rows, l) bool, as a float weight ``opening_weight`` on each row's first ``opening_tokens``
+        targets from its media start ``starts[r]`` (unchanged when there is no opening weight)."""
+        if self.opening_weight == 1.0 or self.opening_tokens <= 0:
+            return mask
+        w = mask.float()  # (rows, l)
+        for r, t0 in enumerate(starts):
+            w[r, t0 : t0 + self.opening_tokens] *= self.opening_weight
+        return w
 
     def _uniform_batch(self, rng: np.random.Generator, picks: list, rows_: list[tuple[np.ndarray, int]]
                        ) -> tuple[torch.Tensor, torch.Tensor, dict]:  # fmt: skip
@@ -169,17 +188,18 @@ class Mixture:
         for (s, _, _), (ids, t0) in zip(picks, rows_):
             n = len(ids)
             v = t0 + int(q * (n - t0 + N - 1))  # virtual window end, uniform over [t0, n - 1 + N - 1]
-            rows.append((s, ids, max(t0, v - N + 1), min(v, n - 1)))  # targets [lo, hi]
-        length = max(hi for *_, hi in rows) + 1
+            rows.append((s, ids, max(t0, v - N + 1), min(v, n - 1), t0))  # targets [lo, hi]
+        length = max(hi for _, _, _, hi, _ in rows) + 1
         tokens = torch.full((len(rows), length), PAD, dtype=torch.long)  # (rows, l)
         features = torch.zeros((len(rows), length, 3), dtype=torch.long)  # (rows, l, 3)
         mask = torch.zeros((len(rows), length), dtype=torch.bool)  # (rows, l)
-        for r, (s, ids, lo, hi) in enumerate(rows):
+        for r, (s, ids, lo, hi, _) in enumerate(rows):
             tokens[r, : hi + 1] = torch.from_numpy(ids[: hi + 1])
             features[r, : hi + 1] = torch.from_numpy(self.sources[s].features(ids)[: hi + 1])
             mask[r, lo : hi + 1] = True
+        mask = self._weighted(mask, [t0 for *_, t0 in rows])
         # Target p is predicted by input position p - 1: the latents (the last n inputs) must reach min lo - 1.
-        n = length - min(lo for *_, lo, _ in rows)
+        n = length - min(lo for _, _, lo, _, _ in rows)
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "loss_mask": mask, "n_latents": n}
         return tokens, features, stats
 

@@ -547,3 +547,50 @@ def test_colour_augment_rows_keep_their_layout(folders):
                 changed += 1
             _assert_row_layout(ids, feats[r], st["loss_mask"][r], PALETTE_BEGIN, 8 * 8)
     assert changed >= 8  # of 24 rows, most emoji have a clear dominant colour
+
+
+def test_opening_weight_weights_the_first_targets_of_each_item(folders):
+    """--opening-weight W:K: in whole-item and uniform-window batches, exactly the first K media targets of each
+    row weigh W and every other target 1 (the same targets as without the weight); the loss is their weighted
+    mean, so a wrong opening costs W times as much."""
+    import torch
+
+    from perceiverar.config import PerceiverARConfig
+    from perceiverar.model import PerceiverAR
+
+    img, _, cache = folders
+    src = D.prepare_source(D.SourceSpec(img, 1.0, "image"), SETTINGS, cache, progress=False)  # 192 targets
+    W, K = 5.0, 10
+    for N in (256, 24):  # whole items, then uniform windows
+        plain = D.Mixture([src], context_len=1024, n_latents=N, whole_items=True)
+        weighted = D.Mixture([src], context_len=1024, n_latents=N, whole_items=True, opening_weight=W, opening_tokens=K)
+        seen_opening = 0
+        for step in range(40):
+            t0, _, s0 = plain.batch(step, 0, 3)
+            t1, _, s1 = weighted.batch(step, 0, 3)
+            m0, m1 = s0["loss_mask"], s1["loss_mask"]
+            assert torch.equal(t0, t1) and m0.dtype == torch.bool and m1.dtype == torch.float32
+            assert torch.equal(m1 > 0, m0)  # the same targets
+            for r in range(3):
+                start = int(torch.nonzero(t1[r] >= 5632)[4]) + 3  # first pixel
+                opening = torch.zeros_like(m0[r])
+                opening[start : start + K] = True
+                assert (m1[r][m0[r] & opening] == W).all() and (m1[r][m0[r] & ~opening] == 1).all()
+                seen_opening += int((m0[r] & opening).sum())
+        assert seen_opening > 0
+    # the loss: the weighted mean of the per-target NLL
+    model = PerceiverAR(PerceiverARConfig(width=32, n_heads=2, head_dim=16, n_layers=1, n_latents=256,
+                                          context_len=1024)).eval()  # fmt: skip
+    torch.manual_seed(0)
+    with torch.no_grad():  # the zero-initialised head gives every target the same NLL: perturb it
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    whole = D.Mixture([src], context_len=1024, n_latents=256, whole_items=True, opening_weight=W, opening_tokens=K)
+    tokens, feats, st = whole.batch(0, 0, 2)
+    w = st["loss_mask"]
+    with torch.no_grad():
+        nll, _ = model.token_nll(tokens, feats, n_latents=tokens.shape[1] - 1)
+        loss = model.loss(tokens, feats, loss_mask=w, n_latents=tokens.shape[1] - 1)
+    ww = w[:, 1:]
+    assert torch.allclose(loss, (nll * ww).sum() / ww.sum(), rtol=1e-5)
+    assert not torch.allclose(loss, nll[ww > 0].mean(), rtol=1e-3)

@@ -111,6 +111,10 @@ def test_bad_arguments(data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         T.main(["--data", str(img), "--preset", "debug", "--out", str(tmp_path / "r"), "--max-steps", "0"])
     assert "--max-steps must be >= 1" in capsys.readouterr().err
+    for bad in ("8", "0:86", "x:1", "2:-1"):
+        with pytest.raises(SystemExit):
+            T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--opening-weight", bad])
+        assert "--opening-weight: expected" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- a short run
