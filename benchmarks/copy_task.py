@@ -43,10 +43,19 @@ from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
 N_SYMBOLS = 256  # random tokens are text-byte ids 0..255
 
 
-def copy_batch(batch: int, context: int, generator: torch.Generator, device) -> torch.Tensor:
-    """(B, context) random first halves followed by their repeat (an odd context gets one extra token)."""
+def copy_batch(batch: int, context: int, generator: torch.Generator, device, alphabet_min: int = N_SYMBOLS) -> torch.Tensor:
+    """(B, context) random first halves followed by their repeat (an odd context gets one extra token).
+
+    ``alphabet_min`` < 256: each row draws its tokens from a random subset of k symbols, k uniform in
+    [alphabet_min, 256] (training only; see ``--alphabet-min``).
+    """
     half = context // 2
-    first = torch.randint(0, N_SYMBOLS, (batch, half), generator=generator)
+    first = torch.randint(0, N_SYMBOLS, (batch, half), generator=generator)  # (B, half)
+    if alphabet_min < N_SYMBOLS:
+        for r in range(batch):
+            k = int(torch.randint(alphabet_min, N_SYMBOLS + 1, (1,), generator=generator))
+            symbols = torch.randperm(N_SYMBOLS, generator=generator)[:k]
+            first[r] = symbols[torch.randint(0, k, (half,), generator=generator)]
     seq = torch.cat([first, first, first[:, : context - 2 * half]], dim=1)
     return seq.to(device)
 
@@ -102,15 +111,16 @@ def train_synthetic(cfg: PerceiverARConfig, steps: int, lr: float, device, next_
 
 
 def train_copy(cfg: PerceiverARConfig, steps: int, batch: int, lr: float, device, seed: int = 0, log_every: int = 50,
-               vary_length: bool = False, conv_init_std: float = 0.0, init_state: dict | None = None):
-    """``vary_length``: each batch's sequences have a random length in [4N, L], so the copy's distance (half the
-    length) changes from batch to batch and the model cannot lean on a fixed look-back: it must find the copy
-    by content. With one length, rotary phases at exactly that distance are a free cue that fails elsewhere."""
+               vary_length: bool = False, conv_init_std: float = 0.0, init_state: dict | None = None,
+               alphabet_min: int = N_SYMBOLS):
+    """``alphabet_min``: rows over smaller alphabets (``copy_batch``). ``vary_length``: each batch's sequences
+    have a random length in [4N, L], so the copy's distance (half the length) changes from batch to batch and
+    the model cannot lean on a fixed look-back: it must find the copy by content. With one length, rotary phases at exactly that distance are a free cue that fails elsewhere."""
     L, N = cfg.context_len, cfg.n_latents
 
     def next_batch(g: torch.Generator):
         length = int(torch.randint(min(4 * N, L), L + 1, (1,), generator=g)) if vary_length else L
-        seq = copy_batch(batch, length, g, device)
+        seq = copy_batch(batch, length, g, device, alphabet_min)
         # Crop from the start to an end inside the second half: the latents then sit where copying is possible.
         end = int(torch.randint(length // 2 + N, length + 1, (1,), generator=g))
         return seq[:, :end], None
@@ -246,6 +256,11 @@ def main(argv=None) -> None:
                    help="share of each head's rotary frequency pairs that turn (the fastest); the rest carry no position")
     p.add_argument("--vary-length", action="store_true",
                    help="train on sequences of random length up to the context, so the copy's distance varies")
+    p.add_argument("--alphabet-min", type=int, default=N_SYMBOLS,
+                   help="train each sequence on a random subset of k symbols, k uniform in [K, 256]: repeated bigrams "
+                        "and trigrams become common even at short contexts, so a look-up by content must weigh "
+                        "every token of its n-gram, as it must among the 32,768 distractors of a 65,536 context. "
+                        "Scoring always uses all 256")
     p.add_argument("--conv-init-std", type=float, default=0.0,
                    help="start the convolution at random weights of this std (default 0: the model's zero init)")
     p.add_argument("--init-from", type=Path, default=None,
@@ -275,6 +290,8 @@ def main(argv=None) -> None:
     p.add_argument("--save", type=Path, default=None, help="save the checkpoint of the longest context here")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
+    if not 2 <= a.alphabet_min <= N_SYMBOLS:
+        p.error(f"--alphabet-min must be in 2..{N_SYMBOLS}, got {a.alphabet_min}")
     device = torch.device(a.device)
     if a.eval_from is not None:
         evaluate_checkpoint(a, device)
@@ -297,7 +314,7 @@ def main(argv=None) -> None:
               f"conv {cfg.conv_kernel}, rope fraction {cfg.rope_fraction}")
         t0 = time.time()
         model, history = train_copy(cfg, a.steps, a.batch, a.lr, device, seed=a.seed, vary_length=a.vary_length,
-                                    conv_init_std=a.conv_init_std, init_state=init_state)
+                                    conv_init_std=a.conv_init_std, init_state=init_state, alphabet_min=a.alphabet_min)
         train_s = time.time() - t0
         acc, per_bucket = copy_accuracy(model, T, a.eval_seqs, device)
         print(f"  context {T}: copy accuracy {acc:.4f}; by position in the second half: {per_bucket}")
@@ -307,7 +324,7 @@ def main(argv=None) -> None:
             "rope_fraction": cfg.rope_fraction, "conv_kernel": cfg.conv_kernel, "lr": a.lr, "steps": a.steps,
             "seed": a.seed, "batch": a.batch, "vary_length": a.vary_length,
             "conv_init_std": a.conv_init_std, "init_from": None if a.init_from is None else str(a.init_from),
-            "query_scale": a.query_scale,
+            "query_scale": a.query_scale, "alphabet_min": a.alphabet_min,
             "train_seconds": round(train_s, 1),
         }
         records.append({"task": "copy", "context": T, "accuracy": round(acc, 5), "accuracy_by_position": per_bucket,

@@ -53,3 +53,13 @@ def test_eval_from_scores_a_saved_checkpoint_without_training(tmp_path):
     assert rec["context"] == 4096 and rec["eval_skip"] == 3 and rec["scored_tokens"] == 2 * 32
     assert rec["accuracy"] >= 0.99 and rec["shuffled_first_half_accuracy"] < 0.1, rec
     assert rec["weights"] == "bfloat16"
+
+
+def test_copy_batch_small_alphabets_keep_the_copy_and_vary_by_row():
+    """--alphabet-min: each row draws from its own random subset of symbols (at least the minimum), still copied."""
+    g = torch.Generator().manual_seed(2)
+    seq = copy_batch(16, 2000, g, "cpu", alphabet_min=8)
+    torch.testing.assert_close(seq[:, 1000:], seq[:, :1000])
+    sizes = [len(torch.unique(r)) for r in seq]
+    assert min(sizes) >= 8 and max(sizes) <= 256 and len(set(sizes)) > 4, sizes
+    assert len(torch.unique(seq)) > max(sizes)  # the subsets differ between rows
