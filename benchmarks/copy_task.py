@@ -211,13 +211,20 @@ def evaluate_checkpoint(a, device) -> None:
     from perceiverar import load_checkpoint
 
     ck = load_checkpoint(a.eval_from, device=device)
+    if a.query_scale != 1.0:  # a lower softmax temperature for the look-up, without training
+        with torch.no_grad():
+            ck.model.cross.wq.weight.mul_(a.query_scale)
+            if ck.model.cross.wq.bias is not None:
+                ck.model.cross.wq.bias.mul_(a.query_scale)
     weights = {str(t.dtype).removeprefix("torch.") for t in load_file_dtypes(a.eval_from)}
     trained = {k: v for k, v in ck.training.items() if k not in ("evaluated", "loss_history", "accuracy_by_position")}
     records = []
     for E in a.eval_contexts:
         t1 = time.time()
-        acc, windows = copy_accuracy_windows(ck.model, E, a.eval_seqs, device, a.eval_windows, skip=a.eval_skip)
-        s_acc, _ = copy_accuracy_windows(ck.model, E, a.control_seqs or a.eval_seqs, device, 1, shuffled=True)
+        acc, windows = copy_accuracy_windows(ck.model, E, a.eval_seqs, device, a.eval_windows, seed=a.eval_seed,
+                                             skip=a.eval_skip)  # fmt: skip
+        s_acc, _ = copy_accuracy_windows(ck.model, E, a.control_seqs or a.eval_seqs, device, 1, seed=a.eval_seed,
+                                         shuffled=True)  # fmt: skip
         n_scored = a.eval_seqs * len(windows) * ck.config.n_latents
         print(f"  context {E}: copy accuracy {acc:.4f} over {n_scored} positions (min window {min(windows):.4f}); "
               f"first half shuffled {s_acc:.4f}  ({time.time() - t1:.0f}s)")
@@ -225,8 +232,13 @@ def evaluate_checkpoint(a, device) -> None:
                         "shuffled_first_half_accuracy": round(s_acc, 5), "eval_sequences": a.eval_seqs,
                         "control_sequences": a.control_seqs or a.eval_seqs, "eval_windows": len(windows),
                         "eval_skip": a.eval_skip, "scored_tokens": n_scored, "checkpoint": str(a.eval_from),
-                        "weights": "/".join(sorted(weights)), "eval_seconds": round(time.time() - t1, 1)})  # fmt: skip
+                        "weights": "/".join(sorted(weights)), "eval_query_scale": a.query_scale, "eval_seed": a.eval_seed,
+                        "eval_seconds": round(time.time() - t1, 1)})  # fmt: skip
         save_result("copy_task", device, {"results": records}, a.out)
+    if a.save is not None:  # the scored weights (queries scaled), with these figures in the training record
+        training = {**trained, "query_scaled_after_training": a.query_scale, "scaled_from": str(a.eval_from),
+                    "evaluated": records}  # fmt: skip
+        save_copy_checkpoint(a.save, ck.model, None, training)
 
 
 def load_file_dtypes(directory: Path) -> list[torch.Tensor]:
@@ -266,8 +278,8 @@ def main(argv=None) -> None:
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this copy checkpoint's weights (same sizes; a curriculum stage)")
     p.add_argument("--query-scale", type=float, default=1.0,
-                   help="multiply the --init-from weights' cross-attention queries by this (a lower softmax temperature: "
-                        "a sharper look-up among more distractors at long contexts)")
+                   help="multiply the --init-from (or --eval-from) weights' cross-attention queries by this (a lower "
+                        "softmax temperature: a sharper look-up among more distractors at long contexts)")
     p.add_argument("--head-dim", type=int, default=32)
     p.add_argument("--byte-vocab", action="store_true",
                    help="a 256-id vocabulary (the task's symbols only) instead of the full multimodal one: a smaller, faster model")
@@ -275,6 +287,8 @@ def main(argv=None) -> None:
                    help="also score the trained model at these contexts (fresh sequences, --eval-windows windows each, "
                         "with a shuffled-first-half control)")
     p.add_argument("--eval-windows", type=int, default=8)
+    p.add_argument("--eval-seed", type=int, default=1234,
+                   help="--eval-from: the fresh sequences' seed (choose --query-scale on one seed, report another)")
     p.add_argument("--eval-skip", type=int, default=0,
                    help="leave the second half's first K positions out of the --eval-contexts scores (3 for a look-up "
                         "by trigram: the copy's first tokens follow an n-gram that straddles the halves)")
@@ -287,7 +301,9 @@ def main(argv=None) -> None:
                         "evaluated there, see --eval-contexts)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data seed (runs differ a lot in how long the plateau lasts)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--save", type=Path, default=None, help="save the checkpoint of the longest context here")
+    p.add_argument("--save", type=Path, default=None,
+                   help="save the checkpoint of the longest context here (with --eval-from: the scored weights, "
+                        "queries scaled by --query-scale)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     if not 2 <= a.alphabet_min <= N_SYMBOLS:
