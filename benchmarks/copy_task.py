@@ -43,7 +43,8 @@ from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
 N_SYMBOLS = 256  # random tokens are text-byte ids 0..255
 
 
-def copy_batch(batch: int, context: int, generator: torch.Generator, device, alphabet_min: int = N_SYMBOLS) -> torch.Tensor:
+def copy_batch(batch: int, context: int, generator: torch.Generator, device,
+               alphabet_min: int = N_SYMBOLS) -> torch.Tensor:  # fmt: skip
     """(B, context) random first halves followed by their repeat (an odd context gets one extra token).
 
     ``alphabet_min`` < 256: each row draws its tokens from a random subset of k symbols, k uniform in
@@ -115,7 +116,8 @@ def train_copy(cfg: PerceiverARConfig, steps: int, batch: int, lr: float, device
                alphabet_min: int = N_SYMBOLS):
     """``alphabet_min``: rows over smaller alphabets (``copy_batch``). ``vary_length``: each batch's sequences
     have a random length in [4N, L], so the copy's distance (half the length) changes from batch to batch and
-    the model cannot lean on a fixed look-back: it must find the copy by content. With one length, rotary phases at exactly that distance are a free cue that fails elsewhere."""
+    the model cannot lean on a fixed look-back: it must find the copy by content. With one length, rotary
+    phases at exactly that distance are a free cue that fails elsewhere."""
     L, N = cfg.context_len, cfg.n_latents
 
     def next_batch(g: torch.Generator):
@@ -232,8 +234,8 @@ def evaluate_checkpoint(a, device) -> None:
                         "shuffled_first_half_accuracy": round(s_acc, 5), "eval_sequences": a.eval_seqs,
                         "control_sequences": a.control_seqs or a.eval_seqs, "eval_windows": len(windows),
                         "eval_skip": a.eval_skip, "scored_tokens": n_scored, "checkpoint": str(a.eval_from),
-                        "weights": "/".join(sorted(weights)), "eval_query_scale": a.query_scale, "eval_seed": a.eval_seed,
-                        "eval_seconds": round(time.time() - t1, 1)})  # fmt: skip
+                        "weights": "/".join(sorted(weights)), "eval_query_scale": a.query_scale,
+                        "eval_seed": a.eval_seed, "eval_seconds": round(time.time() - t1, 1)})  # fmt: skip
         save_result("copy_task", device, {"results": records}, a.out)
     if a.save is not None:  # the scored weights (queries scaled), with these figures in the training record
         training = {**trained, "query_scaled_after_training": a.query_scale, "scaled_from": str(a.eval_from),

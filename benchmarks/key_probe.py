@@ -73,8 +73,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from perceiverar.data.codec import audio_ids  # noqa: PLC0415
-    from perceiverar.data.codec import load_audio_codec  # noqa: PLC0415
+    from perceiverar.data.codec import audio_ids, load_audio_codec  # noqa: PLC0415
     from perceiverar.pipeline import Pipeline  # noqa: PLC0415
     from tokenizers_mm.vocab import build_sequence  # noqa: PLC0415
 
@@ -83,7 +82,7 @@ def main(argv=None) -> dict:
     model = pipe.model.eval()
     codec = load_audio_codec(Path(a.checkpoint) / (pipe.config.get("audio") or {}).get("dir", "audio_tokenizer"))
     tps = codec.tokenizer.tokens_per_second
-    n, first = int(round(a.seconds * tps)), int(round(tps))
+    n, first = round(a.seconds * tps), round(tps)
     deltas = {k: [] for k in EDITS}
     first_second = {k: [] for k in EDITS}
     rows = []

@@ -27,7 +27,8 @@ def _opening(text: str) -> tuple[float, int]:
         w, k = text.split(":")
         out = float(w), int(k)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected W:K (a weight and a token count, e.g. 8:86), got {text!r}") from None
+        msg = f"expected W:K (a weight and a token count, e.g. 8:86), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
     if not (out[0] > 0 and math.isfinite(out[0])) or out[1] < 0:
         raise argparse.ArgumentTypeError(f"expected a weight > 0 and a token count >= 0, got {text!r}")
     return out

@@ -27,7 +27,7 @@
 #   CONTEXTS=32768 STEPS=100 bash recipes/copy.sh $C --batch 2 --lr 3e-4 --init-from /tmp/copy32768 --query-scale 3 --save /tmp/copy32768s
 # and score a checkpoint on more positions, leaving out the copy's first 3 (see copy_accuracy_windows):
 #   bash recipes/copy.sh --eval-from /tmp/copy32768s --eval-contexts 65536 --eval-seqs 8 --eval-windows 16 --eval-skip 3 --control-seqs 4
-# The bundled checkpoints/copy (99.0% at 65,536 on fresh sequences; its model card) continues with a stage at
+# The bundled checkpoints/copy (98.95% at 65,536 on fresh sequences; its model card) continues with a stage at
 # 65,536 and two over small alphabets (--alphabet-min: bigram and trigram distractors at short contexts):
 #   CONTEXTS=65536 STEPS=200 bash recipes/copy.sh $C --batch 2 --lr 3e-4 --init-from /tmp/copy32768s --query-scale 1.5 --save /tmp/copy65536
 #   CONTEXTS=8192 STEPS=300 bash recipes/copy.sh $C --batch 4 --lr 3e-4 --alphabet-min 24 --init-from /tmp/copy65536 --save /tmp/copyA8192

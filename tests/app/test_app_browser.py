@@ -187,7 +187,8 @@ def test_stop_keeps_the_partial_result(page, artifacts):
     page.locator("#text-generate").click()
     page.wait_for_function("() => document.querySelector('#text-output textarea').value.length > 0", timeout=60_000)
     page.locator("#text-stop").click()
-    page.locator("#text-status").get_by_text(re.compile("Stopped|Done")).wait_for(timeout=30_000)
+    # a 2-core box under load can take a while to stop
+    page.locator("#text-status").get_by_text(re.compile("Stopped|Done")).wait_for(timeout=90_000)
     assert "Stopped" in page.locator("#text-status").inner_text()
     assert page.locator("#text-output textarea").input_value() != ""
     page.locator("#text-files").get_by_text("perceiverar-text-seed").first.wait_for(timeout=10_000)

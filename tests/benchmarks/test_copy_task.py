@@ -65,7 +65,8 @@ def test_eval_from_scores_a_saved_checkpoint_without_training(tmp_path):
     # --query-scale with --save: the scored weights are saved, queries scaled, the rest unchanged
     main(["--eval-from", str(CHECKPOINT), "--eval-contexts", "1024", "--eval-seqs", "1", "--eval-windows", "1",
           "--query-scale", "2", "--save", str(tmp_path / "scaled"), "--out", str(tmp_path / "s.json")])
-    before, after = load_checkpoint(CHECKPOINT).model.state_dict(), load_checkpoint(tmp_path / "scaled").model.state_dict()
+    before = load_checkpoint(CHECKPOINT).model.state_dict()
+    after = load_checkpoint(tmp_path / "scaled").model.state_dict()
     for k, v in before.items():
         torch.testing.assert_close(after[k], 2 * v if k.startswith("cross.wq.") else v, rtol=0, atol=0)
     assert load_checkpoint(tmp_path / "scaled").training["query_scaled_after_training"] == 2.0

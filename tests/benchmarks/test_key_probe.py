@@ -32,10 +32,9 @@ def test_main_scores_the_opening_under_each_caption(tmp_path):
     from perceiverar import PerceiverAR, PerceiverARConfig, load_checkpoint, save_checkpoint
     from perceiverar.data import is_val
     from perceiverar.pipeline import make_tokenizer_config
+    from tests.benchmarks.test_music_quality import SR, major_cadence, progression
     from tokenizers_mm.audio import AudioConfig, AudioTokenizer
     from tokenizers_mm.vocab import build_sequence, position_features
-
-    from tests.benchmarks.test_music_quality import SR, major_cadence, progression
 
     data = tmp_path / "data"
     data.mkdir()
