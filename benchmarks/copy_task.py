@@ -208,16 +208,21 @@ def save_copy_checkpoint(path: Path, model: PerceiverAR, context: int | None, tr
     print(f"  saved {path} (context_len {model.cfg.context_len:,})")
 
 
+def scale_queries(state: dict[str, torch.Tensor], scale: float) -> None:
+    """Multiply the cross-attention's query projection in ``state`` (in place) by ``scale``: a lower softmax
+    temperature for the look-up (``--query-scale``)."""
+    with torch.no_grad():
+        for k in ("cross.wq.weight", "cross.wq.bias"):
+            if k in state:
+                state[k].mul_(scale)
+
+
 def evaluate_checkpoint(a, device) -> None:
     """``--eval-from``: score a saved copy checkpoint at ``--eval-contexts`` (with the control), nothing trained."""
     from perceiverar import load_checkpoint
 
     ck = load_checkpoint(a.eval_from, device=device)
-    if a.query_scale != 1.0:  # a lower softmax temperature for the look-up, without training
-        with torch.no_grad():
-            ck.model.cross.wq.weight.mul_(a.query_scale)
-            if ck.model.cross.wq.bias is not None:
-                ck.model.cross.wq.bias.mul_(a.query_scale)
+    scale_queries(ck.model.state_dict(), a.query_scale)  # the state dict shares the model's tensors
     weights = {str(t.dtype).removeprefix("torch.") for t in load_file_dtypes(a.eval_from)}
     trained = {k: v for k, v in ck.training.items() if k not in ("evaluated", "loss_history", "accuracy_by_position")}
     records = []
@@ -319,9 +324,7 @@ def main(argv=None) -> None:
         from perceiverar import load_checkpoint
 
         init_state = {k: v.float() for k, v in load_checkpoint(a.init_from).model.state_dict().items()}
-        for k in ("cross.wq.weight", "cross.wq.bias"):
-            if k in init_state:
-                init_state[k] *= a.query_scale
+        scale_queries(init_state, a.query_scale)
     records = []
     for T in a.contexts:
         extra = {"conv_kernel": a.conv_kernel, "rope_fraction": a.rope_fraction}

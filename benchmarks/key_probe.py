@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.caption_probe import summarize
 from benchmarks.long_prompt import item_sequence
 from benchmarks.music_quality import _KEY_RE, default_data, key_name, parse_key, val_chorales
 from benchmarks.results_io import save_result
@@ -53,13 +54,6 @@ def opening_bits(model, caption: str, rest: np.ndarray, n: int) -> np.ndarray:
     prompt = np.frombuffer(caption.encode(), np.uint8).astype(np.int64)
     ids, feats, target = item_sequence(prompt, rest, n_target=n)
     return item_nll(model, ids, feats, target) / np.log(2)
-
-
-def summarize(deltas: list[float]) -> dict:
-    d = np.asarray(deltas, dtype=np.float64)
-    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
-    return {"n": len(d), "mean_bits": round(float(d.mean()), 2), "se_bits": se and round(se, 2),
-            "true_likelier_share": round(float((d > 0).mean()), 3)}  # fmt: skip
 
 
 def main(argv=None) -> dict:

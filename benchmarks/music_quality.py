@@ -327,11 +327,11 @@ def main(argv=None) -> dict:
                        RESULTS / f"{name}-cpu-{time.strftime('%Y-%m-%d')}.json")  # fmt: skip
     png = spectrogram_png(sets, [f"{r['file']} ({key_name(k)})" for r, k in zip(items, keys)][: args.figure_rows],
                           out.with_suffix(".png"))  # fmt: skip
+    overrides = {"temperature": args.temperature, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
     fields = {
         "checkpoint": str(args.checkpoint), "data": str(args.data), "items": args.items, "seconds": args.seconds,
-        "seed": args.seed, "sampling": {k: v for k, v in pipe.defaults.items() if k in ("temperature", "top_p", "top_k", "cfg_scale")}
-        | {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p), ("cfg_scale", args.cfg_scale))
-           if v is not None},
+        "seed": args.seed, "sampling": {k: v for k, v in pipe.defaults.items() if k in (*overrides, "top_k")}
+        | {k: v for k, v in overrides.items() if v is not None},
         "tokenizer": {"tokens_per_second": round(tok.tokens_per_second, 3), "codebook_size": tok.codebook_size,
                       "patch_frames": tok.config.patch_frames},
         "summary": summary, "targets": targets, "held_out": eval_res, "spectrogram_png": png.name,

@@ -29,11 +29,9 @@ def test_main_scores_the_opening_under_each_caption(tmp_path):
     import soundfile as sf
     import torch
 
-    from perceiverar import PerceiverAR, PerceiverARConfig, load_checkpoint, save_checkpoint
+    from perceiverar import PerceiverAR, PerceiverARConfig, load_checkpoint
     from perceiverar.data import is_val
-    from perceiverar.pipeline import make_tokenizer_config
-    from tests.benchmarks.test_music_quality import SR, major_cadence, progression
-    from tokenizers_mm.audio import AudioConfig, AudioTokenizer
+    from tests.benchmarks.test_music_quality import SR, major_cadence, progression, save_tiny_audio_checkpoint
     from tokenizers_mm.vocab import build_sequence, position_features
 
     data = tmp_path / "data"
@@ -47,12 +45,8 @@ def test_main_scores_the_opening_under_each_caption(tmp_path):
     with torch.no_grad():  # the zero-initialised head is uniform: every caption would cost the same
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    g = torch.Generator().manual_seed(0)
-    at = AudioTokenizer(AudioConfig(codebook_size=16, griffin_lim_iters=2, nnls_iters=2),
-                        torch.randn(16, 80, generator=g) * 10 - 30)  # fmt: skip
     ck = tmp_path / "ck"
-    save_checkpoint(ck, model, make_tokenizer_config(["audio"], audio_seconds=1.0),
-                    extra_files=lambda d: at.save(d / "audio_tokenizer"))  # fmt: skip
+    at = save_tiny_audio_checkpoint(ck, model)
     res = KP.main(["--checkpoint", str(ck), "--data", str(data), "--items", "1", "--seconds", "0.3",
                    "--out", str(tmp_path / "r.json")])  # fmt: skip
     n = res["tokens_scored_per_clip"]

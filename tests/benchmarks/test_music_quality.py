@@ -25,6 +25,22 @@ def progression(chords, partials: int = 4, seconds: float = 0.5) -> np.ndarray:
     return (0.1 * np.concatenate([sum(tone(m, seconds, partials) for m in c) for c in chords])).astype(np.float32)
 
 
+def save_tiny_audio_checkpoint(ck, model):
+    """Save ``model`` at ``ck`` as an audio checkpoint with a random 16-code, 80-mel audio tokenizer; returns it."""
+    import torch
+
+    from perceiverar import save_checkpoint
+    from perceiverar.pipeline import make_tokenizer_config
+    from tokenizers_mm.audio import AudioConfig, AudioTokenizer
+
+    g = torch.Generator().manual_seed(0)
+    at = AudioTokenizer(AudioConfig(codebook_size=16, griffin_lim_iters=2, nnls_iters=2),
+                        torch.randn(16, 80, generator=g) * 10 - 30)  # fmt: skip
+    save_checkpoint(ck, model, make_tokenizer_config(["audio"], audio_seconds=1.0),
+                    extra_files=lambda d: at.save(d / "audio_tokenizer"))  # fmt: skip
+    return at
+
+
 def major_cadence(tonic: int) -> list[list[int]]:
     """I-IV-V-I twice, then the scale up: the key stated the way a chorale states it."""
     chords = [[0, 4, 7], [5, 9, 12], [7, 11, 14], [0, 4, 7]] * 2 + [[s] for s in (0, 2, 4, 5, 7, 9, 11, 12)]
@@ -116,10 +132,8 @@ def test_main_end_to_end_on_a_tiny_checkpoint(tmp_path):
     import soundfile as sf
     import torch
 
-    from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
+    from perceiverar import PerceiverAR, PerceiverARConfig
     from perceiverar.data import is_val
-    from perceiverar.pipeline import make_tokenizer_config
-    from tokenizers_mm.audio import AudioConfig, AudioTokenizer
     from tokenizers_mm.vocab import VOCAB_SIZE
 
     data = tmp_path / "data"
@@ -135,12 +149,8 @@ def test_main_end_to_end_on_a_tiny_checkpoint(tmp_path):
 
     torch.manual_seed(0)
     model = PerceiverAR(PerceiverARConfig.preset("debug")).eval()
-    g = torch.Generator().manual_seed(0)
-    at = AudioTokenizer(AudioConfig(codebook_size=16, griffin_lim_iters=2, nnls_iters=2),
-                        torch.randn(16, 80, generator=g) * 10 - 30)  # fmt: skip
     ck = tmp_path / "ck"
-    save_checkpoint(ck, model, make_tokenizer_config(["audio"], audio_seconds=1.0),
-                    extra_files=lambda d: at.save(d / "audio_tokenizer"))  # fmt: skip
+    at = save_tiny_audio_checkpoint(ck, model)
     (ck / "README.md").write_text("# tiny\n\nA card.\n")
     res = MQ.main(["--checkpoint", str(ck), "--data", str(data), "--items", "2", "--seconds", "1",
                    "--eval-items", "2", "--figure-rows", "2", "--model-card"])  # fmt: skip
