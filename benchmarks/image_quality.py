@@ -55,7 +55,8 @@ from tokenizers_mm.image import ImageTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "emoji"
 TARGETS = {"category_ratio": 0.8, "non_blank_share": 0.95, "colour_matched_share": 0.7}
-UNITS = {"subpixel": "bits per sub-pixel (bits/dim)", "palette": "bits per pixel token"}
+UNITS = {"subpixel": "bits per sub-pixel (bits/dim)", "palette": "bits per pixel token",
+         "sketch": "bits per pixel token (the sketch's bits included)"}
 
 
 def log(msg: str) -> None:
@@ -96,7 +97,7 @@ def pick_colour(records: list[dict], n: int) -> list[dict]:
 
 def as_tokenized(tok: ImageTokenizer, img: np.ndarray) -> np.ndarray:
     """A preprocessed real image as the model sees it: palette-quantised in palette mode, else unchanged."""
-    if getattr(tok, "mode", "subpixel") == "palette":
+    if getattr(tok, "mode", "subpixel") != "subpixel":
         return tok.palette[tok.quantize(img)]
     return img
 
@@ -204,6 +205,8 @@ def likelihood(pipe, checkpoint: Path, data: Path, n_items: int, cache_dir, mode
     nats, count = evaluate_sources(pipe.model, [source], split="val", max_items=n_items)["image"]
     items = [source.file(int(i)) for i in source.val_items[:n_items]]
     bits = nats / max(count, 1) / math.log(2)
+    # sketch mode: the sketch's bits count against the pixels (whole items are scored), as perceiverar-eval does
+    bits *= tok.n_tokens / (tok.height * tok.width * tok.channels)
     webp = webp_bits([np.asarray(tok.preprocess(data / f), dtype=np.uint8) for f in items])
     out = {"unit": UNITS.get(mode, mode), "bits": round(bits, 4), "tokens_scored": int(count), "items": len(items),
            "seconds": round(time.perf_counter() - t0, 1),
@@ -326,7 +329,7 @@ def main(argv=None) -> dict:
         "settings": {"n_captions": len(picked), "n_colour": len(colour), "samples_per_caption": args.samples,
                      "seed": args.seed, "bits_items": args.bits_items, **used,
                      "threads": torch.get_num_threads()},
-        "real_images": "tokenizer preprocess" + (" + palette quantisation" if mode == "palette" else ""),
+        "real_images": "tokenizer preprocess" + (" + palette quantisation" if mode != "subpixel" else ""),
         "targets": targets,
         "classifier": {**clf_info, **scores},
         "blank": blank,

@@ -34,7 +34,7 @@ def row_of_targets(src, i: int, positions: np.ndarray, tokens_per_row: int) -> n
 
 
 def train_share(src, *, context_len: int, n_latents: int, whole_items: bool, batches: int, rows_per_batch: int,
-                height: int, tokens_per_row: int, seed: int = 0) -> list[float]:  # fmt: skip
+                height: int, tokens_per_row: int, seed: int = 0, skip: int = 0) -> list[float]:  # fmt: skip
     """Share of sampled items whose row r holds at least one loss target, per row (prompt dropout off)."""
     mix = Mixture([src], context_len, n_latents, prompt_dropout=0.0, seed=seed, whole_items=whole_items)
     hits = np.zeros(height)
@@ -47,7 +47,7 @@ def train_share(src, *, context_len: int, n_latents: int, whole_items: bool, bat
             # Which item is this row? Re-draw the picks exactly as Mixture does would duplicate its code; instead
             # the rows of an image batch all share the layout up to the caption, so find the pixel start here.
             row = tokens[r].numpy()
-            start = int(np.flatnonzero(row >= 5632)[4]) + 3  # BOS TEXT_BEGIN TEXT_END SEP BEGIN | h w
+            start = int(np.flatnonzero(row >= 5632)[4]) + 3 + skip  # BOS TEXT_BEGIN TEXT_END SEP BEGIN | h w (sketch)
             if mask is not None:
                 targets = np.flatnonzero(mask[r].numpy()[1:]) + 1
             else:
@@ -81,13 +81,17 @@ def main(argv=None) -> int:
     whole = {"on": True, "off": False, "auto": max(src.length(int(i)) for i in src.train_items) <= min(N, L) + 1}[args.whole_items]
     t0 = time.perf_counter()
     share = train_share(src, context_len=L, n_latents=N, whole_items=whole, batches=args.batches, rows_per_batch=8,
-                        height=tok.height, tokens_per_row=per_row)  # fmt: skip
+                        height=tok.height, tokens_per_row=per_row, skip=tok.n_sketch)  # fmt: skip
     sums, counts = np.zeros(tok.height), np.zeros(tok.height)
+    sk = tok.n_sketch  # sketch mode: the sketch's tokens come first; scored apart from the rows
+    sketch_sum, sketch_count = 0.0, 0
     for i in src.val_items[: args.items]:
         i = int(i)
         ids = src.item(i)
         nll = item_nll(model, ids, src.features(ids), src.target_range(i))  # (h * per_row,)
-        rows = nll[: tok.height * per_row].reshape(tok.height, per_row)
+        sketch_sum += float(np.nansum(nll[:sk]))
+        sketch_count += int((~np.isnan(nll[:sk])).sum())
+        rows = nll[sk : sk + tok.height * per_row].reshape(tok.height, per_row)
         sums += np.nansum(rows, 1)
         counts += (~np.isnan(rows)).sum(1)
     bits = (sums / np.maximum(counts, 1) / np.log(2)).round(4).tolist()
@@ -96,6 +100,7 @@ def main(argv=None) -> int:
         "policy": "whole items" if whole else "prefix crops", "context_len": L, "n_latents": N,
         "train_target_share": share, "val_bits_per_token": bits, "val_items": int(min(args.items, len(src.val_items))),
         "first_row_share_over_mean": round(share[0] / float(np.mean(share)), 3) if np.mean(share) else None,
+        "sketch_bits_per_token": round(sketch_sum / sketch_count / np.log(2), 4) if sketch_count else None,
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     print_result("position_loss", "cpu", result, args.out)

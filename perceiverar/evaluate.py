@@ -24,6 +24,7 @@ from perceiverar.data import (
     DatasetError, PreparedSource, SourceSpec, TokenizerSettings, default_cache_dir, load_audio_codec, parse_data_arg,
     prepare_sources,
 )  # fmt: skip
+from tokenizers_mm.vocab import image_tokens
 
 METRIC = {"image": "bits_per_dim", "audio": "bits_per_token", "text": "bits_per_byte"}
 
@@ -225,9 +226,13 @@ def run(argv=None) -> dict:
         if mod == "image":
             result["image_height"], result["image_width"] = settings.image_height, settings.image_width
             result["image_mode"] = settings.image_mode
-            if settings.image_mode == "palette":  # one token per pixel: "bits per dim" would mislead
-                result["bits_per_pixel_token"] = result[METRIC[mod]]
-                result["bits_per_subpixel_equivalent"] = round(result[METRIC[mod]] / 3, 6)
+            if settings.image_mode != "subpixel":  # one token per pixel: "bits per dim" would mislead
+                # a sketch's bits are counted against the pixels they describe (whole items are scored), so
+                # palette and sketch checkpoints compare: bits per pixel token = all the image's bits / (h*w)
+                per_pixel = bits(nc) * image_tokens(settings.image_height, settings.image_width,
+                                                    settings.image_mode) / (settings.image_height * settings.image_width)
+                result["bits_per_pixel_token"] = round(per_pixel, 6)
+                result["bits_per_subpixel_equivalent"] = round(per_pixel / 3, 6)
     result["eval_seconds"] = round(time.perf_counter() - t0, 3)
     if not any(k in result for k in METRIC.values()):
         _fail(f"no {args.split} items to score in {', '.join(args.data)}")

@@ -5,7 +5,7 @@ The checkpoint's tokenizer config (``config.json["tokenizer"]``, written by the 
 
     {"vocab": Vocabulary().to_dict(),
      "modalities": ["image", "audio", "text"],            # the subset the model was trained on
-     "image": {"height": h, "width": w, "mode": "subpixel"}, # when image; mode "palette" adds "palette": K x 3
+     "image": {"height": h, "width": w, "mode": "subpixel"}, # when image; "palette"/"sketch" add "palette": K x 3
      "audio": {"dir": "audio_tokenizer", "seconds": s},   # when audio; AudioTokenizer.save(ckpt / dir)
      "defaults": {"temperature": 1.0, "top_k": null, "top_p": 0.95, "cfg_scale": 1.0, ...},
      "caption_template": "{text}; {style} style"}          # optional: how the training captions were built
@@ -268,6 +268,7 @@ class Pipeline:
         tok = self.image_tokenizer(kw["height"], kw["width"])
         h, w, n_px = tok.height, tok.width, tok.n_tokens
         every = max(1, h // 16) * w * tok.channels  # report every few rows: at most ~16 partial images
+        n_sketch = tok.n_sketch  # sketch mode: report the finished sketch too (the first look at the image)
         n_ids = 256 if tok.palette is None else len(tok.palette)
         steps: list[torch.Tensor] = []
 
@@ -281,7 +282,7 @@ class Pipeline:
         def on_token(step: int, new: torch.Tensor) -> None:
             steps.append(new)
             done = step + 1
-            if on_progress is not None and (done % every == 0 or done == n_px):
+            if on_progress is not None and (done >= n_sketch and (done - n_sketch) % every == 0 or done == n_px):
                 on_progress(min(1.0, done / n_px), pixels(torch.stack(steps, 1)))
 
         constraint = ModalityConstraint("image", height=h, width=w, image_mode=tok.mode,

@@ -67,11 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="force the modality of every --data folder (default: detected from the file types)")
     g.add_argument("--image-size", type=int, nargs="+", default=[32], metavar="H",
                    help="image size: H, or H W; images are resized (fit + white padding) to it (default: 32 x 32)")
-    g.add_argument("--image-mode", choices=["subpixel", "palette"], default=None,
+    g.add_argument("--image-mode", choices=["subpixel", "palette", "sketch"], default=None,
                    help="image tokens: 3 sub-pixels per pixel (lossless), or 1 colour token per pixel from a k-means "
-                        "palette fitted on the training images (a third of the tokens) (default: subpixel, or the "
-                        "--init-from checkpoint's)")
-    g.add_argument("--palette-colours", type=int, default=256, help="palette size in --image-mode palette (<= 256)")
+                        "palette fitted on the training images (a third of the tokens), or 'sketch': the palette's "
+                        "colour tokens after a coarse sketch (one colour per 4x4 block; weight it with "
+                        "--opening-weight). Default: subpixel, or the --init-from checkpoint's; a palette checkpoint "
+                        "may go on in sketch mode (same palette)")
+    g.add_argument("--palette-colours", type=int, default=256,
+                   help="palette size in --image-mode palette or sketch (<= 256)")
     g.add_argument("--no-whole-items", action="store_true",
                    help="always train random-length prefix crops (the loss on their last N positions). By default "
                         "items that fit in the latents are trained whole and longer ones (inside the context) get "

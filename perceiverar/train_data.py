@@ -92,14 +92,15 @@ def _image_layout(a, specs: list[SourceSpec], settings: TokenizerSettings, cache
     img = read_checkpoint_config(init)["tokenizer"].get("image") if init and (init / "config.json").is_file() else None
     if img:
         mode, palette = img.get("mode", "subpixel"), img.get("palette")
-        if a.image_mode not in (None, mode):
+        # the colour ids mean the same in palette and sketch mode: a palette model may learn to sketch first
+        if a.image_mode not in (None, mode) and {a.image_mode, mode} != {"palette", "sketch"}:
             raise DatasetError(f"--image-mode {a.image_mode}: --init-from {a.init_from} was trained with {mode!r} images")
-        a.image_mode = mode
+        a.image_mode = a.image_mode or mode
         palette = tuple(map(tuple, palette)) if palette is not None else None
     else:
         a.image_mode = a.image_mode or "subpixel"
         palette = None
-        if a.image_mode == "palette":
+        if a.image_mode in ("palette", "sketch"):
             specs = [s if s.modality else SourceSpec(s.path, s.weight, detect_modality(s.path)) for s in specs]
             palette = fit_source_palette(specs, settings, cache, colours=a.palette_colours, log=log)
     settings.image_mode, settings.image_palette = a.image_mode, palette

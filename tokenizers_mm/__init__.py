@@ -10,7 +10,7 @@ from tokenizers_mm.text import TextTokenizer
 from tokenizers_mm.vocab import (
     AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_OFFSET, BOS, EOS, FEATURE_SIZES, IMAGE_BEGIN,
     IMAGE_END, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET, NUM_VALUES, PAD, PALETTE_BEGIN, PIXEL_OFFSET, SEP,
-    SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET, VOCAB_SIZE, FeatureTracker, ParsedSequence, Vocabulary,
+    SKETCH_BEGIN, SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET, VOCAB_SIZE, FeatureTracker, ParsedSequence, Vocabulary,
     allowed_range, build_sequence, modality_of, position_features, split_sequence, token_name,
 )  # fmt: skip
 
@@ -18,7 +18,7 @@ __all__ = [
     "TextTokenizer", "ImageTokenizer", "AudioTokenizer", "AudioConfig", "render_midi", "load_audio", "Vocabulary", "ParsedSequence", "FeatureTracker", "TokenizerError",
     "build_sequence", "split_sequence", "position_features", "allowed_range", "modality_of", "token_name",
     "TEXT_OFFSET", "PIXEL_OFFSET", "AUDIO_OFFSET", "AUDIO_CODES", "NUM_OFFSET", "NUM_VALUES", "SPECIAL_OFFSET",
-    "PAD", "BOS", "EOS", "TEXT_BEGIN", "TEXT_END", "IMAGE_BEGIN", "IMAGE_END", "AUDIO_BEGIN", "AUDIO_END", "SEP", "PALETTE_BEGIN",
+    "PAD", "BOS", "EOS", "TEXT_BEGIN", "TEXT_END", "IMAGE_BEGIN", "IMAGE_END", "AUDIO_BEGIN", "AUDIO_END", "SEP", "PALETTE_BEGIN", "SKETCH_BEGIN",
     "VOCAB_SIZE", "N_FEATURES", "FEATURE_SIZES", "AUDIO_FREQ_BANDS", "MAX_IMAGE_SIDE", "MAX_AUDIO_TOKENS",
 ]  # fmt: skip
 

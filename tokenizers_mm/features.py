@@ -6,6 +6,9 @@
     pixel token inside an image section   (row + 1, col + 1, channel + 1)   from the header h, w and the
                                           token's index in the section; 1..256, 1..256, 1..3
     colour token inside a palette section (row + 1, col + 1, 4)             one token per pixel
+    sketch token of a sketch section      (r + 1, c + 1, 5)                 r, c: the image row and column at
+                                          the centre of the token's 4x4 block; the section's pixels after
+                                          the sketch get (row + 1, col + 1, 4) as in a palette section
     audio code inside an audio section    (0, 0, band + 1) where band = index % AUDIO_FREQ_BANDS is the
                                           frequency patch of the code (AUDIO_FREQ_BANDS = 1 today: one code
                                           covers all 80 mel bins of a frame, so every code gets (0, 0, 1))
@@ -21,17 +24,18 @@ from __future__ import annotations
 import numpy as np
 
 from tokenizers_mm.ids import (
-    AUDIO_BEGIN, AUDIO_FREQ_BANDS, IMAGE_BEGIN, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET, NUM_VALUES, PALETTE_BEGIN,
-    allowed_range,
+    AUDIO_BEGIN, AUDIO_FREQ_BANDS, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET,
+    NUM_VALUES, allowed_range, sketch_shape,
 )  # fmt: skip
 
 PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
+SKETCH_CHANNEL = 5  # the channel feature of a sketch token
 
 
 class FeatureTracker:
     """Incremental, causal position features for generation: ``extend(prefix)`` then ``push(id)`` per token.
 
-    State machine: IMAGE_BEGIN/PALETTE_BEGIN/AUDIO_BEGIN open a header; two NUM ids complete it (a non-NUM id aborts it);
+    State machine: an image section's begin id (IMAGE_BEGIN/PALETTE_BEGIN/SKETCH_BEGIN) or AUDIO_BEGIN opens a header; two NUM ids complete it (a non-NUM id aborts it);
     then each id of the section's modality advances an index; any other id closes the section.
     """
 
@@ -43,10 +47,12 @@ class FeatureTracker:
         self._h = self._w = 0
         self._index = 0  # content tokens seen in the section
         self._channels = 3  # tokens per pixel of the open image section
+        self._mode = "subpixel"  # the open image section's layout
 
-    def _start(self, modality: str, channels: int = 3) -> None:
+    def _start(self, modality: str, mode: str = "subpixel") -> None:
         self._section, self._header, self._ready, self._index = modality, [], False, 0
-        self._channels = channels
+        self._mode = mode
+        self._channels = IMAGE_MODES[mode][1] if modality == "image" else 1
 
     def _close(self) -> None:
         self._section, self._header, self._ready = None, [], False
@@ -82,10 +88,8 @@ class FeatureTracker:
                     t += 1
                     continue
                 self._close()
-            if tok == IMAGE_BEGIN:
-                self._start("image")
-            elif tok == PALETTE_BEGIN:
-                self._start("image", channels=1)
+            if tok in IMAGE_MODE_OF_BEGIN:
+                self._start("image", IMAGE_MODE_OF_BEGIN[tok])
             elif tok == AUDIO_BEGIN:
                 self._start("audio")
             t += 1
@@ -97,12 +101,22 @@ class FeatureTracker:
             if not (1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
                 return  # malformed header: no features
             c = self._channels
-            ok = idx < h * w * c
+            sh, sw = sketch_shape(h, w, self._mode)
+            n_sketch = sh * sw
+            if n_sketch:  # the sketch's tokens: the centre pixel of their block, channel SKETCH_CHANNEL
+                block = IMAGE_MODES[self._mode][2]
+                sk = idx < n_sketch
+                srow = np.minimum((idx // sw) * block + block // 2, h - 1)
+                scol = np.minimum((idx % sw) * block + block // 2, w - 1)
+                out[sk, 0], out[sk, 1], out[sk, 2] = srow[sk] + 1, scol[sk] + 1, SKETCH_CHANNEL
+                idx = idx - n_sketch
+            ok = (idx >= 0) & (idx < h * w * c)
             row, col = idx // (w * c), (idx // c) % w
             ch = idx % 3 + 1 if c == 3 else np.full_like(idx, PALETTE_CHANNEL)
-            out[:, 0] = np.where(ok, row + 1, 0)
-            out[:, 1] = np.where(ok, col + 1, 0)
-            out[:, 2] = np.where(ok, ch, 0)
+            px = idx >= 0
+            out[px, 0] = np.where(ok, row + 1, 0)[px]
+            out[px, 1] = np.where(ok, col + 1, 0)[px]
+            out[px, 2] = np.where(ok, ch, 0)[px]
         else:
             out[:, 2] = idx % self.audio_freq_bands + 1
 

@@ -7,7 +7,7 @@ Id ranges (half-open)::
     audio  512 .. 4608   audio codebook index c -> 512 + c   (AUDIO_CODES = 4096 at most)
     num   4608 .. 5632   header number k -> 4608 + k         (image h/w, audio length digits)
     special 5632 ..      PAD BOS EOS TEXT_BEGIN TEXT_END IMAGE_BEGIN IMAGE_END AUDIO_BEGIN AUDIO_END SEP
-                         PALETTE_BEGIN (5643..5647 reserved); VOCAB_SIZE = 5696 (5648 used, padded to a multiple of 64
+                         PALETTE_BEGIN SKETCH_BEGIN (5644..5647 reserved); VOCAB_SIZE = 5696 (5648 used, padded to a multiple of 64
                          so the embedding / output matmuls tile evenly)
 
 The sequence layout that puts these ids in order is ``tokenizers_mm.vocab``, which re-exports every name here
@@ -40,7 +40,8 @@ AUDIO_BEGIN = 5639
 AUDIO_END = 5640
 SEP = 5641
 PALETTE_BEGIN = 5642  # an image section of colour tokens (one per pixel) instead of sub-pixels
-N_SPECIAL = 16  # 5632..5647; 5643..5647 reserved
+SKETCH_BEGIN = 5643  # colour tokens after a coarse sketch of the image (one colour per SKETCH_BLOCK^2 block)
+N_SPECIAL = 16  # 5632..5647; 5644..5647 reserved
 VOCAB_SIZE = 5696  # 5648 used, padded to a multiple of 64 for efficient matmuls
 
 N_FEATURES = 3
@@ -53,7 +54,7 @@ MAX_AUDIO_TOKENS = NUM_VALUES**2 - 1
 SPECIAL_NAMES = {
     PAD: "PAD", BOS: "BOS", EOS: "EOS", TEXT_BEGIN: "TEXT_BEGIN", TEXT_END: "TEXT_END",
     IMAGE_BEGIN: "IMAGE_BEGIN", IMAGE_END: "IMAGE_END", AUDIO_BEGIN: "AUDIO_BEGIN", AUDIO_END: "AUDIO_END",
-    SEP: "SEP", PALETTE_BEGIN: "PALETTE_BEGIN",
+    SEP: "SEP", PALETTE_BEGIN: "PALETTE_BEGIN", SKETCH_BEGIN: "SKETCH_BEGIN",
 }  # fmt: skip
 
 _RANGES = {
@@ -63,9 +64,14 @@ _RANGES = {
     "num": (NUM_OFFSET, NUM_OFFSET + NUM_VALUES),
     "special": (SPECIAL_OFFSET, SPECIAL_OFFSET + N_SPECIAL),
 }
-# Image section layouts: mode -> (section-begin id, tokens per pixel). Both end with IMAGE_END and use the
-# pixel id range: a sub-pixel value v or a palette index c is id 256 + v / 256 + c.
-IMAGE_MODES = {"subpixel": (IMAGE_BEGIN, 3), "palette": (PALETTE_BEGIN, 1)}
+# Image section layouts: mode -> (section-begin id, tokens per pixel, sketch block side or 0). All end with
+# IMAGE_END and use the pixel id range: a sub-pixel value v or a palette index c is id 256 + v / 256 + c.
+# "sketch" is the palette layout with a coarse plan first: ceil(h/B) x ceil(w/B) colour ids (each the most
+# common colour of its B x B block, raster order), then the h*w colour ids. The plan is where the caption
+# decides colour and layout; the pixels then mostly copy it (tokenizers_mm.image).
+SKETCH_BLOCK = 4
+IMAGE_MODES = {"subpixel": (IMAGE_BEGIN, 3, 0), "palette": (PALETTE_BEGIN, 1, 0), "sketch": (SKETCH_BEGIN, 1, SKETCH_BLOCK)}
+IMAGE_MODE_OF_BEGIN = {v[0]: k for k, v in IMAGE_MODES.items()}
 
 
 def check_image_mode(mode: str) -> str:
@@ -79,9 +85,18 @@ def image_section_begin(mode: str = "subpixel") -> int:
     return IMAGE_MODES[check_image_mode(mode)][0]
 
 
+def sketch_shape(height: int, width: int, mode: str = "subpixel") -> tuple[int, int]:
+    """(rows, cols) of the coarse sketch an h x w image section of this layout opens with; (0, 0) if none."""
+    block = IMAGE_MODES[check_image_mode(mode)][2]
+    if not block:
+        return 0, 0
+    return -(-int(height) // block), -(-int(width) // block)
+
+
 def image_tokens(height: int, width: int, mode: str = "subpixel") -> int:
-    """Content ids of an h x w image section: h*w*3 sub-pixels or h*w colour tokens."""
-    return int(height) * int(width) * IMAGE_MODES[check_image_mode(mode)][1]
+    """Content ids of an h x w image section: h*w*3 sub-pixels, h*w colour tokens, or a sketch and h*w colours."""
+    sh, sw = sketch_shape(height, width, mode)
+    return sh * sw + int(height) * int(width) * IMAGE_MODES[check_image_mode(mode)][1]
 
 
 def allowed_range(modality: str) -> tuple[int, int]:

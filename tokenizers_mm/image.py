@@ -1,4 +1,4 @@
-"""Images as tokens in raster order, in one of two modes (``tokenizers_mm.vocab.IMAGE_MODES``):
+"""Images as tokens in raster order, in one of three modes (``tokenizers_mm.vocab.IMAGE_MODES``):
 
 - ``"subpixel"`` (default): raw RGB sub-pixels, ids 256 + value (row, column, then R, G, B). Lossless: a 32x32
   image is 3,072 tokens.
@@ -7,6 +7,14 @@
   and the model predicts a colour instead of doing colour arithmetic across three tokens; the palette's own
   error is the price (PSNR of the quantised image, see ``benchmarks/palette.py``). The palette is fitted by
   k-means on the training images (:func:`fit_palette`) and saved with the checkpoint's tokenizer config.
+- ``"sketch"``: palette mode with a coarse plan first: a ceil(h/4) x ceil(w/4) sketch, each token the most
+  common colour of its 4x4 block (ties: the lowest id), then the h*w colour tokens. A caption decides an
+  image's colour and layout at the first few tokens it draws, and in raster order those are a few pixels of
+  one edge (a 16x16 heart's first red pixel comes after three rows of white), each worth a few bits against
+  hundreds for the whole image: a model learns little from them. In the sketch that decision is 16 tokens
+  right after the caption (a training run can weight them, ``--opening-weight``), and the pixels copy
+  their block's colour. A 16x16 image is 16 + 256 tokens. Decoding drops the sketch; a partial image shows
+  the sketch, scaled up, where its pixels are not drawn yet.
 
 Inputs are normalised before tokenizing:
 
@@ -30,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.ids import (
     IMAGE_MODES, MAX_IMAGE_SIDE, PIXEL_OFFSET, PIXEL_SIZE, check_image_mode, check_in_range, image_section_begin,
+    sketch_shape,
 )  # fmt: skip
 
 RESIZE_POLICIES = ("fit", "crop", "stretch")
@@ -105,13 +114,13 @@ class ImageTokenizer:
             raise TokenizerError(f"resize={resize!r}; expected one of {RESIZE_POLICIES}")
         self.height, self.width, self.resize = int(height), int(width), resize
         self.mode = check_image_mode(mode)
-        self.palette: np.ndarray | None = None  # (K, 3) uint8 in palette mode
-        if self.mode == "palette":
+        self.palette: np.ndarray | None = None  # (K, 3) uint8 in palette and sketch mode
+        if self.mode != "subpixel":
             if palette is None:
-                raise TokenizerError("palette mode needs a palette (fit_palette(...) or cube_palette())")
+                raise TokenizerError(f"{self.mode} mode needs a palette (fit_palette(...) or cube_palette())")
             self.palette = check_palette(palette)
         elif palette is not None:
-            raise TokenizerError("a palette is only used in palette mode (mode='palette')")
+            raise TokenizerError("a palette is only used with colour tokens (mode='palette' or 'sketch')")
 
     @property
     def channels(self) -> int:
@@ -119,8 +128,19 @@ class ImageTokenizer:
         return IMAGE_MODES[self.mode][1]
 
     @property
+    def sketch_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the coarse sketch before the pixels; (0, 0) outside sketch mode."""
+        return sketch_shape(self.height, self.width, self.mode)
+
+    @property
+    def n_sketch(self) -> int:
+        sh, sw = self.sketch_shape
+        return sh * sw
+
+    @property
     def n_tokens(self) -> int:
-        return self.height * self.width * self.channels
+        """Content ids of one image: the sketch (if any), then the pixels."""
+        return self.n_sketch + self.height * self.width * self.channels
 
     @property
     def section_begin(self) -> int:
@@ -203,30 +223,55 @@ class ImageTokenizer:
         d = ((x - self.palette.astype(np.int32)) ** 2).sum(-1)  # (..., K)
         return d.argmin(-1).astype(np.int64)
 
+    def sketch(self, colours: np.ndarray) -> np.ndarray:
+        """(H, W) palette indices -> (sh, sw) sketch: each block's most common index (ties: the lowest)."""
+        sh, sw = self.sketch_shape
+        block = IMAGE_MODES[self.mode][2]
+        k = len(self.palette)
+        out = np.empty((sh, sw), dtype=np.int64)
+        for r in range(sh):
+            for c in range(sw):
+                cell = colours[r * block : (r + 1) * block, c * block : (c + 1) * block].reshape(-1)
+                out[r, c] = np.bincount(cell, minlength=k).argmax()
+        return out
+
     def encode(self, src) -> list[int]:
-        """PIL image, file path or uint8 array -> pixel ids: h*w*3 sub-pixels (256 + value) or h*w colours."""
+        """PIL image, file path or uint8 array -> pixel ids: h*w*3 sub-pixels (256 + value), h*w colours, or the
+        sketch's colours then h*w colours."""
         a = np.asarray(self.preprocess(src), dtype=np.uint8)  # (H, W, 3)
-        if self.mode == "palette":
-            return (self.quantize(a).reshape(-1) + PIXEL_OFFSET).tolist()
-        return (a.reshape(-1).astype(np.int64) + PIXEL_OFFSET).tolist()
+        if self.mode == "subpixel":
+            return (a.reshape(-1).astype(np.int64) + PIXEL_OFFSET).tolist()
+        colours = self.quantize(a)  # (H, W)
+        parts = [self.sketch(colours).reshape(-1)] if self.mode == "sketch" else []
+        return (np.concatenate([*parts, colours.reshape(-1)]) + PIXEL_OFFSET).tolist()
 
     # ------------------------------------------------------------------------------------------- decoding
 
     def decode(self, ids, partial_ok: bool = True, background=WHITE) -> Image.Image:
-        """Pixel ids -> RGB image. A partial sequence gives the pixels so far; the rest is ``background``."""
+        """Pixel ids -> RGB image. A partial sequence gives the pixels so far; the rest is ``background``, or in
+        sketch mode the sketch (scaled up) where it is known."""
         size = PIXEL_SIZE if self.palette is None else len(self.palette)
         arr = check_in_range(ids, PIXEL_OFFSET, PIXEL_OFFSET + size, "a pixel id" if self.palette is None else "a colour id")
         n = self.n_tokens
-        shape = f"{self.height}x{self.width}x{self.channels}"
+        shape = f"{self.height}x{self.width}x{self.channels}" + (" with its sketch" if self.n_sketch else "")
         if arr.size > n:
             raise TokenizerError(f"{arr.size} pixel ids is more than a {shape} image ({n})")
         if arr.size < n and not partial_ok:
             raise TokenizerError(f"{arr.size} pixel ids, expected {n} for {shape}")
         if self.palette is not None:
-            rgb = np.empty((n, 3), dtype=np.uint8)
+            H, W = self.height, self.width
+            rgb = np.empty((H * W, 3), dtype=np.uint8)
             rgb[:] = np.asarray(background, dtype=np.uint8)
+            if self.n_sketch:
+                sh, sw = self.sketch_shape
+                block = IMAGE_MODES[self.mode][2]
+                known = np.full(sh * sw, -1, dtype=np.int64)
+                known[: min(arr.size, sh * sw)] = arr[: sh * sw] - PIXEL_OFFSET
+                up = known.reshape(sh, sw).repeat(block, 0).repeat(block, 1)[:H, :W].reshape(-1)  # (H*W,)
+                rgb[up >= 0] = self.palette[up[up >= 0]]
+                arr = arr[sh * sw :]
             rgb[: arr.size] = self.palette[arr - PIXEL_OFFSET]
-            return Image.fromarray(rgb.reshape(self.height, self.width, 3), "RGB")
+            return Image.fromarray(rgb.reshape(H, W, 3), "RGB")
         flat = np.empty(n, dtype=np.uint8)
         flat[:] = np.tile(np.asarray(background, dtype=np.uint8), n // 3)
         flat[: arr.size] = arr - PIXEL_OFFSET

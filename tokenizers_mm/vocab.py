@@ -11,6 +11,8 @@ Sequence layout (built only by :func:`build_sequence`, parsed only by :func:`spl
            pixels (h*w*3, raster order: row, col, R, G, B) [IMAGE_END] [EOS]
     image, palette mode: the same with [PALETTE_BEGIN] for [IMAGE_BEGIN] and h*w colour ids (raster order,
            one per pixel: id 256 + index into the checkpoint's palette of up to 256 colours)
+    image, sketch mode: [SKETCH_BEGIN] [NUM h] [NUM w], a coarse sketch of ceil(h/4)*ceil(w/4) colour ids (the
+           most common colour of each 4x4 block, raster order), then the h*w colour ids as in palette mode
     audio: [BOS] [TEXT_BEGIN] prompt-bytes [TEXT_END] [SEP] [AUDIO_BEGIN] [NUM n//1024] [NUM n%1024]
            codes (n) [AUDIO_END] [EOS]
     text:  [BOS] [TEXT_BEGIN] text-bytes [TEXT_END] [EOS]      (a continuation: the generation prompt is
@@ -30,10 +32,10 @@ from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.features import FeatureTracker, position_features  # noqa: F401  (re-exported)
 from tokenizers_mm.ids import (  # noqa: F401  (re-exported: the id space is imported from here)
     AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_OFFSET, BOS, EOS, FEATURE_SIZES, IMAGE_BEGIN,
-    IMAGE_END, IMAGE_MODES, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, N_FEATURES, N_SPECIAL, NUM_OFFSET, NUM_VALUES, PAD,
-    PALETTE_BEGIN, PIXEL_OFFSET, PIXEL_SIZE, SEP, SPECIAL_NAMES, SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET,
-    TEXT_SIZE, VOCAB_SIZE, allowed_range, check_image_mode, check_in_range, image_section_begin, image_tokens,
-    modality_of, token_name,
+    IMAGE_END, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, N_FEATURES, N_SPECIAL, NUM_OFFSET,
+    NUM_VALUES, PAD, PALETTE_BEGIN, PIXEL_OFFSET, PIXEL_SIZE, SEP, SKETCH_BEGIN, SKETCH_BLOCK, SPECIAL_NAMES,
+    SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET, TEXT_SIZE, VOCAB_SIZE, allowed_range, check_image_mode,
+    check_in_range, image_section_begin, image_tokens, modality_of, sketch_shape, token_name,
 )  # fmt: skip
 
 _BEGIN = {"image": IMAGE_BEGIN, "audio": AUDIO_BEGIN}
@@ -67,6 +69,7 @@ class Vocabulary:
     AUDIO_END: int = AUDIO_END
     SEP: int = SEP
     PALETTE_BEGIN: int = PALETTE_BEGIN
+    SKETCH_BEGIN: int = SKETCH_BEGIN
 
     def range(self, modality: str) -> tuple[int, int]:
         return allowed_range(modality)
@@ -147,8 +150,8 @@ def build_sequence(
 
     prompt: str (UTF-8 encoded here), raw bytes, or text ids 0..255; None or "" is the unconditional prompt.
     target: the modality's content ids (pixel ids 256..511, audio ids 512..4607, text byte ids 0..255).
-    image_mode: "subpixel" (h*w*3 sub-pixel ids after [IMAGE_BEGIN]) or "palette" (h*w colour ids after
-    [PALETTE_BEGIN]).
+    image_mode: "subpixel" (h*w*3 sub-pixel ids after [IMAGE_BEGIN]), "palette" (h*w colour ids after
+    [PALETTE_BEGIN]) or "sketch" (the sketch's colour ids, then h*w colour ids, after [SKETCH_BEGIN]).
     complete=False returns the generation prefix: everything up to and including the header, then the given
     (possibly partial) target, with no end markers. For audio, n_audio_tokens defaults to len(target) when
     complete; for text, the target bytes simply follow the prompt bytes.
@@ -175,7 +178,10 @@ def build_sequence(
         header = audio_header(n_audio_tokens)
         expected = int(n_audio_tokens)
     if complete and len(tgt) != expected:
-        what = f"{height}x{width}x{IMAGE_MODES[image_mode][1]}" if modality == "image" else "n_audio_tokens"
+        what = "n_audio_tokens"
+        if modality == "image":
+            sh, sw = sketch_shape(height, width, image_mode)
+            what = f"{height}x{width}x{IMAGE_MODES[image_mode][1]}" + (f" after a {sh}x{sw} sketch" if sh else "")
         raise TokenizerError(f"{modality} target has {len(tgt)} ids but the header says {expected} ({what})")
     if not complete and len(tgt) > expected:
         raise TokenizerError(f"partial {modality} target has {len(tgt)} ids, more than the {expected} declared")
@@ -197,7 +203,7 @@ class ParsedSequence:
     height: int | None = None
     width: int | None = None
     n_audio_tokens: int | None = None
-    image_mode: str | None = None  # "subpixel" | "palette" for an image section
+    image_mode: str | None = None  # "subpixel" | "palette" | "sketch" for an image section
     target: list[int] = field(default_factory=list)
     complete: bool = False
 
@@ -237,14 +243,14 @@ def split_sequence(ids) -> ParsedSequence:
             return out
         i += 1
     # Else no TEXT_BEGIN: still look for a media section so a bare "[IMAGE_BEGIN] h w pixels" parses.
-    if i >= n or ids[i] not in (IMAGE_BEGIN, PALETTE_BEGIN, AUDIO_BEGIN):
+    if i >= n or (ids[i] not in IMAGE_MODE_OF_BEGIN and ids[i] != AUDIO_BEGIN):
         return out
     modality = "audio" if ids[i] == AUDIO_BEGIN else "image"
     out.modality = modality
     a, b = _num(ids, i + 1), _num(ids, i + 2)
     if modality == "image":
         out.height, out.width = a, b
-        out.image_mode = "palette" if ids[i] == PALETTE_BEGIN else "subpixel"
+        out.image_mode = IMAGE_MODE_OF_BEGIN[ids[i]]
     elif a is not None and b is not None:
         out.n_audio_tokens = a * NUM_VALUES + b
     i += 1 + (a is not None) + (a is not None and b is not None)

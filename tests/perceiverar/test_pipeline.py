@@ -61,6 +61,29 @@ def test_generate_image_streams_and_is_reproducible(image_text_pipe):
     assert big[0].size == (2, 6)
 
 
+def test_generate_image_in_sketch_mode_shows_the_sketch_first(debug_model):
+    from tokenizers_mm.image import cube_palette
+
+    pal = cube_palette()
+    pipe = Pipeline(debug_model(), make_tokenizer_config(["image"], height=8, width=6, image_mode="sketch", palette=pal))
+    tok = pipe.image_tokenizer()
+    assert tok.mode == "sketch" and tok.n_sketch == 4 and tok.n_tokens == 4 + 48
+    progress = []
+    imgs = pipe.generate_image("a red heart", num_samples=2, seed=1, on_progress=lambda f, p: progress.append((f, p)))
+    assert all(i.size == (6, 8) for i in imgs)
+    # the first report is the finished sketch: 4x4 blocks (clipped at the edges) of one palette colour each
+    frac, first = progress[0]
+    assert frac == pytest.approx(4 / 52)
+    a = np.asarray(first[0]).astype(int)
+    for r0, c0 in [(0, 0), (0, 4), (4, 0), (4, 4)]:
+        block = a[r0 : r0 + 4, c0 : c0 + 4].reshape(-1, 3)
+        assert (block == block[0]).all() and (pal.astype(int) == block[0]).all(1).any()
+    assert progress[-1][0] == 1.0 and np.array_equal(np.asarray(progress[-1][1][1]), np.asarray(imgs[1]))
+    # every generated colour is a palette colour
+    px = np.asarray(imgs[0]).reshape(-1, 3).astype(int)
+    assert all((pal.astype(int) == c).all(1).any() for c in px)
+
+
 def test_generate_image_cancel_returns_partial(image_text_pipe):
     stop = threading.Event()
     stop.set()

@@ -183,6 +183,36 @@ def test_kill_and_resume_is_exact(data, tmp_path):
         torch.testing.assert_close(new_w[k], ref_w[k], atol=1e-6, rtol=0)
 
 
+def test_a_palette_model_goes_on_in_sketch_mode(data, tmp_path, capsys):
+    """--image-mode sketch from a palette checkpoint keeps its palette, trains the sketch (with an opening weight on
+    it) and writes a sketch checkpoint that generates and evaluates; another layout than the checkpoint's is refused."""
+    from perceiverar import Pipeline
+    from perceiverar import evaluate as E
+
+    img, _, cache = data
+    base = tmp_path / "base"
+    over = {"max-steps": 2, "val-every": 2, "save-every": 2}
+    train_in_process(["--out", str(base), *common(data, **over), "--image-mode", "palette", "--palette-colours", "16"])
+    src = T.list_checkpoints(base)[-1]
+    sk = tmp_path / "sketch"
+    train_in_process(["--out", str(sk), *common(data, **over), "--init-from", str(src), "--image-mode", "sketch",
+                      "--opening-weight", "4:4"])
+    ck = T.list_checkpoints(sk)[-1]
+    before, after = (json.loads((p / "config.json").read_text())["tokenizer"]["image"] for p in (src, ck))
+    assert before["mode"] == "palette" and after["mode"] == "sketch" and after["palette"] == before["palette"]
+    pipe = Pipeline.load(ck)
+    assert pipe.image_tokenizer().n_tokens == 4 + 64
+    assert pipe.generate_image("a cat", seed=0)[0].size == (8, 8)
+    out = tmp_path / "eval.json"
+    E.main(["--checkpoint", str(ck), "--data", str(img), "--max-items", "2", "--cache-dir", str(cache), "--no-speed",
+            "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert r["image_mode"] == "sketch" and r["image_tokens_scored"] > 0 and r["image_tokens_scored"] % 68 == 0
+    assert r["bits_per_pixel_token"] == pytest.approx(r["bits_per_dim"] * 68 / 64, abs=1e-5)  # the sketch's bits count
+    with pytest.raises(SystemExit, match="trained with 'sketch'"):
+        T.main(["--out", str(tmp_path / "bad"), *common(data, **over), "--init-from", str(ck), "--image-mode", "subpixel"])
+
+
 def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
     img, txt, cache = data
     base = tmp_path / "base"

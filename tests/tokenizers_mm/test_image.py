@@ -151,6 +151,81 @@ def test_palette_config_round_trip_and_errors():
         tok.decode([256 + 300])
 
 
+# ------------------------------------------------------------------------------------------- sketch mode
+
+
+def _sketch_tok(h=16, w=16):
+    from tokenizers_mm.image import cube_palette
+
+    return ImageTokenizer(h, w, mode="sketch", palette=cube_palette())
+
+
+@pytest.mark.parametrize("h,w", [(16, 16), (6, 10), (3, 5)])
+def test_sketch_is_each_blocks_most_common_colour_then_the_pixels(h, w):
+    tok = _sketch_tok(h, w)
+    pal = tok.palette
+    rng = np.random.default_rng(h * w)
+    idx = rng.integers(0, 5, (h, w)) * 40  # a few palette colours, so that blocks have a clear winner or a tie
+    ids = tok.encode(pal[idx])
+    sh, sw = -(-h // 4), -(-w // 4)
+    assert tok.sketch_shape == (sh, sw) and len(ids) == tok.n_tokens == sh * sw + h * w
+    # the sketch, counted block by block with a dict (ties: the lowest colour id)
+    want = []
+    for r in range(sh):
+        for c in range(sw):
+            counts: dict[int, int] = {}
+            for v in idx[4 * r : 4 * r + 4, 4 * c : 4 * c + 4].reshape(-1).tolist():
+                counts[v] = counts.get(v, 0) + 1
+            want.append(min(counts, key=lambda v: (-counts[v], v)))
+    assert [t - 256 for t in ids[: sh * sw]] == want
+    assert [t - 256 for t in ids[sh * sw :]] == idx.reshape(-1).tolist()
+    assert np.array_equal(np.asarray(tok.decode(ids)), pal[idx])  # decoding drops the sketch
+
+
+def test_sketch_partial_decode_shows_the_sketch_where_pixels_are_missing():
+    tok = _sketch_tok(8, 8)
+    pal = tok.palette
+    img = np.full((8, 8, 3), 255, np.uint8)
+    img[4:, 4:] = pal[180]  # the bottom-right block in one colour
+    ids = tok.encode(img)
+    assert [t - 256 for t in ids[:4]] == [tok.quantize(img[0, 0])] * 3 + [180]
+    only_sketch = np.asarray(tok.decode(ids[:4]))
+    assert np.array_equal(only_sketch, tok.palette[tok.quantize(img)])
+    half = np.asarray(tok.decode(ids[:2]))  # half the sketch: the rest stays the background
+    assert (half[4:] == 255).all() and np.array_equal(half[:4], tok.palette[tok.quantize(img)][:4])
+    with pytest.raises(TokenizerError, match="with its sketch"):
+        tok.decode(ids[:-1], partial_ok=False)
+
+
+def test_sketch_sequence_layout_features_parse_and_config():
+    from tokenizers_mm.vocab import SKETCH_BEGIN, build_sequence, position_features, split_sequence
+
+    tok = _sketch_tok(6, 10)
+    ids = tok.encode(np.full((6, 10, 3), 255, np.uint8))
+    seq = build_sequence("white", "image", ids, height=6, width=10, image_mode="sketch")
+    assert SKETCH_BEGIN in seq and len(seq) == len("white") + 9 + 6 + 60
+    parsed = split_sequence(seq)
+    assert parsed.image_mode == "sketch" and parsed.target == ids and parsed.complete
+    f = position_features(seq)
+    start = seq.index(SKETCH_BEGIN) + 3
+    # sketch tokens at their block's centre pixel (clipped to the image), channel 5; then the pixels as in palette mode
+    want = [(min(4 * r + 2, 5) + 1, min(4 * c + 2, 9) + 1, 5) for r in range(2) for c in range(3)]
+    want += [(r + 1, c + 1, 4) for r in range(6) for c in range(10)]
+    assert [tuple(x) for x in f[start : start + 66]] == want
+    assert tuple(f[start + 66]) == (0, 0, 0)  # IMAGE_END
+    # token by token (generation) gives the same features
+    from tokenizers_mm.features import FeatureTracker
+
+    tr = FeatureTracker()
+    assert np.array_equal(np.stack([tr.push(t) for t in seq]), f)
+    with pytest.raises(TokenizerError, match="after a 2x3 sketch"):
+        build_sequence("x", "image", ids[:-1], height=6, width=10, image_mode="sketch")
+    again = ImageTokenizer.from_dict(tok.to_dict())
+    assert again.mode == "sketch" and again.n_tokens == 66 and np.array_equal(again.palette, tok.palette)
+    with pytest.raises(TokenizerError, match="sketch mode needs a palette"):
+        ImageTokenizer(4, 4, mode="sketch")
+
+
 def test_fit_palette_recovers_the_colours_of_a_few_colour_set():
     from tokenizers_mm.image import fit_palette
 
