@@ -27,14 +27,16 @@
 #   CONTEXTS=32768 STEPS=100 bash recipes/copy.sh $C --batch 2 --lr 3e-4 --init-from /tmp/copy32768 --query-scale 3 --save /tmp/copy32768s
 # and score a checkpoint on more positions, leaving out the copy's first 3 (see copy_accuracy_windows):
 #   bash recipes/copy.sh --eval-from /tmp/copy32768s --eval-contexts 65536 --eval-seqs 8 --eval-windows 16 --eval-skip 3 --control-seqs 4
-# The bundled checkpoints/copy (98.95% at 65,536 on fresh sequences; its model card) continues with a stage at
+# The bundled checkpoints/copy (99.08% at 65,536 on fresh sequences; its model card) continues with a stage at
 # 65,536 and two over small alphabets (--alphabet-min: bigram and trigram distractors at short contexts):
 #   CONTEXTS=65536 STEPS=200 bash recipes/copy.sh $C --batch 2 --lr 3e-4 --init-from /tmp/copy32768s --query-scale 1.5 --save /tmp/copy65536
 #   CONTEXTS=8192 STEPS=300 bash recipes/copy.sh $C --batch 4 --lr 3e-4 --alphabet-min 24 --init-from /tmp/copy65536 --save /tmp/copyA8192
 #   CONTEXTS=32768 STEPS=300 bash recipes/copy.sh $C --batch 2 --lr 3e-4 --alphabet-min 48 --init-from /tmp/copyA8192 --save /tmp/copyA32768
-# then choose the queries' scale on one set of sequences (--query-scale 1, 1.5, 2 with the --eval-from line above)
-# and score and save it on fresh ones:
-#   bash recipes/copy.sh --eval-from /tmp/copyA32768 --query-scale 2 --eval-contexts 8192 16384 32768 65536 131072 \
+# then choose the queries' scale on one set of sequences (--query-scale 1, 1.5, 2 with the --eval-from line above;
+# x2 won) and save it scaled, then 150 steps at 65,536 over small alphabets, and score and save on fresh sequences:
+#   bash recipes/copy.sh --eval-from /tmp/copyA32768 --query-scale 2 --eval-contexts 65536 --save /tmp/copyQ2
+#   CONTEXTS=65536 STEPS=150 bash recipes/copy.sh $C --batch 2 --lr 2e-4 --alphabet-min 48 --init-from /tmp/copyQ2 --save /tmp/copyA65536
+#   bash recipes/copy.sh --eval-from /tmp/copyA65536 --eval-contexts 8192 16384 32768 65536 131072 \
 #       --eval-seqs 8 --eval-windows 16 --eval-skip 3 --control-seqs 4 --eval-seed 2026 --save checkpoints/copy
 # (C as above, with --eval-contexts 65536 --eval-windows 4 --eval-seqs 2 in place of the long list.)
 set -euo pipefail
