@@ -5,6 +5,11 @@
 # and a third with colour tags and hue rotation (colour words from every image; STEPS=1200 ... --colour-tags 0.5
 # --hue-rotate 0.25 added to the line below), ~105 min beside other runs:
 #   RUN=runs/emoji-2 INIT_FROM=checkpoints/emoji STEPS=1100 LR=5e-4 bash recipes/emoji.sh --caption-part-dropout 0.5
+# The fourth stage switched to sketch mode (16 tokens, the most common colour of each 4x4 block, before the 256
+# pixels; tokenizers_mm/image.py), weighting the sketch x4 in the loss, since the sketch is where the caption
+# decides an image's colour and layout:
+#   RUN=runs/emoji-sketch INIT_FROM=checkpoints/emoji STEPS=2000 LR=5e-4 bash recipes/emoji.sh --image-mode sketch \
+#       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25
 # Continue it the same way for more steps (each stage exports over checkpoints/emoji when it finishes).
 # On a GPU: drop --cpu-bf16, raise --batch-size and --max-steps, and try --image-size 32 --n-latents 1536.
 set -euo pipefail
