@@ -229,8 +229,8 @@ def run(argv=None) -> dict:
             if settings.image_mode != "subpixel":  # one token per pixel: "bits per dim" would mislead
                 # a sketch's bits are counted against the pixels they describe (whole items are scored), so
                 # palette and sketch checkpoints compare: bits per pixel token = all the image's bits / (h*w)
-                per_pixel = bits(nc) * image_tokens(settings.image_height, settings.image_width,
-                                                    settings.image_mode) / (settings.image_height * settings.image_width)
+                h, w = settings.image_height, settings.image_width
+                per_pixel = bits(nc) * image_tokens(h, w, settings.image_mode) / (h * w)
                 result["bits_per_pixel_token"] = round(per_pixel, 6)
                 result["bits_per_subpixel_equivalent"] = round(per_pixel / 3, 6)
     result["eval_seconds"] = round(time.perf_counter() - t0, 3)

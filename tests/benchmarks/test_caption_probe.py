@@ -42,6 +42,7 @@ def test_probe_runs_on_the_bundled_emoji_checkpoint(shared_data):
     out = CP.probe(pipe.model, pipe.image_tokenizer(), folder, [RECORD], pipe.config["caption_template"],
                    [("Smileys & Emotion", "blue heart"), ("Food & Drink", "red apple")], log=None)  # fmt: skip
     (row,) = out["items"]
-    assert row["tokens"] == pipe.image_tokenizer().n_tokens and row["caption"] == "blue heart; smileys & emotion; heart; google style"
+    assert row["tokens"] == pipe.image_tokenizer().n_tokens
+    assert row["caption"] == "blue heart; smileys & emotion; heart; google style"
     assert set(out["edits"]) == {"name", "empty", "rest", "style", "colour"}
     assert all(np.isfinite(row[k]) for k in out["edits"]) and row["true_bits"] > 0

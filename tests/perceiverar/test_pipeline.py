@@ -65,7 +65,8 @@ def test_generate_image_in_sketch_mode_shows_the_sketch_first(debug_model):
     from tokenizers_mm.image import cube_palette
 
     pal = cube_palette()
-    pipe = Pipeline(debug_model(), make_tokenizer_config(["image"], height=8, width=6, image_mode="sketch", palette=pal))
+    cfg = make_tokenizer_config(["image"], height=8, width=6, image_mode="sketch", palette=pal)
+    pipe = Pipeline(debug_model(), cfg)
     tok = pipe.image_tokenizer()
     assert tok.mode == "sketch" and tok.n_sketch == 4 and tok.n_tokens == 4 + 48
     progress = []

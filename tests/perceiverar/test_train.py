@@ -210,7 +210,8 @@ def test_a_palette_model_goes_on_in_sketch_mode(data, tmp_path, capsys):
     assert r["image_mode"] == "sketch" and r["image_tokens_scored"] > 0 and r["image_tokens_scored"] % 68 == 0
     assert r["bits_per_pixel_token"] == pytest.approx(r["bits_per_dim"] * 68 / 64, abs=1e-5)  # the sketch's bits count
     with pytest.raises(SystemExit, match="trained with 'sketch'"):
-        T.main(["--out", str(tmp_path / "bad"), *common(data, **over), "--init-from", str(ck), "--image-mode", "subpixel"])
+        T.main(["--out", str(tmp_path / "bad"), *common(data, **over), "--init-from", str(ck),
+                "--image-mode", "subpixel"])
 
 
 def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
