@@ -49,7 +49,7 @@ from benchmarks import image_classifier as IC
 from benchmarks import image_measures as IM
 from benchmarks.results_io import RESULTS, save_result
 from perceiverar.data import caption_from, default_cache_dir, parse_data_arg, prepare_sources
-from perceiverar.evaluate import data_settings, evaluate_sources
+from perceiverar.evaluate import bits_per_pixel_token, data_settings, evaluate_sources
 from tokenizers_mm.image import ImageTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,8 +205,7 @@ def likelihood(pipe, checkpoint: Path, data: Path, n_items: int, cache_dir, mode
     nats, count = evaluate_sources(pipe.model, [source], split="val", max_items=n_items)["image"]
     items = [source.file(int(i)) for i in source.val_items[:n_items]]
     bits = nats / max(count, 1) / math.log(2)
-    # sketch mode: the sketch's bits count against the pixels (whole items are scored), as perceiverar-eval does
-    bits *= tok.n_tokens / (tok.height * tok.width * tok.channels)
+    bits = bits_per_pixel_token(bits, tok.height, tok.width, mode)  # sketch mode: its bits count against the pixels
     webp = webp_bits([np.asarray(tok.preprocess(data / f), dtype=np.uint8) for f in items])
     out = {"unit": UNITS.get(mode, mode), "bits": round(bits, 4), "tokens_scored": int(count), "items": len(items),
            "seconds": round(time.perf_counter() - t0, 1),

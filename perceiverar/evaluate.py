@@ -24,7 +24,7 @@ from perceiverar.data import (
     DatasetError, PreparedSource, SourceSpec, TokenizerSettings, default_cache_dir, load_audio_codec, parse_data_arg,
     prepare_sources,
 )  # fmt: skip
-from tokenizers_mm.vocab import image_tokens
+from tokenizers_mm.vocab import image_tokens, sketch_shape
 
 METRIC = {"image": "bits_per_dim", "audio": "bits_per_token", "text": "bits_per_byte"}
 
@@ -153,6 +153,14 @@ def bits(nats_count: list[float]) -> float:
     return nats / max(n, 1) / math.log(2)
 
 
+def bits_per_pixel_token(bits_per_token: float, height: int, width: int, mode: str) -> float:
+    """Bits per content token of whole images -> bits per pixel token (per sub-pixel in sub-pixel mode): a sketch's
+    bits count against the pixels they describe, so palette and sketch checkpoints compare."""
+    n = image_tokens(height, width, mode)
+    sh, sw = sketch_shape(height, width, mode)
+    return bits_per_token * n / (n - sh * sw)
+
+
 def _generation_speed(model, tokenizer: dict, ckpt_dir: Path, device) -> dict | None:
     """Tokens/s of a short generation through the pipeline, if the generation module is installed."""
     try:
@@ -227,10 +235,8 @@ def run(argv=None) -> dict:
             result["image_height"], result["image_width"] = settings.image_height, settings.image_width
             result["image_mode"] = settings.image_mode
             if settings.image_mode != "subpixel":  # one token per pixel: "bits per dim" would mislead
-                # a sketch's bits are counted against the pixels they describe (whole items are scored), so
-                # palette and sketch checkpoints compare: bits per pixel token = all the image's bits / (h*w)
-                h, w = settings.image_height, settings.image_width
-                per_pixel = bits(nc) * image_tokens(h, w, settings.image_mode) / (h * w)
+                per_pixel = bits_per_pixel_token(bits(nc), settings.image_height, settings.image_width,
+                                                 settings.image_mode)  # whole items are scored
                 result["bits_per_pixel_token"] = round(per_pixel, 6)
                 result["bits_per_subpixel_equivalent"] = round(per_pixel / 3, 6)
     result["eval_seconds"] = round(time.perf_counter() - t0, 3)

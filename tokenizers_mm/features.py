@@ -25,7 +25,7 @@ import numpy as np
 
 from tokenizers_mm.ids import (
     AUDIO_BEGIN, AUDIO_FREQ_BANDS, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET,
-    NUM_VALUES, allowed_range, sketch_shape,
+    NUM_VALUES, allowed_range, sketch_block, sketch_shape,
 )  # fmt: skip
 
 PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
@@ -104,7 +104,7 @@ class FeatureTracker:
             sh, sw = sketch_shape(h, w, self._mode)
             n_sketch = sh * sw
             if n_sketch:  # the sketch's tokens: the centre pixel of their block, channel SKETCH_CHANNEL
-                block = IMAGE_MODES[self._mode][2]
+                block = sketch_block(self._mode)
                 sk = idx < n_sketch
                 srow = np.minimum((idx // sw) * block + block // 2, h - 1)
                 scol = np.minimum((idx % sw) * block + block // 2, w - 1)

@@ -7,8 +7,8 @@ Id ranges (half-open)::
     audio  512 .. 4608   audio codebook index c -> 512 + c   (AUDIO_CODES = 4096 at most)
     num   4608 .. 5632   header number k -> 4608 + k         (image h/w, audio length digits)
     special 5632 ..      PAD BOS EOS TEXT_BEGIN TEXT_END IMAGE_BEGIN IMAGE_END AUDIO_BEGIN AUDIO_END SEP
-                         PALETTE_BEGIN SKETCH_BEGIN (5644..5647 reserved); VOCAB_SIZE = 5696 (5648 used, padded to a multiple of 64
-                         so the embedding / output matmuls tile evenly)
+                         PALETTE_BEGIN SKETCH_BEGIN (5644..5647 reserved); VOCAB_SIZE = 5696 (5648 used,
+                         padded to a multiple of 64 so the embedding / output matmuls tile evenly)
 
 The sequence layout that puts these ids in order is ``tokenizers_mm.vocab``, which re-exports every name here
 (import them from there, or from ``tokenizers_mm``); the position features of each id are ``tokenizers_mm.features``.
@@ -85,9 +85,14 @@ def image_section_begin(mode: str = "subpixel") -> int:
     return IMAGE_MODES[check_image_mode(mode)][0]
 
 
+def sketch_block(mode: str = "subpixel") -> int:
+    """Side of the pixel blocks one sketch token stands for in this layout; 0 when it has no sketch."""
+    return IMAGE_MODES[check_image_mode(mode)][2]
+
+
 def sketch_shape(height: int, width: int, mode: str = "subpixel") -> tuple[int, int]:
     """(rows, cols) of the coarse sketch an h x w image section of this layout opens with; (0, 0) if none."""
-    block = IMAGE_MODES[check_image_mode(mode)][2]
+    block = sketch_block(mode)
     if not block:
         return 0, 0
     return -(-int(height) // block), -(-int(width) // block)

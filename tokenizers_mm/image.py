@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.ids import (
     IMAGE_MODES, MAX_IMAGE_SIDE, PIXEL_OFFSET, PIXEL_SIZE, check_image_mode, check_in_range, image_section_begin,
-    sketch_shape,
+    sketch_block, sketch_shape,
 )  # fmt: skip
 
 RESIZE_POLICIES = ("fit", "crop", "stretch")
@@ -226,7 +226,7 @@ class ImageTokenizer:
     def sketch(self, colours: np.ndarray) -> np.ndarray:
         """(H, W) palette indices -> (sh, sw) sketch: each block's most common index (ties: the lowest)."""
         sh, sw = self.sketch_shape
-        block = IMAGE_MODES[self.mode][2]
+        block = sketch_block(self.mode)
         k = len(self.palette)
         out = np.empty((sh, sw), dtype=np.int64)
         for r in range(sh):
@@ -264,7 +264,7 @@ class ImageTokenizer:
             rgb[:] = np.asarray(background, dtype=np.uint8)
             if self.n_sketch:
                 sh, sw = self.sketch_shape
-                block = IMAGE_MODES[self.mode][2]
+                block = sketch_block(self.mode)
                 known = np.full(sh * sw, -1, dtype=np.int64)
                 known[: min(arr.size, sh * sw)] = arr[: sh * sw] - PIXEL_OFFSET
                 up = known.reshape(sh, sw).repeat(block, 0).repeat(block, 1)[:H, :W].reshape(-1)  # (H*W,)

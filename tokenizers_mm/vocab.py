@@ -35,7 +35,7 @@ from tokenizers_mm.ids import (  # noqa: F401  (re-exported: the id space is imp
     IMAGE_END, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, N_FEATURES, N_SPECIAL, NUM_OFFSET,
     NUM_VALUES, PAD, PALETTE_BEGIN, PIXEL_OFFSET, PIXEL_SIZE, SEP, SKETCH_BEGIN, SKETCH_BLOCK, SPECIAL_NAMES,
     SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET, TEXT_SIZE, VOCAB_SIZE, allowed_range, check_image_mode,
-    check_in_range, image_section_begin, image_tokens, modality_of, sketch_shape, token_name,
+    check_in_range, image_section_begin, image_tokens, modality_of, sketch_block, sketch_shape, token_name,
 )  # fmt: skip
 
 _BEGIN = {"image": IMAGE_BEGIN, "audio": AUDIO_BEGIN}
