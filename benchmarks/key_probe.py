@@ -69,20 +69,21 @@ def main(argv=None) -> dict:
     torch.set_num_threads(a.threads)
     from perceiverar.data.codec import audio_ids, load_audio_codec  # noqa: PLC0415
     from perceiverar.pipeline import Pipeline  # noqa: PLC0415
-    from tokenizers_mm.vocab import build_sequence  # noqa: PLC0415
+    from tokenizers_mm.vocab import audio_tokens, build_sequence  # noqa: PLC0415
 
     t0 = time.time()
     pipe = Pipeline.load(a.checkpoint)
     model = pipe.model.eval()
     codec = load_audio_codec(Path(a.checkpoint) / (pipe.config.get("audio") or {}).get("dir", "audio_tokenizer"))
     tps = codec.tokenizer.tokens_per_second
-    n, first = round(a.seconds * tps), round(tps)
+    mode = pipe.audio_mode  # "chords": the scored opening holds its chord labels too
+    n, first = audio_tokens(round(a.seconds * tps), mode), audio_tokens(round(tps), mode)
     deltas = {k: [] for k in EDITS}
     first_second = {k: [] for k in EDITS}
     rows = []
     for r in val_chorales(a.data, a.items):
-        target = audio_ids(codec, a.data / r["file"])
-        full = np.asarray(build_sequence("", "audio", target), np.int64)
+        target = audio_ids(codec, a.data / r["file"], mode)
+        full = np.asarray(build_sequence("", "audio", target, audio_mode=mode), np.int64)
         rest = full[2:]  # from [TEXT_END] on
         with torch.no_grad():
             true = opening_bits(model, r["text"], rest, n)
@@ -95,7 +96,7 @@ def main(argv=None) -> dict:
         rows.append(row)
         print(f"{r['file']}: {row}", flush=True)
     res = {
-        "checkpoint": str(a.checkpoint), "data": str(a.data), "items": len(rows), "seconds": a.seconds,
+        "checkpoint": str(a.checkpoint), "data": str(a.data), "audio_mode": mode, "items": len(rows), "seconds": a.seconds,
         "tokens_scored_per_clip": n, "tokens_per_second": tps,
         "edits": {k: summarize(v) for k, v in deltas.items()},
         "edits_first_second": {k: summarize(v) for k, v in first_second.items()},

@@ -12,7 +12,8 @@ import torch
 
 from tokenizers_mm.vocab import (
     AUDIO_BEGIN, AUDIO_END, EOS, IMAGE_BEGIN, IMAGE_END, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, NUM_OFFSET, NUM_VALUES,
-    PAD, SEP, TEXT_BEGIN, TEXT_END, allowed_range, image_section_begin, image_tokens, token_name,
+    PAD, SEP, TEXT_BEGIN, TEXT_END, allowed_range, audio_section_begin, audio_tokens, chord_block, image_section_begin,
+    image_tokens, is_chord_slot, token_name,
 )  # fmt: skip
 
 _BEGIN = {"image": IMAGE_BEGIN, "audio": AUDIO_BEGIN}
@@ -25,7 +26,8 @@ class ModalityConstraint:
     image: [IMAGE_BEGIN h w] (whatever of it the prompt lacks), exactly h*w*3 pixel ids, IMAGE_END, EOS;
            with image_mode="palette", [PALETTE_BEGIN h w] and h*w colour ids (below ``content_range``'s end:
            the palette's size).
-    audio: [AUDIO_BEGIN hi lo] likewise, exactly n_audio_tokens codes, AUDIO_END, EOS.
+    audio: [AUDIO_BEGIN hi lo] likewise, exactly n_audio_tokens codes, AUDIO_END, EOS; with audio_mode="chords",
+           [CHORDS_BEGIN hi lo] and a chord label (the "chord" id range) before every CHORD_BLOCK codes.
     text:  byte ids (or TEXT_END to stop early) for at most ``max_bytes`` new bytes, then TEXT_END, EOS.
     After EOS a row only gets PAD; ``done`` is True once every row has finished.
 
@@ -43,6 +45,7 @@ class ModalityConstraint:
         max_bytes: int | None = None,
         content_range: tuple[int, int] | None = None,
         image_mode: str = "subpixel",
+        audio_mode: str = "codes",
     ):
         """content_range narrows the content ids (e.g. an audio codebook smaller than the vocabulary's room)."""
         if modality not in ("image", "audio", "text"):
@@ -61,12 +64,14 @@ class ModalityConstraint:
                 raise ValueError(f"n_audio_tokens={n_audio_tokens} must be in 1..{MAX_AUDIO_TOKENS}")
             n = int(n_audio_tokens)
             self.header = [NUM_OFFSET + n // NUM_VALUES, NUM_OFFSET + n % NUM_VALUES]
-            self.n_content = n
+            self.n_content = audio_tokens(n, audio_mode)
+            self.begin_id = audio_section_begin(audio_mode)
         else:
             if max_bytes is not None and int(max_bytes) < 0:
                 raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
             self.header = []
             self.n_content = None if max_bytes is None else int(max_bytes)
+        self.chord_block = chord_block(audio_mode) if modality == "audio" else 0
         self.lo, self.hi = allowed_range(modality)
         if content_range is not None:
             lo, hi = (int(v) for v in content_range)
@@ -78,6 +83,8 @@ class ModalityConstraint:
         self._n_left = 0
         self._step = torch.zeros(0, dtype=torch.long)
         self._tables: dict = {}
+        self._done_before = 0
+        self.audio_mode = audio_mode
 
     # ------------------------------------------------------------------ set-up from the prompt
 
@@ -107,7 +114,9 @@ class ModalityConstraint:
                     )
                 self.pre = self.header[len(head) :]
                 content = tail[len(self.header) :]
-                bad = [t for t in content if not self.lo <= t < self.hi]
+                clo, chi = allowed_range("chord")
+                chord = is_chord_slot(range(len(content)), self.audio_mode) if content else []
+                bad = [t for t, c in zip(content, chord) if not (clo <= t < chi if c else self.lo <= t < self.hi)]
                 if bad:
                     raise ValueError(f"the prompt's {self.modality} section holds a non-{self.modality} id {bad[0]} ({token_name(bad[0])})")
                 if len(content) > self.n_content:
@@ -123,6 +132,7 @@ class ModalityConstraint:
                     f"or with TEXT_END / SEP, not {token_name(ids[-1]) if ids else 'nothing'}"
                 )
         self._n_left = self.n_content - done  # content ids still to come
+        self._done_before = done  # content ids the prompt holds (where the chord slots fall)
         self._step = torch.zeros(batch, dtype=torch.long)  # (B,): how far each row is along the plan
         self._tables: dict = {}
 
@@ -133,7 +143,9 @@ class ModalityConstraint:
     def plan(self) -> list[int]:
         """The ids of a row that uses all its content: its position features are those of every row's output
         (``FeatureTracker`` only asks whether an id is content), so generation computes them once, up front."""
-        return [*self.pre, *[self.lo] * self._n_left, *self.end]
+        clo = allowed_range("chord")[0]
+        slots = is_chord_slot(range(self._done_before, self._done_before + self._n_left), self.audio_mode)
+        return [*self.pre, *[clo if c else self.lo for c in slots], *self.end]
 
     @property
     def may_stop_early(self) -> bool:
@@ -147,10 +159,13 @@ class ModalityConstraint:
         return bool((self._step >= self.tokens_needed()).all())
 
     def _table(self, vocab_size: int, device) -> torch.Tensor:
-        """(stages, V) bool: one mask per plan stage: each missing header id, the content, each end id, PAD."""
+        """(stages, V) bool: one mask per plan stage: each missing header id, the content, each end id, PAD, and
+        for a chords section a last row, its chord labels."""
         key = (vocab_size, str(device))
         if key not in self._tables:
             stages = [*([t] for t in self.pre), None, *([t] for t in self.end), [PAD]]
+            if self.chord_block:
+                stages.append(list(range(*allowed_range("chord"))))
             table = torch.zeros(len(stages), vocab_size, dtype=torch.bool)
             for r, ids in enumerate(stages):
                 if ids is None:
@@ -170,6 +185,9 @@ class ModalityConstraint:
         step = self._step
         content_or_pre = torch.where(step < n_pre, step, n_pre)
         ending = n_pre + 1 + (step - n_pre - n_left).clamp(max=n_end)  # end ids, then the PAD row
+        if self.chord_block:  # a chord label's slot: the table's last row
+            chord = ((step - n_pre + self._done_before) % (self.chord_block + 1) == 0) & (step >= n_pre)
+            content_or_pre = torch.where(chord, n_pre + n_end + 2, content_or_pre)
         return torch.where(step < n_pre + n_left, content_or_pre, ending)
 
     def allowed(self, vocab_size: int, device=None) -> torch.Tensor:

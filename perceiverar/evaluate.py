@@ -24,7 +24,7 @@ from perceiverar.data import (
     DatasetError, PreparedSource, SourceSpec, TokenizerSettings, default_cache_dir, load_audio_codec, parse_data_arg,
     prepare_sources,
 )  # fmt: skip
-from tokenizers_mm.vocab import image_tokens, sketch_shape
+from tokenizers_mm.vocab import chord_block, image_tokens, sketch_shape
 
 METRIC = {"image": "bits_per_dim", "audio": "bits_per_token", "text": "bits_per_byte"}
 
@@ -138,6 +138,7 @@ def data_settings(tokenizer: dict, checkpoint_dir) -> tuple[TokenizerSettings, o
     settings = TokenizerSettings(image_height=img.get("height", 32), image_width=img.get("width", 32),
                                  image_mode=img.get("mode", "subpixel"),
                                  image_palette=tuple(map(tuple, palette)) if palette is not None else None,
+                                 audio_mode=(tokenizer.get("audio") or {}).get("mode", "codes"),
                                  caption_template=tokenizer.get("caption_template", "{text}"))  # fmt: skip
     codec = None
     if "audio" in tokenizer.get("modalities", []):
@@ -239,6 +240,11 @@ def run(argv=None) -> dict:
                                                  settings.image_mode)  # whole items are scored
                 result["bits_per_pixel_token"] = round(per_pixel, 6)
                 result["bits_per_subpixel_equivalent"] = round(per_pixel / 3, 6)
+        if mod == "audio" and chord_block(settings.audio_mode):
+            # one chord label per CHORD_BLOCK codes: count its bits against the codes, so the layouts compare
+            result["audio_mode"] = settings.audio_mode
+            result["bits_per_audio_code"] = round(bits(nc) * (chord_block(settings.audio_mode) + 1)
+                                                  / chord_block(settings.audio_mode), 6)  # fmt: skip
     result["eval_seconds"] = round(time.perf_counter() - t0, 3)
     if not any(k in result for k in METRIC.values()):
         _fail(f"no {args.split} items to score in {', '.join(args.data)}")

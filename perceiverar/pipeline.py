@@ -6,7 +6,8 @@ The checkpoint's tokenizer config (``config.json["tokenizer"]``, written by the 
     {"vocab": Vocabulary().to_dict(),
      "modalities": ["image", "audio", "text"],            # the subset the model was trained on
      "image": {"height": h, "width": w, "mode": "subpixel"}, # when image; "palette"/"sketch" add "palette": K x 3
-     "audio": {"dir": "audio_tokenizer", "seconds": s},   # when audio; AudioTokenizer.save(ckpt / dir)
+     "audio": {"dir": "audio_tokenizer", "seconds": s},   # when audio; AudioTokenizer.save(ckpt / dir);
+                                                          # "mode": "chords" when trained with chord labels
      "defaults": {"temperature": 1.0, "top_k": null, "top_p": 0.95, "cfg_scale": 1.0, ...},
      "caption_template": "{text}; {style} style"}          # optional: how the training captions were built
 
@@ -33,7 +34,9 @@ from perceiverar.model import PerceiverAR
 from perceiverar.sampling_options import SamplingOptions
 from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.text import TextTokenizer
-from tokenizers_mm.vocab import AUDIO_OFFSET, PIXEL_OFFSET, TEXT_END, Vocabulary, build_sequence
+from tokenizers_mm.vocab import (
+    AUDIO_OFFSET, PIXEL_OFFSET, TEXT_END, Vocabulary, audio_tokens, build_sequence, check_audio_mode,
+)  # fmt: skip
 
 MODALITIES = ("image", "audio", "text")
 DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "cfg_scale": 1.0, "n_latents": None}
@@ -52,6 +55,7 @@ def make_tokenizer_config(
     defaults: dict | None = None,
     image_mode: str = "subpixel",
     palette=None,
+    audio_mode: str = "codes",
 ) -> dict:
     """The tokenizer section of a checkpoint's config.json (see the module docstring)."""
     mods = [m for m in MODALITIES if m in set(modalities)]
@@ -69,6 +73,8 @@ def make_tokenizer_config(
         cfg["image"] = img
     if "audio" in mods:
         cfg["audio"] = {"dir": audio_dir, "seconds": float(audio_seconds if audio_seconds is not None else 10.0)}
+        if audio_mode != "codes":  # (the default layout: configs read the same as before the chords mode)
+            cfg["audio"]["mode"] = check_audio_mode(audio_mode)
     cfg["defaults"] = {**DEFAULTS, **(defaults or {})}
     return cfg
 
@@ -167,6 +173,11 @@ class Pipeline:
         h, w = self._image_size(height, width)
         return ImageTokenizer.from_dict({**self.config.get("image", {}), "height": h, "width": w})
 
+    @property
+    def audio_mode(self) -> str:
+        """The audio section layout the checkpoint was trained on: "codes", or "chords" (a chord label per block)."""
+        return check_audio_mode((self.config.get("audio") or {}).get("mode", "codes"))
+
     def _audio_tokens(self, seconds) -> int:
         s = seconds if seconds is not None else self.config.get("audio", {}).get("seconds", 10.0)
         if not float(s) > 0:
@@ -191,8 +202,8 @@ class Pipeline:
             n_new = tok.n_tokens + _END_TOKENS
         elif modality == "audio":
             n = self._audio_tokens(seconds)
-            kw = dict(n_audio_tokens=n)
-            n_new = n + _END_TOKENS
+            kw = dict(n_audio_tokens=n, audio_mode=self.audio_mode)
+            n_new = audio_tokens(n, self.audio_mode) + _END_TOKENS
         else:
             n_bytes = 256 if max_new_bytes is None else int(max_new_bytes)
             if n_bytes < 1:
@@ -309,18 +320,19 @@ class Pipeline:
         costs a vocoder pass each time, so ``partial_audio=False`` passes None instead (a progress bar).
         """
         ids, n_new, kw = self._layout(prompt, "audio", seconds=seconds)
-        n = kw["n_audio_tokens"]
+        n, mode = kw["n_audio_tokens"], kw["audio_mode"]
+        n_content = audio_tokens(n, mode)  # the codes, and in "chords" mode their chord labels
         at = self.audio_tokenizer
         hi = AUDIO_OFFSET + at.codebook_size
-        constraint = ModalityConstraint("audio", n_audio_tokens=n, content_range=(AUDIO_OFFSET, hi))
-        every = max(1, n // 10)
+        constraint = ModalityConstraint("audio", n_audio_tokens=n, content_range=(AUDIO_OFFSET, hi), audio_mode=mode)
+        every = max(1, n_content // 10)
         min_codes = getattr(at.config, "n_fft", 0) // getattr(at.config, "hop_length", 1) + 1
         steps: list[torch.Tensor] = []
 
         def audio(out: torch.Tensor) -> list[tuple[np.ndarray, int]]:
             rows = []
             for r in out.tolist():
-                codes = [t for t in r[:n] if AUDIO_OFFSET <= t < hi]
+                codes = [t for t in r[:n_content] if AUDIO_OFFSET <= t < hi]  # (chord labels dropped)
                 # the vocoder's STFT needs more than n_fft / 2 samples: a clip shorter than that is empty so far
                 rows.append(at.decode(codes) if len(codes) > min_codes else (np.zeros(0, np.float32), at.sample_rate))
             return rows
@@ -328,8 +340,8 @@ class Pipeline:
         def on_token(step: int, new: torch.Tensor) -> None:
             steps.append(new)
             done = step + 1
-            if on_progress is not None and (done % every == 0 or done == n):
-                on_progress(min(1.0, done / n), audio(torch.stack(steps, 1)) if partial_audio else None)
+            if on_progress is not None and (done % every == 0 or done == n_content):
+                on_progress(min(1.0, done / n_content), audio(torch.stack(steps, 1)) if partial_audio else None)
 
         out = self._run("audio", ids, n_new, kw, constraint, SamplingOptions.of(sampling, **options),
                         overflow=overflow, stop_event=stop_event, on_token=on_token)  # fmt: skip

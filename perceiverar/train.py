@@ -129,7 +129,8 @@ class Trainer:
                                filler=self.filler, whole_items=not a.no_whole_items,
                                caption_part_dropout=a.caption_part_dropout,
                                colour_augment=self._colour_augment(a), opening_weight=a.opening_weight[0],
-                               opening_tokens=a.opening_weight[1])  # fmt: skip
+                               opening_tokens=a.opening_weight[1], chord_weight=a.chord_weight,
+                               opening_clips=self._opening_clips(a))  # fmt: skip
         self.tok_cfg = tokenizer_config(a, self.data, self.cfg)
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume is not None:
@@ -142,6 +143,13 @@ class Trainer:
         self.log(f"model {a.preset}: {n / 1e6:.2f} M parameters, L={self.cfg.context_len}, N={self.cfg.n_latents}; "
                  f"device {dd.device}, world {dd.world}{' (FSDP)' if self.fsdp else ' (DDP)' if dd.world > 1 else ''}; "
                  f"global batch {a.batch_size * a.grad_accum * dd.world} sequences")  # fmt: skip
+
+    def _opening_clips(self, a) -> tuple[float, int]:
+        """--opening-clips PROB:SECONDS as (probability, audio codes per clip) for the Mixture."""
+        prob, seconds = getattr(a, "opening_clips", (0.0, 0.0))
+        if prob <= 0 or self.data.codec is None:
+            return 0.0, 0
+        return prob, max(1, round(seconds * self.data.codec.tokenizer.tokens_per_second))
 
     def _colour_augment(self, a) -> ColourAugment | None:
         """--colour-tags / --hue-rotate: they need colour tokens (the palette is what they read and turn)."""

@@ -21,6 +21,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _clips(text: str) -> tuple[float, float]:
+    """'0.75:12' -> (0.75, 12.0): --opening-clips."""
+    try:
+        p, sec = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PROB:SECONDS (e.g. 0.75:12), got {text!r}") from None
+    if not (0.0 <= p <= 1.0 and sec > 0 and math.isfinite(sec)):
+        raise argparse.ArgumentTypeError(f"PROB must be in [0, 1] and SECONDS positive, got {text!r}")
+    return p, sec
+
+
 def _opening(text: str) -> tuple[float, int]:
     """'8:86' -> (8.0, 86): --opening-weight."""
     try:
@@ -84,6 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--audio-option", action="append", default=[], metavar="NAME=VALUE",
                    help="setting of the fitted audio codebook (repeatable): an AudioConfig field such as n_mels=128, "
                         "n_fft=2048, hop_length=512 or patch_frames=2, or the fit's max_frames / iters")
+    g.add_argument("--audio-mode", choices=["codes", "chords"], default=None,
+                   help="audio tokens: the codebook's codes, or 'chords': a chord label (one of 24 triads or none, "
+                        "read from the audio's chroma) before every 22 codes, so the caption picks the harmony in "
+                        "one token (weight the labels with --opening-weight). Default: codes, or the --init-from "
+                        "checkpoint's; a codes checkpoint may go on in chords mode (same codebook)")
     g.add_argument("--audio-seconds", type=float, default=None,
                    help="default clip length written into the checkpoint (default: median training clip, fit to L)")
     g.add_argument("--cache-dir", default=None, help="token cache root (default $PERCEIVERAR_CACHE or ~/.cache/perceiverar/datasets)")
@@ -105,6 +121,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--hue-rotate", type=float, default=0.0,
                    help="palette images trained whole: turn the image's hue by a multiple of 30 degrees with this "
                         "probability and name the new colour in its caption ('red heart' -> 'blue heart')")
+    g.add_argument("--opening-clips", type=_clips, default=(0.0, 0.0), metavar="PROB:SECONDS",
+                   help="audio: with this probability a batch trains the first SECONDS of each clip, whole, as a clip "
+                        "of that length (its header says so), the length generation asks for: several times more "
+                        "caption-led openings per CPU-minute than windows over whole pieces (e.g. 0.75:12)")
+    g.add_argument("--chord-weight", type=float, default=1.0, metavar="W",
+                   help="loss weight of the chord labels of --audio-mode chords (whole items and uniform windows)")
     g.add_argument("--opening-weight", type=_opening, default=(1.0, 0), metavar="W:K",
                    help="with whole items and uniform windows: the first K targets of each item's media count W "
                         "times in the loss (e.g. 8:86, the first two seconds of a 43-tokens/s clip), where only the "

@@ -52,6 +52,7 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
                                  audio_options=audio_options(getattr(a, "audio_option", [])))  # fmt: skip
     cache = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
     _image_layout(a, specs, settings, cache, log if dd.main else (lambda m: None))
+    _audio_layout(a, settings)
     filler_spec, filler_prob = None, 0.5
     if a.filler:
         filler_spec = parse_data_arg(a.filler)
@@ -106,6 +107,19 @@ def _image_layout(a, specs: list[SourceSpec], settings: TokenizerSettings, cache
     settings.image_mode, settings.image_palette = a.image_mode, palette
 
 
+def _audio_layout(a, settings: TokenizerSettings) -> None:
+    """Codes or codes with chord labels: a fine-tune keeps its checkpoint's layout, or learns to add the labels
+    (the codes mean the same; the label ids are new to it)."""
+    init = Path(a.init_from) if a.init_from else None
+    cfg = read_checkpoint_config(init)["tokenizer"] if init and (init / "config.json").is_file() else {}
+    mode = (cfg.get("audio") or {}).get("mode", "codes") if cfg.get("audio") else None
+    requested = getattr(a, "audio_mode", None)
+    if mode == "chords" and requested == "codes":
+        raise DatasetError(f"--audio-mode codes: --init-from {a.init_from} was trained with chord labels")
+    a.audio_mode = requested or mode or "codes"
+    settings.audio_mode = a.audio_mode
+
+
 def tokenizer_config(args, data: TrainingData, cfg: PerceiverARConfig) -> dict:
     """The ``tokenizer`` section of the checkpoints' config.json: modalities, image size and layout, audio length."""
     settings = data.settings
@@ -118,7 +132,8 @@ def tokenizer_config(args, data: TrainingData, cfg: PerceiverARConfig) -> dict:
     h, w = settings.image_height, settings.image_width
     tok = make_tokenizer_config(mods, height=h if "image" in mods else None, width=w if "image" in mods else None,
                                 audio_seconds=audio_s, audio_dir=AUDIO_TOKENIZER_DIR,
-                                image_mode=settings.image_mode, palette=settings.image_palette)  # fmt: skip
+                                image_mode=settings.image_mode, palette=settings.image_palette,
+                                audio_mode=settings.audio_mode)  # fmt: skip
     if settings.caption_template != "{text}":  # how the training captions were written, for users and eval
         tok["caption_template"] = settings.caption_template
     return tok

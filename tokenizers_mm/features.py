@@ -12,6 +12,9 @@
     audio code inside an audio section    (0, 0, band + 1) where band = index % AUDIO_FREQ_BANDS is the
                                           frequency patch of the code (AUDIO_FREQ_BANDS = 1 today: one code
                                           covers all 80 mel bins of a frame, so every code gets (0, 0, 1))
+    chord label of a chords section       (0, 0, 2); its codes as above. Which ids are labels is decided by
+                                          their index in the section (every CHORD_BLOCK + 1), and any id of the
+                                          chord or audio range continues the section
     everything else                       (0, 0, 0)
 
 The features are causal: a token's features depend only on the tokens at or before it (the section header
@@ -24,19 +27,21 @@ from __future__ import annotations
 import numpy as np
 
 from tokenizers_mm.ids import (
-    AUDIO_BEGIN, AUDIO_FREQ_BANDS, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET,
+    AUDIO_MODE_OF_BEGIN, AUDIO_FREQ_BANDS, IMAGE_MODE_OF_BEGIN, chord_block, is_chord_slot, IMAGE_MODES, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET,
     NUM_VALUES, allowed_range, sketch_block, sketch_shape,
 )  # fmt: skip
 
 PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
 SKETCH_CHANNEL = 5  # the channel feature of a sketch token
+CHORD_CHANNEL = 2  # the channel feature of an audio section's chord label (codes use band + 1 = 1)
 
 
 class FeatureTracker:
     """Incremental, causal position features for generation: ``extend(prefix)`` then ``push(id)`` per token.
 
-    State machine: an image section's begin id (IMAGE_BEGIN/PALETTE_BEGIN/SKETCH_BEGIN) or AUDIO_BEGIN opens a header; two NUM ids complete it (a non-NUM id aborts it);
-    then each id of the section's modality advances an index; any other id closes the section.
+    State machine: an image section's begin id (IMAGE_BEGIN/PALETTE_BEGIN/SKETCH_BEGIN) or an audio one
+    (AUDIO_BEGIN/CHORDS_BEGIN) opens a header; two NUM ids complete it (a non-NUM id aborts it); then each id of
+    the section's modality (for a chords section: also a chord label) advances an index; any other id closes it.
     """
 
     def __init__(self, audio_freq_bands: int = AUDIO_FREQ_BANDS):
@@ -47,7 +52,7 @@ class FeatureTracker:
         self._h = self._w = 0
         self._index = 0  # content tokens seen in the section
         self._channels = 3  # tokens per pixel of the open image section
-        self._mode = "subpixel"  # the open image section's layout
+        self._mode = "subpixel"  # the open section's layout (an image or audio mode)
 
     def _start(self, modality: str, mode: str = "subpixel") -> None:
         self._section, self._header, self._ready, self._index = modality, [], False, 0
@@ -70,7 +75,11 @@ class FeatureTracker:
             if self._section is not None and self._ready:
                 lo, hi = allowed_range(self._section)
                 # Vectorised over the run of content ids starting here (the common, long case).
-                run = np.flatnonzero((ids[t:] < lo) | (ids[t:] >= hi))
+                outside = (ids[t:] < lo) | (ids[t:] >= hi)
+                if self._section == "audio" and chord_block(self._mode):
+                    clo, chi = allowed_range("chord")
+                    outside &= (ids[t:] < clo) | (ids[t:] >= chi)
+                run = np.flatnonzero(outside)
                 end = t + (int(run[0]) if run.size else n - t)
                 if end > t:
                     idx = self._index + np.arange(end - t)  # (L,)
@@ -90,8 +99,8 @@ class FeatureTracker:
                 self._close()
             if tok in IMAGE_MODE_OF_BEGIN:
                 self._start("image", IMAGE_MODE_OF_BEGIN[tok])
-            elif tok == AUDIO_BEGIN:
-                self._start("audio")
+            elif tok in AUDIO_MODE_OF_BEGIN:
+                self._start("audio", AUDIO_MODE_OF_BEGIN[tok])
             t += 1
         return feats
 
@@ -118,7 +127,10 @@ class FeatureTracker:
             out[px, 1] = np.where(ok, col + 1, 0)[px]
             out[px, 2] = np.where(ok, ch, 0)[px]
         else:
-            out[:, 2] = idx % self.audio_freq_bands + 1
+            chord = is_chord_slot(idx, self._mode)
+            block = chord_block(self._mode)
+            code_idx = idx - (idx // (block + 1) + 1 if block else 0)  # codes before this one in the section
+            out[:, 2] = np.where(chord, CHORD_CHANNEL, code_idx % self.audio_freq_bands + 1)
 
 
 def position_features(ids) -> np.ndarray:

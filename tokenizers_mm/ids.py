@@ -7,8 +7,9 @@ Id ranges (half-open)::
     audio  512 .. 4608   audio codebook index c -> 512 + c   (AUDIO_CODES = 4096 at most)
     num   4608 .. 5632   header number k -> 4608 + k         (image h/w, audio length digits)
     special 5632 ..      PAD BOS EOS TEXT_BEGIN TEXT_END IMAGE_BEGIN IMAGE_END AUDIO_BEGIN AUDIO_END SEP
-                         PALETTE_BEGIN SKETCH_BEGIN (5644..5647 reserved); VOCAB_SIZE = 5696 (5648 used,
-                         padded to a multiple of 64 so the embedding / output matmuls tile evenly)
+                         PALETTE_BEGIN SKETCH_BEGIN CHORDS_BEGIN (5645..5647 reserved)
+    chord 5648 .. 5673   chord label c -> 5648 + c: 12 major triads, 12 minor, "no chord" (tokenizers_mm.chords)
+    VOCAB_SIZE = 5696 (5673 used, padded to a multiple of 64 so the embedding / output matmuls tile evenly)
 
 The sequence layout that puts these ids in order is ``tokenizers_mm.vocab``, which re-exports every name here
 (import them from there, or from ``tokenizers_mm``); the position features of each id are ``tokenizers_mm.features``.
@@ -41,8 +42,11 @@ AUDIO_END = 5640
 SEP = 5641
 PALETTE_BEGIN = 5642  # an image section of colour tokens (one per pixel) instead of sub-pixels
 SKETCH_BEGIN = 5643  # colour tokens after a coarse sketch of the image (one colour per SKETCH_BLOCK^2 block)
-N_SPECIAL = 16  # 5632..5647; 5644..5647 reserved
-VOCAB_SIZE = 5696  # 5648 used, padded to a multiple of 64 for efficient matmuls
+CHORDS_BEGIN = 5644  # audio codes with a chord label before every CHORD_BLOCK of them
+N_SPECIAL = 16  # 5632..5647; 5645..5647 reserved
+CHORD_OFFSET = 5648
+N_CHORDS = 25  # 12 major triads (C..B), 12 minor triads (c..b), "no chord"
+VOCAB_SIZE = 5696  # 5673 used, padded to a multiple of 64 for efficient matmuls
 
 N_FEATURES = 3
 FEATURE_SIZES = (257, 257, 17)
@@ -54,7 +58,7 @@ MAX_AUDIO_TOKENS = NUM_VALUES**2 - 1
 SPECIAL_NAMES = {
     PAD: "PAD", BOS: "BOS", EOS: "EOS", TEXT_BEGIN: "TEXT_BEGIN", TEXT_END: "TEXT_END",
     IMAGE_BEGIN: "IMAGE_BEGIN", IMAGE_END: "IMAGE_END", AUDIO_BEGIN: "AUDIO_BEGIN", AUDIO_END: "AUDIO_END",
-    SEP: "SEP", PALETTE_BEGIN: "PALETTE_BEGIN", SKETCH_BEGIN: "SKETCH_BEGIN",
+    SEP: "SEP", PALETTE_BEGIN: "PALETTE_BEGIN", SKETCH_BEGIN: "SKETCH_BEGIN", CHORDS_BEGIN: "CHORDS_BEGIN",
 }  # fmt: skip
 
 _RANGES = {
@@ -63,6 +67,7 @@ _RANGES = {
     "audio": (AUDIO_OFFSET, AUDIO_OFFSET + AUDIO_CODES),
     "num": (NUM_OFFSET, NUM_OFFSET + NUM_VALUES),
     "special": (SPECIAL_OFFSET, SPECIAL_OFFSET + N_SPECIAL),
+    "chord": (CHORD_OFFSET, CHORD_OFFSET + N_CHORDS),
 }
 # Image section layouts: mode -> (section-begin id, tokens per pixel, sketch block side or 0). All end with
 # IMAGE_END and use the pixel id range: a sub-pixel value v or a palette index c is id 256 + v / 256 + c.
@@ -104,6 +109,44 @@ def image_tokens(height: int, width: int, mode: str = "subpixel") -> int:
     return sh * sw + int(height) * int(width) * IMAGE_MODES[check_image_mode(mode)][1]
 
 
+# Audio section layouts: mode -> (section-begin id, codes per chord label or 0). "chords" puts a chord label
+# (the triad that best fits the chroma of the next CHORD_BLOCK codes' audio) before every CHORD_BLOCK codes:
+# the caption decides the harmony in a 25-way choice, and the codes that follow render it. CHORD_BLOCK = 22
+# codes is 0.51 s at the bundled codec's 43 codes per second, about a chorale's beat.
+CHORD_BLOCK = 22
+AUDIO_MODES = {"codes": (AUDIO_BEGIN, 0), "chords": (CHORDS_BEGIN, CHORD_BLOCK)}
+AUDIO_MODE_OF_BEGIN = {v[0]: k for k, v in AUDIO_MODES.items()}
+
+
+def check_audio_mode(mode: str) -> str:
+    if mode not in AUDIO_MODES:
+        raise TokenizerError(f"unknown audio mode {mode!r}; expected one of {sorted(AUDIO_MODES)}")
+    return mode
+
+
+def audio_section_begin(mode: str = "codes") -> int:
+    return AUDIO_MODES[check_audio_mode(mode)][0]
+
+
+def chord_block(mode: str = "codes") -> int:
+    """Codes per chord label in this audio layout; 0 when it has none."""
+    return AUDIO_MODES[check_audio_mode(mode)][1]
+
+
+def audio_tokens(n_codes: int, mode: str = "codes") -> int:
+    """Content ids of an audio section of n codes: the codes, and in "chords" mode ceil(n / CHORD_BLOCK) labels."""
+    block = chord_block(mode)
+    return int(n_codes) + (-(-int(n_codes) // block) if block else 0)
+
+
+def is_chord_slot(index, mode: str = "codes"):
+    """Whether content index i (0 = first id after the header) of an audio section holds a chord label."""
+    block = chord_block(mode)
+    if not block:
+        return np.zeros_like(np.asarray(index), dtype=bool)
+    return np.asarray(index) % (block + 1) == 0
+
+
 def allowed_range(modality: str) -> tuple[int, int]:
     """Half-open id range (lo, hi) of a modality's content tokens, for constrained decoding."""
     if modality not in _RANGES:
@@ -112,7 +155,7 @@ def allowed_range(modality: str) -> tuple[int, int]:
 
 
 def modality_of(token: int) -> str:
-    """'text', 'image', 'audio', 'num' or 'special' (ids past the used range count as 'special')."""
+    """'text', 'image', 'audio', 'num', 'chord' or 'special' (ids past the used range count as 'special')."""
     t = int(token)
     for name, (lo, hi) in _RANGES.items():
         if lo <= t < hi:
@@ -132,6 +175,8 @@ def token_name(token: int) -> str:
         return f"audio:{t - AUDIO_OFFSET}"
     if kind == "num":
         return f"num:{t - NUM_OFFSET}"
+    if kind == "chord":
+        return f"chord:{t - CHORD_OFFSET}"
     return SPECIAL_NAMES.get(t, f"reserved:{t}" if 0 <= t < VOCAB_SIZE else f"invalid:{t}")
 
 

@@ -15,6 +15,8 @@ Sequence layout (built only by :func:`build_sequence`, parsed only by :func:`spl
            most common colour of each 4x4 block, raster order), then the h*w colour ids as in palette mode
     audio: [BOS] [TEXT_BEGIN] prompt-bytes [TEXT_END] [SEP] [AUDIO_BEGIN] [NUM n//1024] [NUM n%1024]
            codes (n) [AUDIO_END] [EOS]
+    audio, chords mode: [CHORDS_BEGIN] [NUM n//1024] [NUM n%1024], then a chord label before every 22 codes
+           (c0, codes 0..21, c1, codes 22..43, ...: n + ceil(n/22) ids; tokenizers_mm.chords), [AUDIO_END] [EOS]
     text:  [BOS] [TEXT_BEGIN] text-bytes [TEXT_END] [EOS]      (a continuation: the generation prompt is
            [BOS] [TEXT_BEGIN] prompt-bytes and the model continues the bytes)
 
@@ -31,7 +33,8 @@ import numpy as np
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.features import FeatureTracker, position_features  # noqa: F401  (re-exported)
 from tokenizers_mm.ids import (  # noqa: F401  (re-exported: the id space is imported from here)
-    AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_OFFSET, BOS, EOS, FEATURE_SIZES, IMAGE_BEGIN,
+    AUDIO_MODE_OF_BEGIN, AUDIO_MODES, CHORD_BLOCK, CHORD_OFFSET, CHORDS_BEGIN, N_CHORDS, audio_section_begin,
+    audio_tokens, check_audio_mode, chord_block, is_chord_slot, AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_OFFSET, BOS, EOS, FEATURE_SIZES, IMAGE_BEGIN,
     IMAGE_END, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, N_FEATURES, N_SPECIAL, NUM_OFFSET,
     NUM_VALUES, PAD, PALETTE_BEGIN, PIXEL_OFFSET, PIXEL_SIZE, SEP, SKETCH_BEGIN, SKETCH_BLOCK, SPECIAL_NAMES,
     SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET, TEXT_SIZE, VOCAB_SIZE, allowed_range, check_image_mode,
@@ -70,6 +73,9 @@ class Vocabulary:
     SEP: int = SEP
     PALETTE_BEGIN: int = PALETTE_BEGIN
     SKETCH_BEGIN: int = SKETCH_BEGIN
+    CHORDS_BEGIN: int = CHORDS_BEGIN
+    chord_offset: int = CHORD_OFFSET
+    n_chords: int = N_CHORDS
 
     def range(self, modality: str) -> tuple[int, int]:
         return allowed_range(modality)
@@ -117,7 +123,14 @@ def _prompt_ids(prompt) -> list[int]:
     return ids
 
 
-def _check_range(ids: list[int], modality: str) -> None:
+def _check_range(ids: list[int], modality: str, audio_mode: str = "codes") -> None:
+    if modality == "audio" and chord_block(audio_mode):
+        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        slot = is_chord_slot(np.arange(arr.size), audio_mode)
+        check_in_range(arr[slot], *allowed_range("chord"), "a chord label (the chords layout puts one every "
+                       f"{chord_block(audio_mode) + 1} ids)")  # fmt: skip
+        check_in_range(arr[~slot], *allowed_range("audio"), "an audio code")
+        return
     check_in_range(ids, *allowed_range(modality), f"a {modality} target id")
 
 
@@ -145,6 +158,7 @@ def build_sequence(
     n_audio_tokens: int | None = None,
     complete: bool = True,
     image_mode: str = "subpixel",
+    audio_mode: str = "codes",
 ) -> list[int]:
     """The one function that lays out a sequence (see the module docstring for the layout).
 
@@ -152,6 +166,9 @@ def build_sequence(
     target: the modality's content ids (pixel ids 256..511, audio ids 512..4607, text byte ids 0..255).
     image_mode: "subpixel" (h*w*3 sub-pixel ids after [IMAGE_BEGIN]), "palette" (h*w colour ids after
     [PALETTE_BEGIN]) or "sketch" (the sketch's colour ids, then h*w colour ids, after [SKETCH_BEGIN]).
+    audio_mode: "codes" (n codes after [AUDIO_BEGIN]) or "chords" (a chord label before every CHORD_BLOCK codes,
+    after [CHORDS_BEGIN]; the target is then the interleaved ids, ``tokenizers_mm.chords.interleave``, and
+    n_audio_tokens still counts the codes only).
     complete=False returns the generation prefix: everything up to and including the header, then the given
     (possibly partial) target, with no end markers. For audio, n_audio_tokens defaults to len(target) when
     complete; for text, the target bytes simply follow the prompt bytes.
@@ -160,7 +177,7 @@ def build_sequence(
         raise TokenizerError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     p = _prompt_ids(prompt)
     tgt = [] if target is None else [int(t) for t in target]
-    _check_range(tgt, modality)
+    _check_range(tgt, modality, audio_mode)
     if modality == "text":
         seq = [BOS, TEXT_BEGIN, *p, *tgt]
         return seq + [TEXT_END, EOS] if complete else seq
@@ -171,14 +188,16 @@ def build_sequence(
         expected = image_tokens(height, width, image_mode)
         begin = image_section_begin(image_mode)
     else:
+        block = chord_block(audio_mode)
+        begin = audio_section_begin(audio_mode)
         if n_audio_tokens is None:
             if not complete:
                 raise TokenizerError("an audio generation prefix needs n_audio_tokens (the planned length)")
-            n_audio_tokens = len(tgt)
+            n_audio_tokens = len(tgt) - (-(-len(tgt) // (block + 1)) if block else 0)
         header = audio_header(n_audio_tokens)
-        expected = int(n_audio_tokens)
+        expected = audio_tokens(n_audio_tokens, audio_mode)
     if complete and len(tgt) != expected:
-        what = "n_audio_tokens"
+        what = "n_audio_tokens" + (" codes with their chord labels" if modality == "audio" and audio_mode != "codes" else "")
         if modality == "image":
             sh, sw = sketch_shape(height, width, image_mode)
             what = f"{height}x{width}x{IMAGE_MODES[image_mode][1]}" + (f" after a {sh}x{sw} sketch" if sh else "")
@@ -204,6 +223,7 @@ class ParsedSequence:
     width: int | None = None
     n_audio_tokens: int | None = None
     image_mode: str | None = None  # "subpixel" | "palette" | "sketch" for an image section
+    audio_mode: str | None = None  # "codes" | "chords" for an audio section (target: the interleaved ids)
     target: list[int] = field(default_factory=list)
     complete: bool = False
 
@@ -243,20 +263,24 @@ def split_sequence(ids) -> ParsedSequence:
             return out
         i += 1
     # Else no TEXT_BEGIN: still look for a media section so a bare "[IMAGE_BEGIN] h w pixels" parses.
-    if i >= n or (ids[i] not in IMAGE_MODE_OF_BEGIN and ids[i] != AUDIO_BEGIN):
+    if i >= n or (ids[i] not in IMAGE_MODE_OF_BEGIN and ids[i] not in AUDIO_MODE_OF_BEGIN):
         return out
-    modality = "audio" if ids[i] == AUDIO_BEGIN else "image"
+    modality = "audio" if ids[i] in AUDIO_MODE_OF_BEGIN else "image"
     out.modality = modality
     a, b = _num(ids, i + 1), _num(ids, i + 2)
     if modality == "image":
         out.height, out.width = a, b
         out.image_mode = IMAGE_MODE_OF_BEGIN[ids[i]]
-    elif a is not None and b is not None:
-        out.n_audio_tokens = a * NUM_VALUES + b
+    else:
+        out.audio_mode = AUDIO_MODE_OF_BEGIN[ids[i]]
+        if a is not None and b is not None:
+            out.n_audio_tokens = a * NUM_VALUES + b
     i += 1 + (a is not None) + (a is not None and b is not None)
     lo, hi = allowed_range(modality)
+    clo, chi = allowed_range("chord")
+    block = chord_block(out.audio_mode) if modality == "audio" else 0
     j = i
-    while j < n and lo <= ids[j] < hi:
+    while j < n and (lo <= ids[j] < hi if not (block and (j - i) % (block + 1) == 0) else clo <= ids[j] < chi):
         j += 1
     out.target = ids[i:j]
     out.complete = j < n and ids[j] == _END[modality]

@@ -40,6 +40,15 @@ Colour words (``colour_augment``, palette-mode image items trained whole): a col
 hue-rotated images with captions that say their new colour (:mod:`perceiverar.data.colour_augment`), applied
 before the caption parts are thinned.
 
+Chord weight (``chord_weight``, whole items and uniform windows only): every chord label of a "chords" audio
+section (``tokenizers_mm.chords``) counts ``chord_weight`` times in the loss. The labels are one id in 23, but
+they carry the decisions the caption should steer (the key, the harmony); the codes after them mostly render them.
+
+Opening clips (``opening_clips`` = (probability, codes), audio only): with this probability a batch holds the
+first ``codes`` audio codes of each item (and their chord labels), with the header rewritten to that length and
+the end markers after them: the clip a user asks for, trained whole (or in uniform windows if it does not fit
+the latents). Items no longer than that are trained as they are.
+
 A batch with buried captions (:class:`~perceiverar.data.filler.Filler`) holds the whole prompt and the first
 ``k`` tokens after it (``k`` uniform in ``[N, header + target]``, so the latents, where the loss is, sit on the
 media, not on the filler), and the filler is sized so every row of the batch has one length, drawn uniform in
@@ -57,7 +66,9 @@ from perceiverar.data.cache import PreparedSource
 from perceiverar.data.colour_augment import SEPARATOR, ColourAugment
 from perceiverar.data.filler import Filler, prompted_sequence
 from perceiverar.data.sources import DatasetError
-from tokenizers_mm.vocab import PAD
+from tokenizers_mm.vocab import (
+    AUDIO_END, AUDIO_MODE_OF_BEGIN, EOS, PAD, allowed_range, audio_header, audio_tokens,
+)  # fmt: skip
 
 
 MAX_PARTS = 8  # caption_part_dropout: parts after the 8th are always kept
@@ -92,6 +103,8 @@ class Mixture:
     colour_augment: ColourAugment | None = None  # colour tags / hue rotation of palette images (whole items)
     opening_weight: float = 1.0  # loss weight of each item's first ``opening_tokens`` targets (module docstring)
     opening_tokens: int = 0
+    chord_weight: float = 1.0  # loss weight of each chord label (module docstring)
+    opening_clips: tuple = (0.0, 0)  # (probability, audio codes): batches of clip openings (module docstring)
     probs: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -113,6 +126,12 @@ class Mixture:
         if self.filler is not None and rng.random() < self.filler.prob:
             if all(self.sources[s].modality != "text" for s, _, _ in picks):
                 return self._buried_batch(rng, picks)
+        clip = self.opening_clips[0] > 0 and float(rng.random()) < self.opening_clips[0]
+        if clip and all(self.sources[s].modality == "audio" for s, _, _ in picks):
+            rows_ = [opening_clip(*self._row(rng, s, i, d), self.opening_clips[1]) for s, i, d in picks]
+            if max(len(ids) for ids, _ in rows_) <= min(self.n_latents, self.context_len) + 1:
+                return self._whole_batch(picks, rows_)
+            return self._uniform_batch(rng, picks, rows_)
         if self.whole_items:
             rows_ = [self._row(rng, s, i, d) for s, i, d in picks]
             lens = [len(ids) for ids, _ in rows_]
@@ -166,18 +185,24 @@ class Mixture:
             tokens[r, :n] = torch.from_numpy(ids)
             features[r, :n] = torch.from_numpy(self.sources[s].features(ids))
             mask[r, start:n] = True
-        mask = self._weighted(mask, [start for _, start in rows_])
+        mask = self._weighted(mask, [start for _, start in rows_], tokens)
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "loss_mask": mask}
         return tokens, features, stats
 
-    def _weighted(self, mask: torch.Tensor, starts: list[int]) -> torch.Tensor:
-        """``mask`` (rows, l) bool, as a float weight ``opening_weight`` on each row's first ``opening_tokens``
-        targets from its media start ``starts[r]`` (unchanged when there is no opening weight)."""
-        if self.opening_weight == 1.0 or self.opening_tokens <= 0:
+    def _weighted(self, mask: torch.Tensor, starts: list[int], tokens: torch.Tensor) -> torch.Tensor:
+        """``mask`` (rows, l) bool, as a float weight: ``opening_weight`` on each row's first ``opening_tokens``
+        targets from its media start ``starts[r]``, ``chord_weight`` on chord labels (``tokens`` (rows, l)); the
+        bool mask unchanged when neither weight is set."""
+        opening = self.opening_weight != 1.0 and self.opening_tokens > 0
+        if not opening and self.chord_weight == 1.0:
             return mask
         w = mask.float()  # (rows, l)
-        for r, t0 in enumerate(starts):
-            w[r, t0 : t0 + self.opening_tokens] *= self.opening_weight
+        if opening:
+            for r, t0 in enumerate(starts):
+                w[r, t0 : t0 + self.opening_tokens] *= self.opening_weight
+        if self.chord_weight != 1.0:
+            lo, hi = allowed_range("chord")
+            w = torch.where((tokens >= lo) & (tokens < hi), w * self.chord_weight, w)
         return w
 
     def _uniform_batch(self, rng: np.random.Generator, picks: list, rows_: list[tuple[np.ndarray, int]]
@@ -197,7 +222,7 @@ class Mixture:
             tokens[r, : hi + 1] = torch.from_numpy(ids[: hi + 1])
             features[r, : hi + 1] = torch.from_numpy(self.sources[s].features(ids)[: hi + 1])
             mask[r, lo : hi + 1] = True
-        mask = self._weighted(mask, [t0 for *_, t0 in rows])
+        mask = self._weighted(mask, [t0 for *_, t0 in rows], tokens)
         # Target p is predicted by input position p - 1: the latents (the last n inputs) must reach min lo - 1.
         n = length - min(lo for _, _, lo, _, _ in rows)
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "loss_mask": mask, "n_latents": n}
@@ -230,3 +255,14 @@ class Mixture:
         features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "filler_bytes": fill}
         return tokens, features, stats
+
+
+def opening_clip(ids: np.ndarray, start: int, n_codes: int) -> tuple[np.ndarray, int]:
+    """An audio item (``ids``, its content from ``start``) cut to its first ``n_codes`` codes (and their chord
+    labels): the header says ``n_codes``, the end markers follow. An item no longer than that comes back as it is."""
+    mode = AUDIO_MODE_OF_BEGIN[int(ids[start - 3])]  # [BEGIN] [NUM hi] [NUM lo] content
+    keep = audio_tokens(n_codes, mode)
+    if len(ids) - start - 2 <= keep:  # content + [AUDIO_END] [EOS]
+        return ids, start
+    out = np.concatenate([ids[: start - 2], audio_header(n_codes), ids[start : start + keep], [AUDIO_END, EOS]])
+    return out.astype(ids.dtype), start

@@ -117,6 +117,8 @@ def _cache_key(spec_path: Path, modality: str, entries: list[Entry], settings: T
             relevant["palette"] = [list(c) for c in settings.image_palette or ()]
     if modality == "audio":
         relevant["audio_codec"] = codec.fingerprint
+        if settings.audio_mode != "codes":  # (keys of caches made before the chords mode unchanged)
+            relevant["audio_mode"] = settings.audio_mode
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     h.update(listing_hash(spec_path, entries).encode())
     return h.hexdigest()[:20]
@@ -141,12 +143,12 @@ def _tokenize(spec: SourceSpec, modality: str, e: Entry, settings, image_tok, co
         ids = build_sequence(prompt, "image", target, height=image_tok.height, width=image_tok.width,
                              image_mode=image_tok.mode)
     else:
-        target = audio_ids(codec, path)
+        target = audio_ids(codec, path, settings.audio_mode)
         need = math.ceil(MIN_AUDIO_SECONDS * codec.tokenizer.tokens_per_second)
         if len(target) < need:  # a corrupt MIDI file can render to a click: not a piece to learn from
             raise TokenizerError(f"too short: {len(target)} audio codes, {len(target) / codec.tokenizer.tokens_per_second:.2f} s "
                                  f"(at least {MIN_AUDIO_SECONDS} s needed; an empty, silent or corrupt file?)")  # fmt: skip
-        ids = build_sequence(prompt, "audio", target)
+        ids = build_sequence(prompt, "audio", target, audio_mode=settings.audio_mode)
     start = 2 + len(prompt) + 5  # [BOS][TEXT_BEGIN] p [TEXT_END][SEP][BEGIN][h][w]
     return ids, len(prompt), start, start + len(target)
 

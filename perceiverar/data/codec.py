@@ -17,6 +17,7 @@ from perceiverar.data.sources import (
     CACHE_FORMAT, DatasetError, SourceSpec, TokenizerSettings, hash_int, is_val, list_entries, list_files, listing_hash,
 )  # fmt: skip
 from tokenizers_mm.errors import TokenizerError
+from tokenizers_mm.ids import chord_block
 
 AUDIO_TOKENIZER_DIR = "audio_tokenizer"
 
@@ -109,11 +110,27 @@ def fit_audio_codec(
     return codec
 
 
-def audio_ids(codec: AudioCodec, path: Path) -> list[int]:
+def audio_ids(codec: AudioCodec, path: Path, mode: str = "codes") -> list[int]:
+    """The content ids of an audio file's section: its codes, or in "chords" mode its codes with their chord
+    labels interleaved (``tokenizers_mm.chords``; the labels are read from the same waveform)."""
+    tok = codec.tokenizer
     if str(path) in codec.waveforms:
         x, sr = codec.waveforms.pop(str(path))
-        ids = codec.tokenizer.encode(x, sr)
     else:
-        ids = codec.tokenizer.encode_file(str(path))
+        x, sr = tok.load_file(str(path))
+    try:
+        ids = tok.encode(x, sr)
+    except TokenizerError as e:
+        raise TokenizerError(f"{str(path)!r}: {e}") from None
+    if chord_block(mode):
+        from tokenizers_mm.chords import audio_chord_ids, interleave  # noqa: PLC0415  (librosa: only this layout)
+
+        x = np.asarray(x, np.float32)
+        if sr != tok.sample_rate:
+            import torchaudio  # noqa: PLC0415  (only with audio: the config and data modules stay light)
+
+            x = torchaudio.functional.resample(torch.from_numpy(x), sr, tok.sample_rate).numpy()
+        hop = tok.config.hop_length * tok.config.patch_frames
+        ids = interleave(audio_chord_ids(x, tok.sample_rate, len(ids), hop), ids)
     arr = np.asarray(ids, dtype=np.int64).reshape(-1)
     return arr.tolist()

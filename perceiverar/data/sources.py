@@ -201,6 +201,7 @@ class TokenizerSettings:
     # ((name, value), ...) passed to AudioTokenizer.fit: AudioConfig fields (n_mels, hop_length, patch_frames, ...)
     # or the fit's own (max_frames, iters); empty = its defaults
     audio_options: tuple = ()
+    audio_mode: str = "codes"  # or "chords": a chord label before every CHORD_BLOCK codes (tokenizers_mm.chords)
     caption_template: str = "{text}"  # a caption from captions.jsonl fields, e.g. "{text}; {style} style"
 
 

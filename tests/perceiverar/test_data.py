@@ -594,3 +594,54 @@ def test_opening_weight_weights_the_first_targets_of_each_item(folders):
     ww = w[:, 1:]
     assert torch.allclose(loss, (nll * ww).sum() / ww.sum(), rtol=1e-5)
     assert not torch.allclose(loss, nll[ww > 0].mean(), rtol=1e-3)
+
+
+def make_triad_folder(folder: Path) -> Path:
+    """Six 3-second clips of sustained triads (C, G, Am, ...) with captions naming them."""
+    import soundfile
+
+    folder.mkdir()
+    sr, lines = 22050, []
+    t = np.arange(3 * sr) / sr
+    for i, (root, minor) in enumerate([(60, False), (55, False), (57, True), (62, True), (65, False), (64, True)]):
+        y = sum(np.sin(2 * np.pi * 440 * 2 ** ((m - 69) / 12) * t) for m in (root, root + 3 + (not minor), root + 7))
+        soundfile.write(folder / f"c{i}.wav", (0.1 * y).astype(np.float32), sr)
+        lines.append({"file": f"c{i}.wav", "text": f"triad {i}"})
+    (folder / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def test_opening_clips_cut_chords_items_to_the_clip_a_user_asks_for(tmp_path):
+    """opening_clips: a batch of each item's first K codes (with their chord labels) as a whole clip whose header
+    says K, end markers after; the labels weighted by chord_weight; without it, the items as they are."""
+    import torch
+
+    from perceiverar.data.batches import opening_clip
+    from tokenizers_mm.vocab import AUDIO_END, CHORD_BLOCK, CHORD_OFFSET, EOS, PAD, split_sequence
+
+    clips = make_triad_folder(tmp_path / "clips")
+    settings = D.TokenizerSettings(audio_codebook_size=8, audio_fit_files=6, audio_mode="chords")
+    (src,), _ = D.prepare_sources([D.parse_data_arg(str(clips))], settings, tmp_path / "c", progress=False,
+                                  log=lambda m: None)  # fmt: skip
+    K = 30  # two blocks: 30 codes, 2 labels
+    mix = D.Mixture([src], context_len=512, n_latents=64, prompt_dropout=0.3, whole_items=True,
+                    opening_clips=(1.0, K), chord_weight=3.0)  # fmt: skip
+    for step in range(6):
+        tokens, feats, st = mix.batch(step, 0, 3)
+        for r in range(3):
+            ids = tokens[r][tokens[r] != PAD].tolist()
+            p = split_sequence(ids)
+            assert p.audio_mode == "chords" and p.n_audio_tokens == K and p.complete and len(p.target) == K + 2
+            assert ids[-2:] == [AUDIO_END, EOS]
+            i = ids.index(p.target[0])
+            assert torch.equal(feats[r, : len(ids)], torch.from_numpy(position_features(ids)))
+            w = st["loss_mask"][r]
+            assert w[i] == 3.0 and w[i + CHORD_BLOCK + 1] == 3.0 and w[i + 1] == 1.0 and w[i - 1] == 0
+            assert CHORD_OFFSET <= ids[i] < CHORD_OFFSET + 25
+    # the cut keeps the item's own first ids; a short item is left alone
+    full = src.item(0)
+    a, _ = src.target_range(0)
+    cut, start = opening_clip(full, a, K)
+    assert start == a and np.array_equal(cut[a : a + K + 2], full[a : a + K + 2]) and len(cut) == a + K + 2 + 2
+    same, _ = opening_clip(full, a, 10_000)
+    assert same is full

@@ -207,6 +207,40 @@ def test_audio_and_text_constraints(debug_model):
         ModalityConstraint("text").begin(build_sequence("hi", "text"), 1, 10)
 
 
+def test_chords_audio_constraint_puts_a_label_before_every_block(debug_model):
+    """audio_mode="chords": a chord label (and nothing else) at every CHORD_BLOCK + 1'th content slot, codes of
+    the given range between, also when the prompt already holds part of the section."""
+    from tokenizers_mm.vocab import CHORD_BLOCK, CHORD_OFFSET, N_CHORDS
+
+    model = debug_model()
+    n = 2 * CHORD_BLOCK + 5  # three blocks, the last partial
+    prompt = build_sequence("drums", "audio", n_audio_tokens=n, complete=False, audio_mode="chords")
+    con = ModalityConstraint("audio", n_audio_tokens=n, content_range=(512, 512 + 16), audio_mode="chords")
+    out = generate(model, prompt, 200, constraint=con, seed=0, num_samples=2, temperature=3.0)
+    assert out.shape == (2, n + 3 + 2)
+    for row in out.tolist():
+        content, end = row[: n + 3], row[n + 3 :]
+        slots = list(range(0, n + 3, CHORD_BLOCK + 1))
+        assert slots == [0, CHORD_BLOCK + 1, 2 * CHORD_BLOCK + 2]
+        assert all(CHORD_OFFSET <= content[i] < CHORD_OFFSET + N_CHORDS for i in slots)
+        assert all(512 <= t < 528 for i, t in enumerate(content) if i not in slots)
+        assert end == [AUDIO_END, EOS]
+    # a prompt that already holds the first label and 3 codes: the next label still falls on slot 23
+    part = prompt + out[0, :4].tolist()
+    con = ModalityConstraint("audio", n_audio_tokens=n, audio_mode="chords")
+    con.begin(part, 1)
+    assert con.tokens_needed() == n + 3 - 4 + 2
+    assert con.plan()[CHORD_BLOCK + 1 - 4] == CHORD_OFFSET and con.plan()[0] == 512
+    ids = []
+    for _ in range(CHORD_BLOCK + 2 - 4):  # content slots 4 .. 23
+        allowed = con.allowed(model.cfg.vocab_size)[0]
+        ids.append(bool(allowed[CHORD_OFFSET]))
+        con.update(torch.tensor([int(allowed.nonzero()[0])]))
+    assert not any(ids[:-1]) and ids[-1]
+    with pytest.raises(ValueError, match="non-audio id"):
+        ModalityConstraint("audio", n_audio_tokens=n, audio_mode="chords").begin(prompt + [512], 1)
+
+
 # ---------------------------------------------------------------------------------- streaming, cancel
 
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from perceiverar import Pipeline, save_checkpoint
+from perceiverar.constraints import ModalityConstraint
 from perceiverar.generate_cli import main as cli_main
 from perceiverar.pipeline import make_tokenizer_config
 from tokenizers_mm.vocab import Vocabulary
@@ -139,6 +140,34 @@ def test_load_checkpoint_with_audio_and_cli(debug_model, tmp_path):
     assert Image.open(png).size == (3, 3)
     assert cli_main(["--checkpoint", str(ckpt), "--prompt", "x", "--modality", "text", "--out", str(tmp_path / "t.txt")]) == 2
     assert cli_main(["--checkpoint", str(tmp_path / "nope"), "--prompt", "x", "--modality", "image", "--out", str(png)]) == 2
+
+
+def test_a_chords_checkpoint_generates_labels_and_decodes_only_the_codes(debug_model, tmp_path):
+    """tokenizer.audio.mode "chords": generation lays out a chord label before every CHORD_BLOCK codes, and the
+    audio (final and partial) is decoded from the codes alone: the same waveform as decoding those codes."""
+    from tokenizers_mm.chords import split_chords
+    from tokenizers_mm.vocab import CHORD_BLOCK
+
+    at = tiny_audio_tokenizer()
+    cfg = make_tokenizer_config(["audio"], audio_seconds=0.6, audio_mode="chords")
+    assert cfg["audio"]["mode"] == "chords" and "mode" not in make_tokenizer_config(["audio"])["audio"]
+    ckpt = save_checkpoint(tmp_path / "ckpt", debug_model(), cfg, extra_files=lambda d: at.save(d / "audio_tokenizer"))
+    pipe = Pipeline.load(ckpt)
+    assert pipe.audio_mode == "chords"
+    n = at.n_tokens(0.6)
+    assert n > CHORD_BLOCK  # at least two labels
+    ids, n_new, kw = pipe._layout("a chorale", "audio")
+    assert n_new == n + -(-n // CHORD_BLOCK) + 2 and kw["audio_mode"] == "chords"
+    progress = []
+    (y, sr), = pipe.generate_audio("a chorale", seed=0, on_progress=lambda f, p: progress.append((f, p)))
+    assert sr == at.sample_rate and progress[-1][0] == 1.0 and np.array_equal(progress[-1][1][0][0], y)
+    # the same generation through generate(): its labels and codes, and the codes alone decode to y
+    out = pipe._run("audio", ids, n_new, kw, ModalityConstraint("audio", n_audio_tokens=n, audio_mode="chords",
+                    content_range=(512, 512 + 16)), pipe.sampling(seed=0), overflow="error", stop_event=None,
+                    on_token=None)[0].tolist()  # fmt: skip
+    chords, codes = split_chords(out[: n_new - 2])
+    assert len(chords) == -(-n // CHORD_BLOCK) and len(codes) == n
+    assert np.array_equal(at.decode(codes)[0], y)
 
 
 def test_cli_random_init(tmp_path, capsys):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from perceiverar import load_checkpoint
 from perceiverar import rundir
 from perceiverar import train as T
-from test_data import make_image_folder, make_text_folder
+from test_data import make_image_folder, make_text_folder, make_triad_folder
 from tokenizers_mm.vocab import Vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,6 +212,46 @@ def test_a_palette_model_goes_on_in_sketch_mode(data, tmp_path, capsys):
     with pytest.raises(SystemExit, match="trained with 'sketch'"):
         T.main(["--out", str(tmp_path / "bad"), *common(data, **over), "--init-from", str(ck),
                 "--image-mode", "subpixel"])
+
+
+def test_a_codes_model_goes_on_in_chords_mode(tmp_path):
+    """--audio-mode chords from a codes checkpoint keeps its codebook, trains chord labels (weighted) before
+    every block of codes and writes a chords checkpoint that generates and evaluates; going back is refused."""
+    from perceiverar import Pipeline
+    from perceiverar import evaluate as E
+    from perceiverar.data import PreparedSource
+    from tokenizers_mm.vocab import CHORD_BLOCK, CHORD_OFFSET, split_sequence
+
+    clips, cache = make_triad_folder(tmp_path / "clips"), tmp_path / "cache"
+    opts = ["--data", str(clips), "--preset", "debug", "--cache-dir", str(cache), "--max-steps", "2", "--val-every",
+            "2", "--save-every", "2", "--sample-every", "0", "--batch-size", "2", "--val-items", "2", "--no-progress",
+            "--audio-codebook-size", "8", "--audio-fit-files", "6", "--context-len", "256", "--n-latents", "64"]  # fmt: skip
+    base = tmp_path / "base"
+    train_in_process(["--out", str(base), *opts])
+    src = T.list_checkpoints(base)[-1]
+    ch = tmp_path / "chords"
+    train_in_process(["--out", str(ch), *opts, "--init-from", str(src), "--audio-mode", "chords", "--chord-weight", "4"])
+    ck = T.list_checkpoints(ch)[-1]
+    before, after = (json.loads((p / "config.json").read_text())["tokenizer"]["audio"] for p in (src, ck))
+    assert "mode" not in before and after["mode"] == "chords"
+    assert (ck / "audio_tokenizer" / "codebook.safetensors").read_bytes() == (src / "audio_tokenizer" / "codebook.safetensors").read_bytes()
+    caches = [PreparedSource(d) for d in cache.glob("audio-*") if (d / "manifest.json").is_file()]
+    chords_src = next(c for c in caches if c.manifest["n_tokens"] == max(x.manifest["n_tokens"] for x in caches))
+    p = split_sequence(chords_src.item(0))
+    assert p.audio_mode == "chords" and p.complete
+    labels = p.target[:: CHORD_BLOCK + 1]
+    assert len(labels) == -(-p.n_audio_tokens // CHORD_BLOCK) and all(CHORD_OFFSET <= c < CHORD_OFFSET + 25 for c in labels)
+    # the clip is one sustained triad: its inner blocks all get its label
+    assert len(set(labels[1:-1])) == 1, labels
+    pipe = Pipeline.load(ck)
+    (y, sr), = pipe.generate_audio("triad 1", seconds=0.6, seed=0)
+    assert sr == 22050 and y.size > 0
+    out = tmp_path / "eval.json"
+    E.main(["--checkpoint", str(ck), "--data", str(clips), "--cache-dir", str(cache), "--no-speed", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert r["audio_mode"] == "chords" and r["bits_per_audio_code"] == pytest.approx(r["bits_per_token"] * 23 / 22, abs=1e-5)
+    with pytest.raises(SystemExit, match="trained with chord labels"):
+        T.main(["--out", str(tmp_path / "bad"), *opts, "--init-from", str(ck), "--audio-mode", "codes"])
 
 
 def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
