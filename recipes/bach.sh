@@ -8,6 +8,14 @@
 # Needs Debian's fluidsynth + fluid-soundfont-gm (scripts/setup-debian.sh).
 # Train in stretches, each continuing from the committed checkpoint (its codebook is kept):
 #   INIT_FROM=checkpoints/bach STEPS=1000 LR=5e-4 bash recipes/bach.sh
+# The shipped checkpoint: stage 1 `STEPS=1000 BATCH=8 bash recipes/bach.sh`; stage 2 on transposed copies
+#   python -m recipes.transpose_midi --data ../shared/data/bach --out /work/data/bach_t \
+#     --shifts=-5,-4,-3,-2,-1,1,2,3,4,5,6 --per-file 2
+#   RUN=runs/bach-t DATA=/work/data/bach_t INIT_FROM=checkpoints/bach STEPS=550 LR=5e-4 BATCH=8 bash recipes/bach.sh
+# stage 3 puts a chord label before every 22 codes (tokenizers_mm/chords.py) and trains mostly on 12-second
+# openings, whole (the export then takes the lowest held-out loss: step 1,000); guidance 3 by default after it:
+#   RUN=runs/bach-chords DATA=/work/data/bach_t INIT_FROM=checkpoints/bach STEPS=1000 LR=5e-4 BATCH=8 \
+#     bash recipes/bach.sh --audio-mode chords --chord-weight 3 --opening-clips 0.75:12 --warmup 50 --val-every 200
 # On a GPU: drop --cpu-bf16, raise STEPS and BATCH. Extra arguments go to perceiverar.train.
 set -euo pipefail
 cd "$(dirname "$0")/.."
