@@ -116,7 +116,8 @@ class ModalityConstraint:
                 content = tail[len(self.header) :]
                 clo, chi = allowed_range("chord")
                 chord = is_chord_slot(range(len(content)), self.audio_mode) if content else []
-                bad = [t for t, c in zip(content, chord) if not (clo <= t < chi if c else self.lo <= t < self.hi)]
+                bad = [t for t, c in zip(content, chord)
+                       if not (clo <= t < chi if c else self.lo <= t < self.hi)]  # fmt: skip
                 if bad:
                     raise ValueError(f"the prompt's {self.modality} section holds a non-{self.modality} id {bad[0]} ({token_name(bad[0])})")
                 if len(content) > self.n_content:

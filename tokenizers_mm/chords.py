@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from tokenizers_mm.errors import TokenizerError
-from tokenizers_mm.ids import CHORD_BLOCK, CHORD_OFFSET, N_CHORDS, check_in_range
+from tokenizers_mm.ids import CHORD_BLOCK, CHORD_OFFSET, N_CHORDS, check_in_range, is_chord_slot
 
 PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 NO_CHORD = N_CHORDS - 1
@@ -57,7 +57,9 @@ def chord_name(label: int) -> str:
     return PITCH_CLASSES[c % 12] + ("m" if c >= 12 else "")
 
 
-def block_chroma(waveform: np.ndarray, sample_rate: int, n_codes: int, hop: int, block: int = CHORD_BLOCK) -> np.ndarray:
+def block_chroma(
+    waveform: np.ndarray, sample_rate: int, n_codes: int, hop: int, block: int = CHORD_BLOCK
+) -> np.ndarray:
     """(ceil(n_codes / block), 12) chroma energy of each block of ``block`` codes; code t is the frame at t * hop."""
     import librosa  # noqa: PLC0415  (heavy; only the chords layout needs it)
 
@@ -89,9 +91,9 @@ def audio_chord_ids(waveform: np.ndarray, sample_rate: int, n_codes: int, hop: i
     return (chord_labels(block_chroma(waveform, sample_rate, n_codes, hop)) + CHORD_OFFSET).tolist()
 
 
-def interleave(chord_ids, codes, block: int = CHORD_BLOCK) -> list[int]:
-    """[c0, codes[0:block], c1, codes[block:2 block], ...]: the "chords" layout's content."""
-    chord_ids, codes = list(chord_ids), list(codes)
+def interleave(chord_ids, codes) -> list[int]:
+    """[c0, codes[0:B], c1, codes[B:2B], ...] (B = CHORD_BLOCK): the "chords" layout's content."""
+    chord_ids, codes, block = list(chord_ids), list(codes), CHORD_BLOCK
     n_blocks = -(-len(codes) // block)
     if len(chord_ids) != n_blocks:
         raise TokenizerError(f"{len(chord_ids)} chord labels for {len(codes)} codes ({n_blocks} blocks of {block})")
@@ -102,10 +104,10 @@ def interleave(chord_ids, codes, block: int = CHORD_BLOCK) -> list[int]:
     return out
 
 
-def split_chords(content, block: int = CHORD_BLOCK) -> tuple[list[int], list[int]]:
+def split_chords(content) -> tuple[list[int], list[int]]:
     """A (possibly partial) "chords" section's content -> (chord ids, codes), the inverse of :func:`interleave`."""
     arr = np.asarray(content, dtype=np.int64).reshape(-1)
-    slot = np.arange(arr.size) % (block + 1) == 0
+    slot = is_chord_slot(np.arange(arr.size), "chords")
     chords = arr[slot]
     check_in_range(chords, CHORD_OFFSET, CHORD_OFFSET + N_CHORDS, "a chord label where the layout puts one")
     return chords.tolist(), arr[~slot].tolist()

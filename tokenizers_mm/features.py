@@ -27,8 +27,8 @@ from __future__ import annotations
 import numpy as np
 
 from tokenizers_mm.ids import (
-    AUDIO_MODE_OF_BEGIN, AUDIO_FREQ_BANDS, IMAGE_MODE_OF_BEGIN, chord_block, is_chord_slot, IMAGE_MODES, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET,
-    NUM_VALUES, allowed_range, sketch_block, sketch_shape,
+    AUDIO_FREQ_BANDS, AUDIO_MODE_OF_BEGIN, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET,
+    NUM_VALUES, allowed_range, audio_codes, chord_block, is_chord_slot, sketch_block, sketch_shape,
 )  # fmt: skip
 
 PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
@@ -127,10 +127,8 @@ class FeatureTracker:
             out[px, 1] = np.where(ok, col + 1, 0)[px]
             out[px, 2] = np.where(ok, ch, 0)[px]
         else:
-            chord = is_chord_slot(idx, self._mode)
-            block = chord_block(self._mode)
-            code_idx = idx - (idx // (block + 1) + 1 if block else 0)  # codes before this one in the section
-            out[:, 2] = np.where(chord, CHORD_CHANNEL, code_idx % self.audio_freq_bands + 1)
+            code_idx = audio_codes(idx, self._mode)  # codes before this one in the section
+            out[:, 2] = np.where(is_chord_slot(idx, self._mode), CHORD_CHANNEL, code_idx % self.audio_freq_bands + 1)
 
 
 def position_features(ids) -> np.ndarray:

@@ -79,10 +79,14 @@ IMAGE_MODES = {"subpixel": (IMAGE_BEGIN, 3, 0), "palette": (PALETTE_BEGIN, 1, 0)
 IMAGE_MODE_OF_BEGIN = {v[0]: k for k, v in IMAGE_MODES.items()}
 
 
-def check_image_mode(mode: str) -> str:
-    if mode not in IMAGE_MODES:
-        raise TokenizerError(f"unknown image mode {mode!r}; expected one of {sorted(IMAGE_MODES)}")
+def _check_mode(kind: str, mode: str, modes: dict) -> str:
+    if mode not in modes:
+        raise TokenizerError(f"unknown {kind} mode {mode!r}; expected one of {sorted(modes)}")
     return mode
+
+
+def check_image_mode(mode: str) -> str:
+    return _check_mode("image", mode, IMAGE_MODES)
 
 
 def image_section_begin(mode: str = "subpixel") -> int:
@@ -119,9 +123,7 @@ AUDIO_MODE_OF_BEGIN = {v[0]: k for k, v in AUDIO_MODES.items()}
 
 
 def check_audio_mode(mode: str) -> str:
-    if mode not in AUDIO_MODES:
-        raise TokenizerError(f"unknown audio mode {mode!r}; expected one of {sorted(AUDIO_MODES)}")
-    return mode
+    return _check_mode("audio", mode, AUDIO_MODES)
 
 
 def audio_section_begin(mode: str = "codes") -> int:
@@ -137,6 +139,14 @@ def audio_tokens(n_codes: int, mode: str = "codes") -> int:
     """Content ids of an audio section of n codes: the codes, and in "chords" mode ceil(n / CHORD_BLOCK) labels."""
     block = chord_block(mode)
     return int(n_codes) + (-(-int(n_codes) // block) if block else 0)
+
+
+def audio_codes(n_content, mode: str = "codes"):
+    """Codes among the first n content ids of an audio section (the inverse of :func:`audio_tokens`); n may be an
+    array. In "chords" mode the ids at 0, CHORD_BLOCK + 1, ... are labels: n - ceil(n / (CHORD_BLOCK + 1))."""
+    block = chord_block(mode)
+    n = np.asarray(n_content) if not isinstance(n_content, int) else n_content
+    return n - (-(-n // (block + 1))) if block else n
 
 
 def is_chord_slot(index, mode: str = "codes"):

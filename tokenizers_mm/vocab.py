@@ -33,12 +33,13 @@ import numpy as np
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.features import FeatureTracker, position_features  # noqa: F401  (re-exported)
 from tokenizers_mm.ids import (  # noqa: F401  (re-exported: the id space is imported from here)
-    AUDIO_MODE_OF_BEGIN, AUDIO_MODES, CHORD_BLOCK, CHORD_OFFSET, CHORDS_BEGIN, N_CHORDS, audio_section_begin,
-    audio_tokens, check_audio_mode, chord_block, is_chord_slot, AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_OFFSET, BOS, EOS, FEATURE_SIZES, IMAGE_BEGIN,
-    IMAGE_END, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, N_FEATURES, N_SPECIAL, NUM_OFFSET,
-    NUM_VALUES, PAD, PALETTE_BEGIN, PIXEL_OFFSET, PIXEL_SIZE, SEP, SKETCH_BEGIN, SKETCH_BLOCK, SPECIAL_NAMES,
-    SPECIAL_OFFSET, TEXT_BEGIN, TEXT_END, TEXT_OFFSET, TEXT_SIZE, VOCAB_SIZE, allowed_range, check_image_mode,
-    check_in_range, image_section_begin, image_tokens, modality_of, sketch_block, sketch_shape, token_name,
+    AUDIO_BEGIN, AUDIO_CODES, AUDIO_END, AUDIO_FREQ_BANDS, AUDIO_MODES, AUDIO_MODE_OF_BEGIN, AUDIO_OFFSET, BOS,
+    CHORDS_BEGIN, CHORD_BLOCK, CHORD_OFFSET, EOS, FEATURE_SIZES, IMAGE_BEGIN, IMAGE_END, IMAGE_MODES,
+    IMAGE_MODE_OF_BEGIN, MAX_AUDIO_TOKENS, MAX_IMAGE_SIDE, NUM_OFFSET, NUM_VALUES, N_CHORDS, N_FEATURES, N_SPECIAL,
+    PAD, PALETTE_BEGIN, PIXEL_OFFSET, PIXEL_SIZE, SEP, SKETCH_BEGIN, SKETCH_BLOCK, SPECIAL_NAMES, SPECIAL_OFFSET,
+    TEXT_BEGIN, TEXT_END, TEXT_OFFSET, TEXT_SIZE, VOCAB_SIZE, allowed_range, audio_codes, audio_section_begin,
+    audio_tokens, check_audio_mode, check_image_mode, check_in_range, chord_block, image_section_begin,
+    image_tokens, is_chord_slot, modality_of, sketch_block, sketch_shape, token_name,
 )  # fmt: skip
 
 _BEGIN = {"image": IMAGE_BEGIN, "audio": AUDIO_BEGIN}
@@ -188,16 +189,17 @@ def build_sequence(
         expected = image_tokens(height, width, image_mode)
         begin = image_section_begin(image_mode)
     else:
-        block = chord_block(audio_mode)
         begin = audio_section_begin(audio_mode)
         if n_audio_tokens is None:
             if not complete:
                 raise TokenizerError("an audio generation prefix needs n_audio_tokens (the planned length)")
-            n_audio_tokens = len(tgt) - (-(-len(tgt) // (block + 1)) if block else 0)
+            n_audio_tokens = audio_codes(len(tgt), audio_mode)
         header = audio_header(n_audio_tokens)
         expected = audio_tokens(n_audio_tokens, audio_mode)
     if complete and len(tgt) != expected:
-        what = "n_audio_tokens" + (" codes with their chord labels" if modality == "audio" and audio_mode != "codes" else "")
+        what = "n_audio_tokens"
+        if modality == "audio" and audio_mode != "codes":
+            what += " codes with their chord labels"
         if modality == "image":
             sh, sw = sketch_shape(height, width, image_mode)
             what = f"{height}x{width}x{IMAGE_MODES[image_mode][1]}" + (f" after a {sh}x{sw} sketch" if sh else "")
