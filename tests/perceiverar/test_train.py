@@ -115,6 +115,11 @@ def test_bad_arguments(data, tmp_path, capsys):
         with pytest.raises(SystemExit):
             T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--opening-weight", bad])
         assert "--opening-weight: expected" in capsys.readouterr().err
+    for bad, why in (("0.5", "expected PROB:SECONDS"), ("x:12", "expected PROB:SECONDS"), ("1.5:12", "PROB must be"),
+                     ("0.5:0", "SECONDS positive")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--opening-clips", bad])
+        assert why in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- a short run
