@@ -36,6 +36,7 @@ def one(preset: str, T: int, batch: int, ac: bool, steps: int, device: str) -> d
     import torch  # noqa: PLC0415
 
     from perceiverar import PerceiverAR, PerceiverARConfig  # noqa: PLC0415
+    from tokenizers_mm.ids import N_FEATURES  # noqa: PLC0415
 
     cfg = PerceiverARConfig.preset(preset, context_len=max(T, PerceiverARConfig.preset(preset).n_latents),
                                    activation_checkpointing=ac)  # fmt: skip
@@ -44,7 +45,7 @@ def one(preset: str, T: int, batch: int, ac: bool, steps: int, device: str) -> d
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 256, (batch, T + 1), generator=g).to(device)
-    feats = torch.zeros(batch, T + 1, 3, dtype=torch.long, device=device)
+    feats = torch.zeros(batch, T + 1, N_FEATURES, dtype=torch.long, device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
 
     def step() -> float:

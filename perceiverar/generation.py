@@ -34,6 +34,7 @@ from perceiverar.prompting import as_ids, fit_context, unconditional_prompt
 from perceiverar.sampling import check_sampling_args, guide, sample
 from perceiverar.window import Schedule, Window, make_schedule
 from tokenizers_mm.features import FeatureTracker
+from tokenizers_mm.ids import WORD_SLOT
 
 # Context positions embedded and projected at once when (re)filling the cross K/V: bounds
 # the temporary (B, chunk, C) activations for a 65,536-token window.
@@ -348,7 +349,10 @@ def generate(
         need = constraint.tokens_needed()
         if need > max_new_tokens:
             raise ValueError(f"the requested {constraint.modality} needs {need} more tokens but max_new_tokens={max_new_tokens}")
-        plan = constraint.plan()
+        # A plan stands in for the generated ids' features; generated text has word features only a tracker
+        # can give (a model trained before the word slot reads none, so its text may be planned too).
+        if constraint.modality != "text" or len(cfg.feature_sizes) <= WORD_SLOT:
+            plan = constraint.plan()
 
     device = next(model.parameters()).device
     generator = None

@@ -56,7 +56,8 @@ class TokenEmbedding(nn.Module):
     """Token embedding plus the tokenizers' per-token position features.
 
     features: (B, T, F) int64, one column per slot of ``feature_sizes`` (e.g. image row,
-    column and channel); 0 means "no feature" and is embedded as a zero vector.
+    column and channel); 0 means "no feature" and is embedded as a zero vector. Columns past the model's
+    slots are ignored: a model trained before a slot was added reads the slots it knows.
     """
 
     def __init__(self, vocab_size: int, width: int, feature_sizes: tuple[int, ...]):
@@ -67,9 +68,10 @@ class TokenEmbedding(nn.Module):
     def forward(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         x = self.tokens(tokens)  # (B, T, C)
         if features is not None:
-            if features.shape != (*tokens.shape, len(self.features)):
+            if features.shape[:-1] != tokens.shape or features.shape[-1] < len(self.features):
                 raise ValueError(
-                    f"features must have shape {(*tokens.shape, len(self.features))}, got {tuple(features.shape)}"
+                    f"features must have shape {(*tokens.shape, len(self.features))} (or more slots, the first ones "
+                    f"read), got {tuple(features.shape)}"
                 )
             for slot, emb in enumerate(self.features):
                 x = x + emb(features[..., slot])

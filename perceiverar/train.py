@@ -60,6 +60,7 @@ from perceiverar.rundir import (
 from perceiverar.runlog import Logger, append_metrics, plot_losses, save_samples, truncate_metrics
 from perceiverar.train_args import UsageError, parse_args
 from perceiverar.train_data import prepare_data, tokenizer_config
+from tokenizers_mm.ids import FEATURE_SIZES, WORD_SLOT
 
 
 def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) -> PerceiverARConfig:
@@ -71,6 +72,8 @@ def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) ->
         if val is not None:
             over[key] = val
     if init_cfg is not None:  # fine-tuning: the checkpoint's architecture, with the run-time knobs overridden
+        if getattr(args, "word_features", False) and len(init_cfg.get("feature_sizes", FEATURE_SIZES)) <= WORD_SLOT:
+            over["feature_sizes"] = [*init_cfg["feature_sizes"], *FEATURE_SIZES[len(init_cfg["feature_sizes"]) :]]
         return PerceiverARConfig.from_dict({**init_cfg, **over})
     return PerceiverARConfig.preset(args.preset, **over)
 
@@ -115,11 +118,18 @@ class Trainer:
 
             weights = init_dir / WEIGHTS
             try:
-                check_weights(weights, PerceiverARConfig.from_dict(init_meta["model"]))
-                model.load_state_dict(load_file(str(weights)))
+                init_cfg = PerceiverARConfig.from_dict(init_meta["model"])
+                check_weights(weights, init_cfg)
+                state = load_file(str(weights))
+                for slot in range(len(init_cfg.feature_sizes), len(self.cfg.feature_sizes)):  # --word-features
+                    state[f"embed.features.{slot}.weight"] = torch.zeros_like(model.embed.features[slot].weight)
+                model.load_state_dict(state)
             except (CheckpointError, OSError, RuntimeError, ValueError) as e:  # missing, truncated, another model's
                 raise UsageError(f"--init-from: cannot load the weights {weights}: {e}") from None
             self.log(f"weights from {init_dir} (step {init_meta.get('training', {}).get('step', '?')})")
+            if len(self.cfg.feature_sizes) > len(init_meta["model"].get("feature_sizes", FEATURE_SIZES)):
+                self.log(f"feature slots {init_meta['model']['feature_sizes']} -> {list(self.cfg.feature_sizes)} "
+                         "(the new ones zero-initialised)")
         model.to(dd.device)
         self.model = model  # the plain module: validation, samples, checkpoints
         self.fsdp = a.fsdp and dd.world > 1

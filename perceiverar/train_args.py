@@ -142,6 +142,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     g.add_argument("--conv-kernel", type=int, default=None,
                    help="override the preset's short causal convolution before the cross-attention (0: none)")
+    g.add_argument("--word-features", action="store_true",
+                   help="with --init-from a checkpoint trained before the word feature slot (tokenizers_mm.features): "
+                        "add the slot, its embedding zero-initialised so the model starts as the checkpoint (new "
+                        "models have it already)")
     g.add_argument("--activation-checkpointing", action="store_true", help="recompute latent blocks in backward")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--cpu-bf16", action="store_true",

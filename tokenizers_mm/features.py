@@ -1,7 +1,8 @@
-"""Position features: where each content token sits in its section of the sequence layout (``tokenizers_mm.vocab``).
+"""Position features: where each content token sits in its section of the sequence layout (``tokenizers_mm.vocab``),
+and which word a text byte ends.
 
-:func:`position_features` and :class:`FeatureTracker` give three small integer slots per token, value 0 meaning
-"none", each below ``FEATURE_SIZES``:
+:func:`position_features` and :class:`FeatureTracker` give four small integer slots per token, value 0 meaning
+"none", each below ``FEATURE_SIZES``. The first three:
 
     pixel token inside an image section   (row + 1, col + 1, channel + 1)   from the header h, w and the
                                           token's index in the section; 1..256, 1..256, 1..3
@@ -17,6 +18,13 @@
                                           chord or audio range continues the section
     everything else                       (0, 0, 0)
 
+The fourth (``WORD_SLOT``, :func:`word_features`): a text byte that is part of a word (ASCII letters and digits,
+and UTF-8 bytes >= 0x80) gets ``1 +`` a hash of the word so far (its last ``MAX_WORD`` bytes, ASCII letters
+folded to lower case) modulo ``WORD_BUCKETS - 1``; every other id gets 0. A caption read as bytes is otherwise
+a bag of bytes whose short convolution cannot tell "red" from the end of "tired" or "hundred"; at a word's
+last byte this slot names the whole word, and the convolution carries it to the next position. It depends only
+on the ids at and before a position, back to the word's start, so it is as causal as the others.
+
 The features are causal: a token's features depend only on the tokens at or before it (the section header
 comes first), so generation can compute them one token at a time (:class:`FeatureTracker`). A pixel past the
 h*w*3 declared by the header, or a section whose header is malformed, gets (0, 0, 0).
@@ -28,12 +36,43 @@ import numpy as np
 
 from tokenizers_mm.ids import (
     AUDIO_FREQ_BANDS, AUDIO_MODE_OF_BEGIN, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET,
-    NUM_VALUES, allowed_range, audio_codes, chord_block, is_chord_slot, sketch_block, sketch_shape,
+    NUM_VALUES, TEXT_OFFSET, TEXT_SIZE, WORD_BUCKETS, WORD_SLOT, allowed_range, audio_codes, chord_block,
+    is_chord_slot, sketch_block, sketch_shape,
 )  # fmt: skip
 
 PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
 SKETCH_CHANNEL = 5  # the channel feature of a sketch token
 CHORD_CHANNEL = 2  # the channel feature of an audio section's chord label (codes use band + 1 = 1)
+
+MAX_WORD = 16  # a longer word is hashed by its last MAX_WORD bytes
+_HASH_BASE, _HASH_MOD = 257, (1 << 31) - 1
+_b = np.arange(TEXT_SIZE)
+_WORD_BYTE = ((_b >= 48) & (_b < 58)) | ((_b >= 65) & (_b < 91)) | ((_b >= 97) & (_b < 123)) | (_b >= 128)  # (256,)
+_FOLDED = np.where((_b >= 65) & (_b < 91), _b + 32, _b).astype(np.int64) + 1  # (256,) 1..256, A-Z as a-z
+_POWERS = np.array([pow(_HASH_BASE, d, _HASH_MOD) for d in range(MAX_WORD)], dtype=np.int64)  # (MAX_WORD,)
+
+
+def _word_bytes(ids: np.ndarray) -> np.ndarray:
+    """(T,) bool: the ids that are text bytes inside a word."""
+    text = (ids >= TEXT_OFFSET) & (ids < TEXT_OFFSET + TEXT_SIZE)
+    return text & _WORD_BYTE[np.where(text, ids - TEXT_OFFSET, 0)]
+
+
+def word_features(ids) -> np.ndarray:
+    """(T,) int64 word slot of each id (see the module docstring): the hash bucket of the word so far, or 0."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    inside = _word_bytes(ids)  # (T,)
+    code = np.where(inside, _FOLDED[np.where(inside, ids - TEXT_OFFSET, 0)], 0)  # (T,)
+    # run[i]: how many word bytes end at i (0 outside words), capped at MAX_WORD
+    start = np.maximum.accumulate(np.where(inside, -1, np.arange(len(ids))))  # last non-word index at or before i
+    run = np.minimum(np.arange(len(ids)) - start, MAX_WORD)  # (T,)
+    h = np.zeros(len(ids), dtype=np.int64)
+    for d in range(MAX_WORD):  # h[i] = sum over the run's last bytes of code[i - d] * base^d (mod p)
+        if d >= len(ids):
+            break
+        lag = np.concatenate([np.zeros(d, np.int64), code[: len(ids) - d]])  # code[i - d]
+        h = (h + np.where(d < run, lag * _POWERS[d], 0)) % _HASH_MOD
+    return np.where(inside, 1 + h % (WORD_BUCKETS - 1), 0)
 
 
 class FeatureTracker:
@@ -53,6 +92,7 @@ class FeatureTracker:
         self._index = 0  # content tokens seen in the section
         self._channels = 3  # tokens per pixel of the open image section
         self._mode = "subpixel"  # the open section's layout (an image or audio mode)
+        self._word_tail = np.zeros(0, dtype=np.int64)  # the last ids (< MAX_WORD) if they are a word's bytes
 
     def _start(self, modality: str, mode: str = "subpixel") -> None:
         self._section, self._header, self._ready, self._index = modality, [], False, 0
@@ -66,9 +106,10 @@ class FeatureTracker:
         return self.extend([token])[0]
 
     def extend(self, ids) -> np.ndarray:
-        """Features (T, 3) int64 of the given ids, continuing from the state left by earlier calls."""
+        """Features (T, 4) int64 of the given ids, continuing from the state left by earlier calls."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        feats = np.zeros((ids.shape[0], N_FEATURES), dtype=np.int64)  # (T, 3)
+        feats = np.zeros((ids.shape[0], N_FEATURES), dtype=np.int64)  # (T, 4)
+        feats[:, WORD_SLOT] = self._words(ids)
         t, n = 0, ids.shape[0]
         while t < n:
             tok = int(ids[t])
@@ -104,6 +145,16 @@ class FeatureTracker:
             t += 1
         return feats
 
+    def _words(self, ids: np.ndarray) -> np.ndarray:
+        """Word slot of ``ids`` after the ids already seen (the word in progress is carried over)."""
+        ext = np.concatenate([self._word_tail, ids])
+        out = word_features(ext)[len(self._word_tail) :]
+        inside = _word_bytes(ext)
+        breaks = np.flatnonzero(~inside)
+        tail = ext[breaks[-1] + 1 :] if breaks.size else ext
+        self._word_tail = tail[-(MAX_WORD - 1) :] if len(tail) else tail
+        return out
+
     def _fill(self, out: np.ndarray, idx: np.ndarray) -> None:
         if self._section == "image":
             h, w = self._h, self._w
@@ -132,5 +183,14 @@ class FeatureTracker:
 
 
 def position_features(ids) -> np.ndarray:
-    """(T, 3) int64 position features of a whole sequence (see the module docstring); causal."""
+    """(T, 4) int64 position features of a whole sequence (see the module docstring); causal."""
     return FeatureTracker().extend(ids)
+
+
+def text_features(ids) -> np.ndarray:
+    """(T, 4) position features of ids that hold no media section (a text document or a crop of one): only the
+    word slot is set, as :func:`position_features` would set it, without running the tracker's state machine."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    out = np.zeros((len(ids), N_FEATURES), dtype=np.int64)
+    out[:, WORD_SLOT] = word_features(ids)
+    return out

@@ -48,8 +48,13 @@ CHORD_OFFSET = 5648
 N_CHORDS = 25  # 12 major triads (C..B), 12 minor triads (c..b), "no chord"
 VOCAB_SIZE = 5696  # 5673 used, padded to a multiple of 64 for efficient matmuls
 
-N_FEATURES = 3
-FEATURE_SIZES = (257, 257, 17)
+# Position features (tokenizers_mm.features): image row, image column, channel, and the word a text byte ends
+# (a hash bucket of the word so far; WORD_SLOT). Checkpoints trained before the word slot have the first three
+# slots only, and their models read only those (a checkpoint's slots must be a prefix of these).
+N_FEATURES = 4
+WORD_SLOT = 3
+WORD_BUCKETS = 8192  # 0 = "not in a word", 1..8191 hash buckets
+FEATURE_SIZES = (257, 257, 17, WORD_BUCKETS)
 AUDIO_FREQ_BANDS = 1  # audio codes per spectrogram frame (frequency patches); see tokenizers_mm.audio
 
 MAX_IMAGE_SIDE = 256

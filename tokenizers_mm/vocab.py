@@ -98,8 +98,11 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, d: dict) -> "Vocabulary":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        feats = tuple(known.pop("feature_sizes", FEATURE_SIZES))
+        known.pop("n_features", None)
+        if feats != FEATURE_SIZES[: len(feats)]:  # older checkpoints have a prefix of today's feature slots
+            raise TokenizerError(f"checkpoint feature slots {list(feats)} are not a prefix of this code's {list(FEATURE_SIZES)}")
         v = cls(**known)
-        v.feature_sizes = tuple(v.feature_sizes)
         if v != cls():
             raise TokenizerError(
                 f"checkpoint vocabulary {v.to_dict()} differs from this code's layout {cls().to_dict()}"

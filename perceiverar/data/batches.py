@@ -67,7 +67,7 @@ from perceiverar.data.colour_augment import SEPARATOR, ColourAugment
 from perceiverar.data.filler import Filler, prompted_sequence
 from perceiverar.data.sources import DatasetError
 from tokenizers_mm.vocab import (
-    AUDIO_END, AUDIO_MODE_OF_BEGIN, EOS, PAD, allowed_range, audio_header, audio_tokens,
+    AUDIO_END, AUDIO_MODE_OF_BEGIN, EOS, N_FEATURES, PAD, allowed_range, audio_header, audio_tokens,
 )  # fmt: skip
 
 
@@ -114,7 +114,7 @@ class Mixture:
         self.probs = w / w.sum()
 
     def batch(self, step: int, micro: int, rows: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Global batch ``rows`` x (l) tokens and (rows, l, 3) features for one micro-step; plus stats."""
+        """Global batch ``rows`` x (l) tokens and (rows, l, F) features for one micro-step; plus stats."""
         rng = np.random.default_rng([self.seed, step, micro])
         picks = []
         for _ in range(rows):
@@ -155,7 +155,7 @@ class Mixture:
             toks.append(ids)
             feats.append(f)
         tokens = torch.from_numpy(np.stack(toks))  # (rows, l)
-        features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)
+        features = torch.from_numpy(np.stack(feats))  # (rows, l, F)
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks)}
         return tokens, features, stats
 
@@ -178,7 +178,7 @@ class Mixture:
         """Whole items right-padded to the longest; loss mask on each item's target and end markers."""
         length = max(len(ids) for ids, _ in rows_)
         tokens = torch.full((len(picks), length), PAD, dtype=torch.long)  # (rows, l)
-        features = torch.zeros((len(picks), length, 3), dtype=torch.long)  # (rows, l, 3)
+        features = torch.zeros((len(picks), length, N_FEATURES), dtype=torch.long)  # (rows, l, F)
         mask = torch.zeros((len(picks), length), dtype=torch.bool)  # (rows, l): which targets count
         for r, ((s, _, _), (ids, start)) in enumerate(zip(picks, rows_)):
             n = len(ids)
@@ -216,7 +216,7 @@ class Mixture:
             rows.append((s, ids, max(t0, v - N + 1), min(v, n - 1), t0))  # targets [lo, hi]
         length = max(hi for _, _, _, hi, _ in rows) + 1
         tokens = torch.full((len(rows), length), PAD, dtype=torch.long)  # (rows, l)
-        features = torch.zeros((len(rows), length, 3), dtype=torch.long)  # (rows, l, 3)
+        features = torch.zeros((len(rows), length, N_FEATURES), dtype=torch.long)  # (rows, l, F)
         mask = torch.zeros((len(rows), length), dtype=torch.bool)  # (rows, l)
         for r, (s, ids, lo, hi, _) in enumerate(rows):
             tokens[r, : hi + 1] = torch.from_numpy(ids[: hi + 1])
@@ -252,7 +252,7 @@ class Mixture:
             feats.append(feat)
             fill.append(len(prompt) - len(caption))
         tokens = torch.from_numpy(np.stack(toks))  # (rows, l)
-        features = torch.from_numpy(np.stack(feats))  # (rows, l, 3)
+        features = torch.from_numpy(np.stack(feats))  # (rows, l, F)
         stats = {"seq_len": length, "dropped_prompts": sum(d for _, _, d in picks), "filler_bytes": fill}
         return tokens, features, stats
 

@@ -36,8 +36,8 @@ from perceiverar.data.sources import (
 )  # fmt: skip
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.image import ImageTokenizer
-from tokenizers_mm.features import position_features
-from tokenizers_mm.vocab import BOS, EOS, N_FEATURES, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence
+from tokenizers_mm.features import position_features, text_features
+from tokenizers_mm.vocab import BOS, EOS, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence
 
 assert VOCAB_SIZE < 2**15  # ids fit int16
 # Items shorter than these are skipped (listed in the manifest): they teach nothing and can end up the only val item.
@@ -87,9 +87,9 @@ class PreparedSource:
         return ids
 
     def features(self, ids: np.ndarray) -> np.ndarray:
-        """(T, 3) position features of a *full* item's ids (text: all zero, no need to run the tracker)."""
+        """(T, 4) position features of a *full* item's ids (text: only the word slot, no need to run the tracker)."""
         if self.modality == "text":
-            return np.zeros((len(ids), N_FEATURES), dtype=np.int64)
+            return text_features(ids)
         return position_features(ids)
 
     def crop(self, i: int, start: int, end: int, drop_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +97,7 @@ class PreparedSource:
         if self.modality == "text":
             off = int(self.index[i, 0])
             ids = np.asarray(self.ids[off + start : off + end], dtype=np.int64)
-            return ids, np.zeros((len(ids), N_FEATURES), dtype=np.int64)
+            return ids, text_features(ids)
         full = self.item(i, drop_prompt)
         return full[start:end], self.features(full)[start:end]
 

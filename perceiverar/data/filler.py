@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from perceiverar.data.sources import DatasetError
-from tokenizers_mm.features import position_features
-from tokenizers_mm.vocab import BOS, N_FEATURES, TEXT_BEGIN
+from tokenizers_mm.features import position_features, text_features
+from tokenizers_mm.vocab import BOS, TEXT_BEGIN
 
 if TYPE_CHECKING:
     from perceiverar.data.cache import PreparedSource
@@ -43,13 +43,14 @@ def bury_caption(caption: np.ndarray, filler: np.ndarray, where: float) -> np.nd
 
 
 def prompted_sequence(prompt: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ids (T,) and position features (T, 3) of ``[BOS][TEXT_BEGIN] prompt rest``, ``rest`` starting at [TEXT_END].
+    """ids (T,) and position features (T, 4) of ``[BOS][TEXT_BEGIN] prompt rest``, ``rest`` starting at [TEXT_END].
 
-    Text has no features; the media section's restart at its header, inside ``rest``, so a prompt of any
-    length costs nothing to featurize.
+    Text has only its word slot (vectorised); the media section's restart at its header, inside ``rest``, so a
+    prompt of any length costs little to featurize. Equal to ``position_features(ids)``.
     """
     ids = np.concatenate([[BOS, TEXT_BEGIN], prompt, rest]).astype(np.int64)
-    feats = np.concatenate([np.zeros((2 + len(prompt), N_FEATURES), np.int64), position_features(rest)])
+    head = 2 + len(prompt)
+    feats = np.concatenate([text_features(ids[:head]), position_features(rest)])
     return ids, feats
 
 

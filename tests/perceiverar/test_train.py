@@ -219,6 +219,47 @@ def test_a_palette_model_goes_on_in_sketch_mode(data, tmp_path, capsys):
                 "--image-mode", "subpixel"])
 
 
+def three_slot_copy(src: Path, dst: Path) -> Path:
+    """``src`` as a checkpoint trained before the word feature slot: config and weights without the fourth slot."""
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["model"]["feature_sizes"] = cfg["model"]["feature_sizes"][:3]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    state = load_file(str(dst / "model.safetensors"))
+    del state["embed.features.3.weight"]
+    save_file(state, str(dst / "model.safetensors"))
+    return dst
+
+
+def test_word_features_added_to_an_older_checkpoint(data, tmp_path, capsys):
+    """A checkpoint without the word slot loads and generates as it is; ``--init-from`` keeps its three slots, and
+    with ``--word-features`` adds the fourth zero-initialised: the first validation loss is exactly the old
+    model's, the slot then trains, and the new checkpoint has four slots and generates."""
+    from perceiverar import Pipeline
+
+    over = {"max-steps": 2, "val-every": 2, "save-every": 2}
+    base = tmp_path / "base"
+    train_in_process(["--out", str(base), *common(data, **over), "--image-mode", "palette", "--palette-colours", "16"])
+    old = three_slot_copy(T.list_checkpoints(base)[-1], tmp_path / "old")
+    assert Pipeline.load(old).generate_image("a red heart", seed=0)[0].size == (8, 8)
+    runs = {}
+    for name, extra in (("kept", []), ("words", ["--word-features"])):
+        runs[name] = tmp_path / name
+        train_in_process(["--out", str(runs[name]), *common(data, **over), "--init-from", str(old), *extra])
+    kept, words = (T.list_checkpoints(runs[k])[-1] for k in ("kept", "words"))
+    def slots(ck):
+        return json.loads((ck / "config.json").read_text())["model"]["feature_sizes"]
+
+    assert slots(kept) == [257, 257, 17] and slots(words) == [257, 257, 17, 8192]
+    assert losses(runs["kept"], "val")[0] == losses(runs["words"], "val")[0]  # step 0: the same function
+    emb = load_file(str(words / "model.safetensors"))["embed.features.3.weight"]
+    assert emb.abs().sum() > 0, "the word embedding should have trained"
+    assert "feature slots [257, 257, 17] -> [257, 257, 17, 8192]" in (runs["words"] / "train.log").read_text()
+    assert Pipeline.load(words).generate_image("a red heart", seed=0)[0].size == (8, 8)
+
+
 def test_a_codes_model_goes_on_in_chords_mode(tmp_path):
     """--audio-mode chords from a codes checkpoint keeps its codebook, trains chord labels (weighted) before
     every block of codes and writes a chords checkpoint that generates and evaluates; going back is refused."""

@@ -127,7 +127,7 @@ def test_palette_sequence_layout_features_and_parse():
     assert PALETTE_BEGIN in seq and len(seq) == len("white") + 9 + 9
     parsed = split_sequence(seq)
     assert parsed.modality == "image" and parsed.image_mode == "palette" and parsed.target == ids and parsed.complete
-    f = position_features(seq)
+    f = position_features(seq)[:, :3]  # (T, 3): row, column, channel (the word slot: tests/.../test_features.py)
     start = seq.index(PALETTE_BEGIN) + 3
     assert [tuple(r) for r in f[start : start + 9]] == [(r + 1, c + 1, 4) for r in range(3) for c in range(3)]
     with pytest.raises(TokenizerError, match="3x3x1"):
@@ -206,7 +206,7 @@ def test_sketch_sequence_layout_features_parse_and_config():
     assert SKETCH_BEGIN in seq and len(seq) == len("white") + 9 + 6 + 60
     parsed = split_sequence(seq)
     assert parsed.image_mode == "sketch" and parsed.target == ids and parsed.complete
-    f = position_features(seq)
+    f = position_features(seq)[:, :3]  # (T, 3): row, column, channel
     start = seq.index(SKETCH_BEGIN) + 3
     # sketch tokens at their block's centre pixel (clipped to the image), channel 5; then the pixels as in palette mode
     want = [(min(4 * r + 2, 5) + 1, min(4 * c + 2, 9) + 1, 5) for r in range(2) for c in range(3)]
@@ -217,7 +217,7 @@ def test_sketch_sequence_layout_features_parse_and_config():
     from tokenizers_mm.features import FeatureTracker
 
     tr = FeatureTracker()
-    assert np.array_equal(np.stack([tr.push(t) for t in seq]), f)
+    assert np.array_equal(np.stack([tr.push(t) for t in seq]), position_features(seq))
     with pytest.raises(TokenizerError, match="after a 2x3 sketch"):
         build_sequence("x", "image", ids[:-1], height=6, width=10, image_mode="sketch")
     again = ImageTokenizer.from_dict(tok.to_dict())
