@@ -10,6 +10,11 @@
 # decides an image's colour and layout:
 #   RUN=runs/emoji-sketch INIT_FROM=checkpoints/emoji STEPS=2000 LR=5e-4 bash recipes/emoji.sh --image-mode sketch \
 #       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25
+# The fifth added the word feature slot (tokenizers_mm/features.py: each caption byte inside a word gets a hash
+# bucket of the word so far, so "red" is not the end of "tired"), zero-initialised; the export took step 2,800:
+#   RUN=runs/emoji-words INIT_FROM=checkpoints/emoji STEPS=3000 LR=3e-4 bash recipes/emoji.sh --image-mode sketch \
+#       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --word-features \
+#       --warmup 100
 # Continue it the same way for more steps (each stage exports over checkpoints/emoji when it finishes).
 # On a GPU: drop --cpu-bf16, raise --batch-size and --max-steps, and try --image-size 32 --n-latents 1536.
 set -euo pipefail
