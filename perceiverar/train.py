@@ -72,8 +72,9 @@ def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) ->
         if val is not None:
             over[key] = val
     if init_cfg is not None:  # fine-tuning: the checkpoint's architecture, with the run-time knobs overridden
-        if getattr(args, "word_features", False) and len(init_cfg.get("feature_sizes", FEATURE_SIZES)) <= WORD_SLOT:
-            over["feature_sizes"] = [*init_cfg["feature_sizes"], *FEATURE_SIZES[len(init_cfg["feature_sizes"]) :]]
+        have = list(init_cfg.get("feature_sizes", FEATURE_SIZES))
+        if args.word_features and len(have) <= WORD_SLOT:
+            over["feature_sizes"] = [*have, *FEATURE_SIZES[len(have) :]]
         return PerceiverARConfig.from_dict({**init_cfg, **over})
     return PerceiverARConfig.preset(args.preset, **over)
 
@@ -121,14 +122,15 @@ class Trainer:
                 init_cfg = PerceiverARConfig.from_dict(init_meta["model"])
                 check_weights(weights, init_cfg)
                 state = load_file(str(weights))
-                for slot in range(len(init_cfg.feature_sizes), len(self.cfg.feature_sizes)):  # --word-features
+                added = range(len(init_cfg.feature_sizes), len(self.cfg.feature_sizes))  # --word-features
+                for slot in added:
                     state[f"embed.features.{slot}.weight"] = torch.zeros_like(model.embed.features[slot].weight)
                 model.load_state_dict(state)
             except (CheckpointError, OSError, RuntimeError, ValueError) as e:  # missing, truncated, another model's
                 raise UsageError(f"--init-from: cannot load the weights {weights}: {e}") from None
             self.log(f"weights from {init_dir} (step {init_meta.get('training', {}).get('step', '?')})")
-            if len(self.cfg.feature_sizes) > len(init_meta["model"].get("feature_sizes", FEATURE_SIZES)):
-                self.log(f"feature slots {init_meta['model']['feature_sizes']} -> {list(self.cfg.feature_sizes)} "
+            if added:
+                self.log(f"feature slots {list(init_cfg.feature_sizes)} -> {list(self.cfg.feature_sizes)} "
                          "(the new ones zero-initialised)")
         model.to(dd.device)
         self.model = model  # the plain module: validation, samples, checkpoints
