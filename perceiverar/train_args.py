@@ -108,6 +108,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--filler", default=None, metavar="DIR[:PROB]",
                    help="folder of .txt documents: bury captions in long runs of its text in this fraction of media "
                         "batches (default 0.5), so captions steer from far away in long prompts")
+    g.add_argument("--filler-lengths", choices=("uniform", "log"), default="uniform",
+                   help="buried batches' lengths: uniform up to the context, or log-uniform (as many per octave of "
+                        "caption-to-target distance; far cheaper at a 65K context)")
+    g.add_argument("--filler-tokens", type=int, default=0, metavar="T",
+                   help="cap a buried batch at about T tokens (rows x length) by keeping fewer rows of a long "
+                        "one (default 0: every row)")
     g.add_argument("--prompt-dropout", type=float, default=0.1,
                    help="probability of training an item with the empty prompt (for classifier-free guidance)")
     g.add_argument("--caption-part-dropout", type=float, default=0.0,

@@ -71,7 +71,7 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
                                                       log=log if rank_turn else lambda m: None)  # fmt: skip
                 if filler_spec is not None:
                     src = prepare_source(filler_spec, settings, cache, progress=False, log=log)
-                    filler = Filler(src, filler_prob)
+                    filler = Filler(src, filler_prob, lengths=a.filler_lengths, max_tokens=a.filler_tokens)
             except DatasetError as e:
                 err = e
         if rank_turn:

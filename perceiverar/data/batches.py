@@ -51,8 +51,9 @@ the latents). Items no longer than that are trained as they are.
 
 A batch with buried captions (:class:`~perceiverar.data.filler.Filler`) holds the whole prompt and the first
 ``k`` tokens after it (``k`` uniform in ``[N, header + target]``, so the latents, where the loss is, sit on the
-media, not on the filler), and the filler is sized so every row of the batch has one length, drawn uniform in
-``[longest need, L + 1]``: every caption-to-target distance the context allows is trained.
+media, not on the filler), and the filler is sized so every row of the batch has one length, drawn in
+``[longest need, L + 1]`` (uniform, or log-uniform with ``--filler-lengths log``; ``--filler-tokens`` keeps fewer
+rows of a long one): every caption-to-target distance the context allows is trained.
 """
 
 from __future__ import annotations
@@ -243,7 +244,8 @@ class Mixture:
             where = float(rng.choice([0.0, 1.0, rng.random()]))
             rows.append((caption, rest, k, where))
         need = max(2 + len(c) + k for c, _, k, _ in rows)  # no filler at all
-        length = int(rng.integers(need, max(need, self.context_len + 1) + 1))
+        length = self.filler.length(rng, need, self.context_len)
+        rows = rows[: self.filler.rows(length, len(rows))]
         toks, feats, fill = [], [], []
         for caption, rest, k, where in rows:
             prompt = self.filler.prompt(rng, caption, where, length - 2 - k)

@@ -5,6 +5,13 @@ buried in a long run of unrelated text (another folder's training documents, e.g
 becomes ``caption + blank line + filler``, ``filler + blank line + caption`` or the caption in the middle of
 the filler (a third of the time each; a dropped caption leaves the filler alone). How such a batch is cropped
 is in ``perceiverar.data.batches``.
+
+How long a buried batch is (:meth:`Filler.length`): ``uniform`` over every length from the longest row's need
+to the context, or ``log``-uniform, as many batches per octave of caption-to-target distance (the short ones,
+where most of a long prompt's text sits, as often as the 32K-65K ones, and a mean batch several times
+shorter: what a CPU can afford at a 65K context). ``max_tokens`` caps a buried batch's rows x length: a long
+batch keeps its first ``max_tokens // length`` rows (at least one), so a 65K-token batch costs about what a
+short one of many rows does.
 """
 
 from __future__ import annotations
@@ -57,11 +64,16 @@ def prompted_sequence(prompt: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray,
 class Filler:
     """Unrelated text to bury captions in: the training documents of a prepared text source, concatenated."""
 
-    def __init__(self, source: PreparedSource, prob: float = 0.5, split: str = "train"):
+    def __init__(self, source: PreparedSource, prob: float = 0.5, split: str = "train", lengths: str = "uniform",
+                 max_tokens: int = 0):
         if source.modality != "text":
             raise DatasetError(f"--filler needs a folder of .txt documents, got a {source.modality} folder")
         if not 0 < prob <= 1:
             raise DatasetError(f"--filler probability must be in (0, 1], got {prob}")
+        if lengths not in ("uniform", "log"):
+            raise DatasetError(f"--filler-lengths must be 'uniform' or 'log', got {lengths!r}")
+        if max_tokens < 0:
+            raise DatasetError(f"--filler-tokens must be >= 0 (0: no cap), got {max_tokens}")
         docs = []
         for i in source.train_items if split == "train" else source.val_items:  # 'val': unseen text, for evaluation
             off = int(source.index[i, 0])
@@ -71,6 +83,18 @@ class Filler:
         if self.text.size < 1024:
             raise DatasetError(f"filler folder {source.manifest['folder']!r} has too little text ({self.text.size} bytes)")
         self.prob = float(prob)
+        self.lengths, self.max_tokens = lengths, int(max_tokens)
+
+    def length(self, rng: np.random.Generator, need: int, context_len: int) -> int:
+        """A buried batch's sequence length in ``[need, max(need, context_len + 1)]`` (see the module docstring)."""
+        hi = max(need, context_len + 1)
+        if self.lengths == "log":
+            return min(hi, int(need * (hi / need) ** float(rng.random())))
+        return int(rng.integers(need, hi + 1))
+
+    def rows(self, length: int, n_rows: int) -> int:
+        """How many of a buried batch's ``n_rows`` rows to keep at ``length`` tokens (``max_tokens``, if set)."""
+        return n_rows if self.max_tokens <= 0 else max(1, min(n_rows, self.max_tokens // length))
 
     def window(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` consecutive filler bytes from a random place (wrapping round the end)."""

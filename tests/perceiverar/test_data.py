@@ -248,6 +248,37 @@ def test_mixture_buries_captions_in_filler(folders):
         D.Filler(src)
 
 
+def test_filler_log_lengths_and_token_cap(folders):
+    """--filler-lengths log: as many buried batches per octave of length; --filler-tokens: fewer rows of a long one."""
+    img, txt, cache = folders
+    (src,), _ = D.prepare_sources([D.parse_data_arg(str(img))], SETTINGS, cache, progress=False)
+    text = D.prepare_source(D.parse_data_arg(str(txt), "text"), SETTINGS, cache, progress=False)
+    L, N, rows = 65536, 32, 8
+    lens = {}
+    for kind in ("uniform", "log"):
+        filler = D.Filler(text, prob=1.0, lengths=kind, max_tokens=4 * 4096)
+        mix = D.Mixture([src], L, N, prompt_dropout=0.0, seed=3, filler=filler)
+        seen = []
+        for step in range(80):
+            tok, feat, st = mix.batch(step, 0, rows)
+            T = tok.shape[1]
+            assert T == st["seq_len"] <= L + 1 and feat.shape[:2] == tok.shape[:2]
+            assert tok.shape[0] == max(1, min(rows, 4 * 4096 // T))  # the cap keeps rows x length near 16K
+            assert len(st["filler_bytes"]) == tok.shape[0]
+            seen.append(T)
+        lens[kind] = np.asarray(seen)
+    octaves = np.log2(lens["log"])
+    # log-uniform: short and long batches alike (each half of the octaves from the shortest need to L holds a
+    # good share); uniform: mostly long, the mean over twice the log-uniform one
+    mid = (octaves.min() + np.log2(L)) / 2
+    assert 0.25 < (octaves < mid).mean() < 0.75 and lens["log"].max() > L // 4
+    assert (lens["uniform"] > L // 8).mean() > 0.8 and lens["uniform"].mean() > 2 * lens["log"].mean()
+    with pytest.raises(D.DatasetError, match="filler-lengths"):
+        D.Filler(text, lengths="linear")
+    with pytest.raises(D.DatasetError, match="filler-tokens"):
+        D.Filler(text, max_tokens=-1)
+
+
 @pytest.mark.skipif(shutil.which("fluidsynth") is None, reason="fluidsynth not installed")
 def test_prepare_audio_midi(shared_data, tmp_path):
     folder = tmp_path / "bach"
