@@ -13,8 +13,9 @@ Labels of a ``captions.jsonl`` record:
   or "mixed" when it names two different ones ("couple with heart: light skin tone and dark skin tone").
 
 Fitting takes 1.5 (16x16) to 3 minutes (32x32) on one idle CPU thread; the fitted weights are cached under
-``~/.cache/perceiverar/image_classifier/`` keyed by the folder listing (names, sizes, mtimes, labels), the image
-size and the training settings, so a rerun loads them.
+``~/.cache/perceiverar/image_classifier/`` keyed by the training images (names, contents, labels), the image
+size and the training settings, so a rerun loads them, also from a fresh copy of the same folder: scores from
+different sessions then come from one classifier.
 """
 
 from __future__ import annotations
@@ -174,9 +175,9 @@ def default_cache_root() -> Path:
 def cache_key(folder: Path, records: list[dict], tokenizer: ImageTokenizer, settings: FitSettings) -> str:
     h = hashlib.sha256(json.dumps({"version": VERSION, "size": [tokenizer.height, tokenizer.width],
                                    "resize": tokenizer.resize, "fit": asdict(settings)}).encode())  # fmt: skip
-    for r in records:
-        st = (Path(folder) / r["file"]).stat()
-        h.update(f"{r['file']}\0{st.st_size}\0{st.st_mtime_ns}\0{json.dumps(r['labels'], sort_keys=True)}\n".encode())
+    for r in records:  # the files' bytes, not their mtimes: a copy of the same folder finds the same fit
+        digest = hashlib.sha256((Path(folder) / r["file"]).read_bytes()).hexdigest()
+        h.update(f"{r['file']}\0{digest}\0{json.dumps(r['labels'], sort_keys=True)}\n".encode())
     return h.hexdigest()[:20]
 
 

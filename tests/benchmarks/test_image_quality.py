@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections import Counter
@@ -146,6 +147,11 @@ def test_classifier_data_fit_and_cache(shared_data, tmp_path):
     again, info2 = IC.fit_or_load(tmp_path / "emoji", recs, tok, settings=settings, cache_root=tmp_path / "c")
     assert info2["cached"] and info2["cache"] == info["cache"] and again.predict(imgs) == pred
     assert IC.cache_key(tmp_path / "emoji", train, ImageTokenizer(16, 16), settings) != Path(info["cache"]).stem
+    first = tmp_path / "emoji" / train[0]["file"]
+    os.utime(first, (1, 1))  # a re-copied folder (new mtimes, same bytes) finds the same fit
+    assert IC.cache_key(tmp_path / "emoji", train, tok, settings) == Path(info["cache"]).stem
+    first.write_bytes(first.read_bytes() + b"\0")  # changed contents: another fit
+    assert IC.cache_key(tmp_path / "emoji", train, tok, settings) != Path(info["cache"]).stem
     acc = IC.accuracy(pred, [r["labels"] for r in recs])
     assert all(0 <= a["correct"] <= a["n"] == len(recs) for a in acc.values())
     with pytest.raises(ValueError, match=r"\(n, 8, 8, 3\)"):
