@@ -142,7 +142,7 @@ class Trainer:
                                caption_part_dropout=a.caption_part_dropout,
                                colour_augment=self._colour_augment(a), opening_weight=a.opening_weight[0],
                                opening_tokens=a.opening_weight[1], chord_weight=a.chord_weight,
-                               opening_clips=self._opening_clips(a))  # fmt: skip
+                               opening_clips=self._opening_clips(a), row_multiple=dd.world)  # fmt: skip
         self.tok_cfg = tokenizer_config(a, self.data, self.cfg)
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume is not None:
@@ -263,7 +263,9 @@ class Trainer:
             amp = torch.autocast(dd.device.type, dtype=torch.bfloat16)
         for micro in range(a.grad_accum):
             toks, feats, st = self.mixture.batch(self.step, micro, rows)
-            sl = slice(dd.rank * a.batch_size, (dd.rank + 1) * a.batch_size)
+            kept = toks.shape[0]  # a long buried batch may keep fewer rows (--filler-tokens), a multiple of the world
+            per = kept // dd.world
+            sl = slice(dd.rank * per, (dd.rank + 1) * per)
             toks, feats = toks[sl].to(dd.device), feats[sl].to(dd.device)
             mask = st.get("loss_mask")
             mask = None if mask is None else mask[sl].to(dd.device)
@@ -275,7 +277,7 @@ class Trainer:
                 (loss / a.grad_accum).backward()
             losses.append(loss.detach().float())
             lens.append(st["seq_len"])
-            tokens += rows * (st["seq_len"] - 1)
+            tokens += kept * (st["seq_len"] - 1)
         gnorm = None
         if a.grad_clip > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip)

@@ -106,6 +106,7 @@ class Mixture:
     opening_tokens: int = 0
     chord_weight: float = 1.0  # loss weight of each chord label (module docstring)
     opening_clips: tuple = (0.0, 0)  # (probability, audio codes): batches of clip openings (module docstring)
+    row_multiple: int = 1  # a batch that keeps fewer rows (--filler-tokens) keeps a multiple of this (the world)
     probs: np.ndarray = field(init=False)
 
     def __post_init__(self):
@@ -245,7 +246,7 @@ class Mixture:
             rows.append((caption, rest, k, where))
         need = max(2 + len(c) + k for c, _, k, _ in rows)  # no filler at all
         length = self.filler.length(rng, need, self.context_len)
-        rows = rows[: self.filler.rows(length, len(rows))]
+        rows = rows[: self.filler.rows(length, len(rows), self.row_multiple)]
         toks, feats, fill = [], [], []
         for caption, rest, k, where in rows:
             prompt = self.filler.prompt(rng, caption, where, length - 2 - k)

@@ -10,7 +10,7 @@ How long a buried batch is (:meth:`Filler.length`): ``uniform`` over every lengt
 to the context, or ``log``-uniform, as many batches per octave of caption-to-target distance (the short ones,
 where most of a long prompt's text sits, as often as the 32K-65K ones, and a mean batch several times
 shorter: what a CPU can afford at a 65K context). ``max_tokens`` caps a buried batch's rows x length: a long
-batch keeps its first ``max_tokens // length`` rows (at least one), so a 65K-token batch costs about what a
+batch keeps its first ``max_tokens // length`` rows (at least one per data-parallel rank), so a 65K-token batch costs about what a
 short one of many rows does.
 """
 
@@ -92,9 +92,13 @@ class Filler:
             return min(hi, int(need * (hi / need) ** float(rng.random())))
         return int(rng.integers(need, hi + 1))
 
-    def rows(self, length: int, n_rows: int) -> int:
-        """How many of a buried batch's ``n_rows`` rows to keep at ``length`` tokens (``max_tokens``, if set)."""
-        return n_rows if self.max_tokens <= 0 else max(1, min(n_rows, self.max_tokens // length))
+    def rows(self, length: int, n_rows: int, multiple: int = 1) -> int:
+        """How many of a buried batch's ``n_rows`` rows to keep at ``length`` tokens (``max_tokens``, if set): a
+        multiple of ``multiple`` (the data-parallel world, so every rank gets the same number), at least one."""
+        if self.max_tokens <= 0:
+            return n_rows
+        keep = min(n_rows, self.max_tokens // length) // multiple * multiple
+        return max(multiple, keep)
 
     def window(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` consecutive filler bytes from a random place (wrapping round the end)."""

@@ -267,6 +267,9 @@ def test_filler_log_lengths_and_token_cap(folders):
             assert len(st["filler_bytes"]) == tok.shape[0]
             seen.append(T)
         lens[kind] = np.asarray(seen)
+        # data-parallel: every rank gets the same rows, at least one each
+        assert [filler.rows(T, 8, 2) for T in (60_000, 5_000, 4_096, 1_000)] == [2, 2, 4, 8]
+        assert filler.rows(60_000, 8, 1) == 1
     octaves = np.log2(lens["log"])
     # log-uniform: short and long batches alike (each half of the octaves from the shortest need to L holds a
     # good share); uniform: mostly long, the mean over twice the log-uniform one

@@ -308,6 +308,7 @@ def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
     # lr 0 (and so no weight decay): the fine-tuned weights must be exactly the checkpoint's, in a longer context
     tuned = tmp_path / "tuned"
     argv = ["--data", str(img), "--init-from", str(src), "--context-len", "512", "--filler", f"{txt}:0.6",
+            "--filler-lengths", "log", "--filler-tokens", "400",
             *common(data, **{"max-steps": 6, "val-every": 6, "save-every": 6, "lr": 0, "min-lr": 0})[4:]]
     train_in_process(["--out", str(tuned), *argv])
     assert "weights from" in capsys.readouterr().err
@@ -317,9 +318,11 @@ def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
     for k, v in before.model.state_dict().items():
         torch.testing.assert_close(ck.model.state_dict()[k], v, atol=0, rtol=0)
     # the buried-caption batches are longer than any 8x8 emoji item (~230 tokens): the filler was used
-    lens = [n for line in (tuned / "metrics.jsonl").read_text().splitlines() if '"train"' in line
-            for n in json.loads(line)["seq_len"]]
+    recs = [json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    lens = [n for r in recs for n in r["seq_len"]]
     assert max(lens) > 300, lens
+    # --filler-tokens 400: a buried batch over 200 tokens keeps one of its two rows, and the token count says so
+    assert all(r["tokens"] == (1 if r["seq_len"][0] > 200 else 2) * (r["seq_len"][0] - 1) for r in recs), recs
     run_args = json.loads((tuned / "run.json").read_text())
     assert run_args["init_from"] == str(src) and run_args["filler"].endswith(":0.6")
     with pytest.raises(SystemExit, match="--init-from"):
