@@ -17,7 +17,8 @@ The ``wrong_*`` conditions are the fair control: a caption of the same form that
 prompt's shape. Those differences are also reported in bits per item (bits/dim times the scored target
 tokens): a caption holds a few bits, at most log2 of the number of distinct captions, so spread over thousands
 of pixels its worth per dim is necessarily tiny; per item it can be set against that bound
-(``log2_distinct_captions``).
+(``log2_distinct_captions``). ``far_gain_kept`` is the share of the right caption's worth that survives at the
+far end: ``(wrong_far - caption_far) / (wrong_near - caption_near)``, in bits per item.
 
 ``--swap OLD=NEW`` (repeatable) makes the control sharper: the wrong caption is the item's own with one
 phrase swapped (the first pair, in order, whose OLD stands in the caption as a whole phrase), and only items
@@ -137,6 +138,14 @@ def paired(rows: list[dict], x: str, y: str, digits: int = 4) -> dict:
     return {"mean": round(float(d.mean()), digits), "stderr": round(se, digits)}
 
 
+def far_gain_kept(per_bits: dict) -> float | None:
+    """How much of the right caption's worth survives at the far end of the prompt: (wrong_far - caption_far) /
+    (wrong_near - caption_near), both in bits per item (issue 19's target: >= 0.8). None when the caption is
+    worth nothing right before the target (no gain to keep)."""
+    far, near = per_bits["wrong_far_minus_far"]["mean"], per_bits["wrong_near_minus_near"]["mean"]
+    return round(far / near, 3) if near > 0 else None
+
+
 HEADER = 5  # [TEXT_END] [SEP] [BEGIN] [h] [w] between the prompt and the target
 TRAILER = 2  # [END] [EOS] after it
 
@@ -226,13 +235,15 @@ def run(model, source, filler: Filler, *, items: int, prompt_tokens: int, split:
         log(f"[{n + 1}/{len(picked)}] {row['file']}: " + ", ".join(f"{c} {row[c]:.3f}" for c in CONDITIONS))
     out = {c: round(acc[c][0] / acc[c][1] / math.log(2), 4) for c in CONDITIONS}
     head = {c: round(opening[c][0] / opening[c][1] / math.log(2), 4) for c in CONDITIONS}
+    per_bits = {k: paired(per_item, f"{x}_bits", f"{y}_bits", 2) for k, (x, y) in DIFFERENCES.items()}
     return {
+        "far_gain_kept": far_gain_kept(per_bits),
         "metric": metric,
         "results": out,
         "opening_results": head,
         "opening_tokens": N,
         "differences": {k: paired(per_item, x, y) for k, (x, y) in DIFFERENCES.items()},
-        "differences_bits_per_item": {k: paired(per_item, f"{x}_bits", f"{y}_bits", 2) for k, (x, y) in DIFFERENCES.items()},
+        "differences_bits_per_item": per_bits,
         "log2_distinct_captions": round(math.log2(len({c.tobytes() for c in captions})), 2),
         "opening_differences": {k: paired(per_item, f"{x}_opening", f"{y}_opening") for k, (x, y) in DIFFERENCES.items()},
         "tokens_scored_per_condition": acc["caption_far"][1],
@@ -282,6 +293,9 @@ def main(argv=None) -> dict:
           f"({len(res['per_item'])} {'held-out' if args.split == 'val' else 'training'} items, {args.prompt_tokens:,}-token prompts):")  # fmt: skip
     for c in CONDITIONS:
         print(f"  {c:13s} {r[c]:.4f}   (first {res['opening_tokens']} target tokens: {res['opening_results'][c]:.4f})")
+    kept = res["far_gain_kept"]
+    print(f"the right caption's worth (against the wrong one) kept at the far end of the prompt: "
+          f"{'n/a (worth nothing near)' if kept is None else f'{kept:.0%}'}")
     print(f"paired differences, {res['metric']} and bits per item (log2 of the distinct captions: "
           f"{res['log2_distinct_captions']}):")
     for k, d in res["differences"].items():

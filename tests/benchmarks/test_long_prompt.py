@@ -83,6 +83,9 @@ def test_scores_match_the_evaluator(shared_data, tmp_path):
     for row in res["per_item"]:
         assert row["wrong_caption"] != row["caption"]
         assert row["wrong_caption"] in {r["text"] for r in lines}
+    d = res["differences_bits_per_item"]
+    near = d["wrong_near_minus_near"]["mean"]
+    assert res["far_gain_kept"] == (round(d["wrong_far_minus_far"]["mean"] / near, 3) if near > 0 else None)
     for k, (x, y) in LP.DIFFERENCES.items():  # bits per item: each item's difference times its target tokens
         want = np.mean([(r[x] - r[y]) * r["target_tokens"] for r in res["per_item"]])
         assert math.isclose(res["differences_bits_per_item"][k]["mean"], want, abs_tol=0.02)
