@@ -135,7 +135,7 @@ RESUMABLE = {
     "resume", "out", "max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta2",
     "grad_clip", "device", "fsdp", "compile", "cpu_bf16", "activation_checkpointing", "val_every", "val_items",
     "val_windows", "sample_every", "save_every", "keep_last", "log_every", "no_progress", "debug_step_sleep",
-    "cache_dir", "audio_seconds",
+    "cache_dir", "audio_seconds", "given_options",
 }  # fmt: skip
 
 
@@ -164,13 +164,21 @@ def _normal(key: str, value):
 
 def resume_differences(run_json: dict, args) -> list[str]:
     """How the command ``args`` differs from ``run_json`` (the first launch's) in what it trains: model, data,
-    seed. Options left at None take the first launch's value (``args`` is updated), so a plain ``--resume``
-    continues the run as it was. Returns one ``--option NEW (run.json: OLD)`` per difference."""
+    seed. Options the command does not name (``args.given_options``; or left at None) take the first launch's
+    value (``args`` is updated), so a plain ``--resume`` continues the run as it was, learning rate included.
+    Returns one ``--option NEW (run.json: OLD)`` per difference."""
     out = []
+    given = getattr(args, "given_options", None)  # None: not known, so every option counts as given
     for key, old in sorted(run_json.items()):
-        if key in RESUMABLE or not hasattr(args, key):
+        if key in ("resume", "given_options") or not hasattr(args, key):
             continue
         new = getattr(args, key)
+        if given is not None and key not in given:
+            if not (key == "min_lr" and "lr" in given):  # a new --lr alone keeps its own default min_lr (lr/10)
+                setattr(args, key, old)
+            continue
+        if key in RESUMABLE:
+            continue
         if new is None and old is not None:
             setattr(args, key, old)
             continue

@@ -183,6 +183,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug-step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow steps down
     args = p.parse_args(argv)
+    # Which options the command line names: --resume takes every other one from run.json (rundir.resume_differences)
+    probe = argparse.Namespace(**{a.dest: None for a in p._actions if a.dest != "help"})
+    p.parse_args(argv, namespace=probe)  # argparse fills in defaults only for attributes not already set
+    args.given_options = sorted(k for k, v in vars(probe).items() if v is not None)
     if args.preset not in PRESETS:
         p.error(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
     for name in ("max_steps", "batch_size", "grad_accum", "keep_last", "val_every", "save_every", "log_every"):

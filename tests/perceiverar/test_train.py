@@ -405,6 +405,11 @@ def test_resume_refuses_a_different_model_or_data(data, tmp_path, capsys):
     # how it trains may change: more steps, another batch size and learning rate
     train_in_process(["--out", str(run), *common(data, **{"max-steps": 4, "lr": 1e-3, "batch-size": 1}), "--resume"])
     assert "resumed from" in capsys.readouterr().err and len(losses(run)) == 4
+    # options the command leaves out are the first launch's (preset, image size, batch size...), not the defaults
+    train_in_process(["--out", str(run), "--data", str(img), "--data", f"{txt}:0.5", "--max-steps", "6", "--resume"])
+    assert len(losses(run)) == 6
+    ck = load_checkpoint(T.list_checkpoints(run)[-1])
+    assert ck.config.width == 64 and ck.tokenizer["image"]["height"] == 8  # the debug preset, 8x8 images
 
 
 def test_resume_falls_back_past_a_damaged_checkpoint(data, tmp_path, capsys):
