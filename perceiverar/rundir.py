@@ -137,6 +137,11 @@ RESUMABLE = {
     "val_windows", "sample_every", "save_every", "keep_last", "log_every", "no_progress", "debug_step_sleep",
     "cache_dir", "audio_seconds", "given_options",
 }  # fmt: skip
+# Of those, the settings of the machine a launch runs on: they follow the command (named or not), so a resume on
+# another machine can leave out --compile or --cpu-bf16; the rest, left out, are the first launch's.
+MACHINE = {
+    "device", "fsdp", "compile", "cpu_bf16", "activation_checkpointing", "no_progress", "cache_dir", "debug_step_sleep",
+}  # fmt: skip
 
 
 def _normal(key: str, value):
@@ -165,12 +170,13 @@ def _normal(key: str, value):
 def resume_differences(run_json: dict, args) -> list[str]:
     """How the command ``args`` differs from ``run_json`` (the first launch's) in what it trains: model, data,
     seed. Options the command does not name (``args.given_options``; or left at None) take the first launch's
-    value (``args`` is updated), so a plain ``--resume`` continues the run as it was, learning rate included.
+    value (``args`` is updated), so a plain ``--resume`` continues the run as it was, learning rate included;
+    the machine settings (``MACHINE``) follow the command.
     Returns one ``--option NEW (run.json: OLD)`` per difference."""
     out = []
     given = getattr(args, "given_options", None)  # None: not known, so every option counts as given
     for key, old in sorted(run_json.items()):
-        if key in ("resume", "given_options") or not hasattr(args, key):
+        if key in ("resume", "given_options") or key in MACHINE or not hasattr(args, key):
             continue
         new = getattr(args, key)
         if given is not None and key not in given:

@@ -410,6 +410,10 @@ def test_resume_refuses_a_different_model_or_data(data, tmp_path, capsys):
     assert len(losses(run)) == 6
     ck = load_checkpoint(T.list_checkpoints(run)[-1])
     assert ck.config.width == 64 and ck.tokenizer["image"]["height"] == 8  # the debug preset, 8x8 images
+    # machine settings follow the command, named or not: a run launched with --compile resumes without it
+    args = T.parse_args(["--out", str(run), "--data", str(img), "--max-steps", "8", "--resume"])
+    assert rundir.resume_differences({"compile": True, "lr": 0.5, "preset": "debug"}, args) == []
+    assert args.compile is False and args.lr == 0.5 and args.preset == "debug"
 
 
 def test_resume_falls_back_past_a_damaged_checkpoint(data, tmp_path, capsys):
