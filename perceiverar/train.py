@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from perceiverar.checkpoint import WEIGHTS, CheckpointError, check_weights, read_checkpoint_config
 from perceiverar.config import PerceiverARConfig
-from perceiverar.data import AUDIO_TOKENIZER_DIR, ColourAugment, DatasetError, Mixture
+from perceiverar.data import AUDIO_TOKENIZER_DIR, ColourAugment, DatasetError, Mirror, Mixture
 from perceiverar.distributed import Dist, full_state, load_optimizer_state, setup_dist, wrap_model
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
 from perceiverar.model import PerceiverAR
@@ -140,7 +140,8 @@ class Trainer:
         self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
                                filler=self.filler, whole_items=not a.no_whole_items,
                                caption_part_dropout=a.caption_part_dropout,
-                               colour_augment=self._colour_augment(a), opening_weight=a.opening_weight[0],
+                               colour_augment=self._colour_augment(a),
+                               mirror=Mirror(a.mirror) if getattr(a, "mirror", 0.0) > 0 else None, opening_weight=a.opening_weight[0],
                                opening_tokens=a.opening_weight[1], chord_weight=a.chord_weight,
                                opening_clips=self._opening_clips(a), row_multiple=dd.world)  # fmt: skip
         self.tok_cfg = tokenizer_config(a, self.data, self.cfg)

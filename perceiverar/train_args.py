@@ -127,6 +127,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--hue-rotate", type=float, default=0.0,
                    help="palette images trained whole: turn the image's hue by a multiple of 30 degrees with this "
                         "probability and name the new colour in its caption ('red heart' -> 'blue heart')")
+    g.add_argument("--mirror", type=float, default=0.0,
+                   help="images trained whole: flip a captioned image left-right with this probability unless its "
+                        "caption names a direction, a flag, a clock or letters (perceiverar/data/mirror.py); "
+                        "twice the pictures per caption against overfitting (e.g. 0.5)")
     g.add_argument("--opening-clips", type=_clips, default=(0.0, 0.0), metavar="PROB:SECONDS",
                    help="audio: with this probability a batch trains the first SECONDS of each clip, whole, as a clip "
                         "of that length (its header says so), the length generation asks for: several times more "
@@ -196,7 +200,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--prompt-dropout must be in [0, 1], got {args.prompt_dropout}")
     if not 0 <= args.caption_part_dropout < 1:
         p.error(f"--caption-part-dropout must be in [0, 1), got {args.caption_part_dropout}")
-    for flag in ("colour_tags", "hue_rotate"):
+    for flag in ("colour_tags", "hue_rotate", "mirror"):
         if not 0 <= getattr(args, flag) <= 1:
             p.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if not 1 <= args.palette_colours <= 256:

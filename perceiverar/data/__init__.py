@@ -8,6 +8,7 @@ One module per job:
 - ``filler``: long prompts, captions buried in unrelated text (:class:`Filler`);
 - ``palette``: the colour-token palette, fitted on the training images (:func:`fit_source_palette`);
 - ``colour_augment``: colour tags and hue rotation that teach colour words (:class:`ColourAugment`);
+- ``mirror``: left-right flips of images whose caption does not name a direction (:class:`Mirror`);
 - ``batches``: the weighted mixture of folders -> equal-length crop batches (:class:`Mixture`).
 
 The public names are re-exported here: ``from perceiverar.data import Mixture, prepare_sources``.
@@ -17,6 +18,7 @@ from perceiverar.data.batches import Mixture
 from perceiverar.data.cache import PreparedSource, default_cache_dir, prepare_source, prepare_sources
 from perceiverar.data.codec import AUDIO_TOKENIZER_DIR, AudioCodec, fit_audio_codec, load_audio_codec
 from perceiverar.data.colour_augment import ColourAugment
+from perceiverar.data.mirror import Mirror
 from perceiverar.data.filler import CAPTION_SEP, Filler, bury_caption, prompted_sequence
 from perceiverar.data.palette import fit_source_palette
 from perceiverar.data.sources import (
@@ -27,7 +29,7 @@ from perceiverar.data.sources import (
 __all__ = [
     "Mixture", "PreparedSource", "default_cache_dir", "prepare_source", "prepare_sources", "AUDIO_TOKENIZER_DIR",
     "AudioCodec", "fit_audio_codec", "load_audio_codec", "CAPTION_SEP", "Filler", "bury_caption", "prompted_sequence",
-    "fit_source_palette", "ColourAugment",
+    "fit_source_palette", "ColourAugment", "Mirror",
     "AUDIO_EXTS", "CACHE_FORMAT", "CAPTIONS", "IMAGE_EXTS", "TEXT_EXTS", "VAL_PERMILLE", "DatasetError", "Entry",
     "SourceSpec", "TokenizerSettings", "caption_from", "detect_modality", "is_val", "list_entries", "parse_data_arg",
 ]  # fmt: skip

@@ -65,6 +65,7 @@ import torch
 
 from perceiverar.data.cache import PreparedSource
 from perceiverar.data.colour_augment import SEPARATOR, ColourAugment
+from perceiverar.data.mirror import Mirror
 from perceiverar.data.filler import Filler, prompted_sequence
 from perceiverar.data.sources import DatasetError
 from tokenizers_mm.vocab import (
@@ -102,6 +103,7 @@ class Mixture:
     whole_items: bool = False  # items that fit in the latents are trained whole (see the module docstring)
     caption_part_dropout: float = 0.0  # drop each ";" part of a caption after the first (module docstring)
     colour_augment: ColourAugment | None = None  # colour tags / hue rotation of palette images (whole items)
+    mirror: Mirror | None = None  # left-right flips of captioned images (whole items; perceiverar/data/mirror.py)
     opening_weight: float = 1.0  # loss weight of each item's first ``opening_tokens`` targets (module docstring)
     opening_tokens: int = 0
     chord_weight: float = 1.0  # loss weight of each chord label (module docstring)
@@ -167,6 +169,8 @@ class Mixture:
         src = self.sources[s]
         full = int(src.index[i, 2])
         ids, plen = src.item(i, drop), 0 if drop else full
+        if self.mirror is not None and src.modality == "image":
+            ids = self.mirror.apply(rng, ids, plen)
         if self.colour_augment is not None and src.modality == "image":
             ids, plen = self.colour_augment.apply(rng, ids, plen)
         if self.caption_part_dropout > 0 and plen:

@@ -679,3 +679,38 @@ def test_opening_clips_cut_chords_items_to_the_clip_a_user_asks_for(tmp_path):
     assert start == a and np.array_equal(cut[a : a + K + 2], full[a : a + K + 2]) and len(cut) == a + K + 2 + 2
     same, _ = opening_clip(full, a, 10_000)
     assert same is full
+
+
+def test_mirror_flips_whole_image_rows_and_keeps_the_layout(folders):
+    """--mirror 1: every captioned whole-item row is its item's picture flipped left-right (the same caption,
+    header and end markers, the features of the flipped sequence); at 0 the batches are the plain ones."""
+    import torch
+
+    from perceiverar.data.mirror import mirror_image_section
+
+    img, _, cache = folders
+    lines = [json.loads(x) for x in (img / "captions.jsonl").read_text().splitlines()]
+    for k, rec in enumerate(lines[::2]):  # half the (keycap) captions renamed to ones a flip keeps true
+        rec["text"] = f"smiling face {k}; smileys"
+    (img / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    settings = D.TokenizerSettings(image_height=4, image_width=4, caption_template="{text}; {style} style")
+    (src,), _ = D.prepare_sources([D.SourceSpec(img, 1.0, "image")], settings, cache, progress=False)
+    items = {bytes(src.item(i)[2 : 2 + int(src.index[i, 2])].tolist()).decode(): src.item(i) for i in range(len(src))}
+    plain = D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.0, whole_items=True)
+    off = D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.0, whole_items=True, mirror=D.Mirror(0.0))
+    flipped = D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.0, whole_items=True,
+                        mirror=D.Mirror(1.0))  # fmt: skip
+    changed = 0
+    for step in range(8):
+        assert torch.equal(plain.batch(step, 0, 4)[0], off.batch(step, 0, 4)[0])
+        tokens, feats, st = flipped.batch(step, 0, 4)
+        for r in range(4):
+            ids, cap = _unpadded_row(tokens, r)
+            own = items[cap]
+            if "keycap" in cap:  # a keycap's digit would read backwards: never flipped
+                assert ids.tolist() == own.tolist()
+            else:
+                assert ids.tolist() == mirror_image_section(own).tolist()
+                changed += ids.tolist() != own.tolist()
+            _assert_row_layout(ids, feats[r], st["loss_mask"][r], IMAGE_BEGIN, 4 * 4 * 3)
+    assert changed >= 6  # of ~16 renamed rows; a 4x4 keycap can be its own mirror
