@@ -165,13 +165,15 @@ class Trainer:
         return prob, max(1, round(seconds * self.data.codec.tokenizer.tokens_per_second))
 
     def _colour_augment(self, a) -> ColourAugment | None:
-        """--colour-tags / --hue-rotate: they need colour tokens (the palette is what they read and turn)."""
-        if not (a.colour_tags or a.hue_rotate):
+        """--colour-tags / --hue-rotate / --recolour: they need colour tokens (the palette is what they read and
+        turn)."""
+        recolour = getattr(a, "recolour", 0.0)  # absent from the run.json of older runs
+        if not (a.colour_tags or a.hue_rotate or recolour):
             return None
         if self.settings.image_palette is None:
-            raise UsageError("--colour-tags and --hue-rotate need colour-token images: add --image-mode palette "
-                             "(or --init-from a palette checkpoint)")
-        return ColourAugment(self.settings.image_palette, a.colour_tags, a.hue_rotate)
+            raise UsageError("--colour-tags, --hue-rotate and --recolour need colour-token images: add --image-mode "
+                             "palette (or --init-from a palette checkpoint)")
+        return ColourAugment(self.settings.image_palette, a.colour_tags, a.hue_rotate, recolour)
 
     # ---- checkpoints ----
 

@@ -127,6 +127,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--hue-rotate", type=float, default=0.0,
                    help="palette images trained whole: turn the image's hue by a multiple of 30 degrees with this "
                         "probability and name the new colour in its caption ('red heart' -> 'blue heart')")
+    g.add_argument("--recolour", type=float, default=0.0,
+                   help="palette images trained whole: move the pixels of the image's dominant colour to another "
+                        "named colour (black, grey, white and brown too) with this probability and name it in the "
+                        "caption ('red heart' -> 'brown heart'); before --hue-rotate, which it then leaves alone")
     g.add_argument("--mirror", type=float, default=0.0,
                    help="images trained whole: flip a captioned image left-right with this probability unless its "
                         "caption names a direction, a flag, a clock or letters (perceiverar/data/mirror.py); "
@@ -200,7 +204,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--prompt-dropout must be in [0, 1], got {args.prompt_dropout}")
     if not 0 <= args.caption_part_dropout < 1:
         p.error(f"--caption-part-dropout must be in [0, 1), got {args.caption_part_dropout}")
-    for flag in ("colour_tags", "hue_rotate", "mirror"):
+    for flag in ("colour_tags", "hue_rotate", "recolour", "mirror"):
         if not 0 <= getattr(args, flag) <= 1:
             p.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if not 1 <= args.palette_colours <= 256:

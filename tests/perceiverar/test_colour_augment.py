@@ -94,3 +94,54 @@ def test_turn_tables_map_palette_to_palette():
     aug = ColourAugment(PALETTE, rotate_prob=1.0)
     assert aug.turns.shape == (len(ANGLES), len(PALETTE)) and (aug.turns[:, 0] == 0).all() and (aug.turns[:, 5] == 5).all()
     assert aug.turns[ANGLES.index(120), 1] == 2 and aug.turns[ANGLES.index(240), 1] == 3  # red -> green -> blue
+
+
+def test_recolour_targets_are_named_as_they_say():
+    from perceiverar.data.colour_augment import TARGETS
+
+    rgb = np.array(list(TARGETS.values()), np.uint8)
+    assert [COLOUR_NAMES[i] for i in colour_names(rgb)] == list(TARGETS)
+
+
+@pytest.mark.parametrize("file", ["google/1f499.png", "twitter/1f499.png", "twitter/1f7e5.png"])
+def test_recolour_moves_real_emoji_to_every_named_colour(shared_data, file):
+    """A real blue heart (and a red square) recoloured with the bundled checkpoint's palette: the caption names
+    the new colour, which the pixels' dominant colour agrees with; the background is untouched."""
+    import json
+    from pathlib import Path
+
+    from perceiverar.data.colour_augment import TARGETS
+    from tokenizers_mm.image import ImageTokenizer
+    from tokenizers_mm.vocab import build_sequence, split_sequence
+
+    root = Path(__file__).resolve().parents[2]
+    tok = ImageTokenizer.from_dict(json.loads((root / "checkpoints/emoji/config.json").read_text())["tokenizer"]["image"])
+    name = {"1f499": "blue heart", "1f7e5": "large red square"}[file.split("/")[1][:5]]
+    ids = np.array(build_sequence(f"{name}; symbols", "image", tok.encode(shared_data / "emoji" / file), height=16,
+                                  width=16, image_mode=tok.mode))  # fmt: skip
+    plen = len(f"{name}; symbols")
+    aug = ColourAugment(tok.palette, recolour_prob=1.0)
+    background = ids == PIXEL_OFFSET + int(np.flatnonzero(aug.names < 0)[0])  # one near-white palette colour
+    made = set()
+    for seed in range(60):
+        out, n = aug.apply(np.random.default_rng(seed), ids, plen)
+        if n == plen:
+            continue  # a recolouring that did not come out as its target: left alone
+        cap = caption_of(out, n)
+        target = cap.split(" ")[0] if not cap.startswith("large ") else cap.split(" ")[1]
+        assert target in TARGETS and cap.replace(target, "", 1) == f"{name}; symbols".replace(name.split()[-2], "", 1)
+        px = np.array(split_sequence(out).target[-16 * 16 :]) - PIXEL_OFFSET  # the pixels (after the sketch)
+        assert aug.dominant(px) == target
+        assert np.array_equal(out[2 + n :][background[2 + plen :]], ids[2 + plen :][background[2 + plen :]])
+        made.add(target)
+    assert len(made) >= 8, made  # most of the 10 other colours, black, grey, white and brown among them
+    assert {"black", "brown"} <= made
+
+
+def test_recolour_draws_five_numbers_whatever_it_does():
+    aug = ColourAugment(PALETTE, tag_prob=0.5, rotate_prob=0.5, recolour_prob=0.5)
+    for caption, px in (("heart", RED_HEART), ("blank", [0] * 16), ("", RED_HEART)):
+        ids, plen = item(caption, px)
+        rng = np.random.default_rng(1)
+        aug.apply(rng, ids, plen)
+        assert rng.random() == np.random.default_rng(1).random(6)[5]

@@ -414,6 +414,12 @@ def test_resume_refuses_a_different_model_or_data(data, tmp_path, capsys):
     args = T.parse_args(["--out", str(run), "--data", str(img), "--max-steps", "8", "--resume"])
     assert rundir.resume_differences({"compile": True, "lr": 0.5, "preset": "debug"}, args) == []
     assert args.compile is False and args.lr == 0.5 and args.preset == "debug"
+    # augmentation strengths may change in a later stretch; named ones are the command's, the rest run.json's
+    args = T.parse_args(["--out", str(run), "--data", str(img), "--max-steps", "8", "--recolour", "0.25",
+                         "--mirror", "0.5", "--resume"])  # fmt: skip
+    old = {"hue_rotate": 0.25, "colour_tags": 0.5, "mirror": 0.0, "recolour": 0.0, "preset": "debug"}
+    assert rundir.resume_differences(old, args) == []
+    assert (args.recolour, args.mirror, args.hue_rotate, args.colour_tags) == (0.25, 0.5, 0.25, 0.5)
 
 
 def test_resume_falls_back_past_a_damaged_checkpoint(data, tmp_path, capsys):
