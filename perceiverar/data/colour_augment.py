@@ -19,8 +19,10 @@ give every image a chance to teach colour words:
   the caption says so ("red heart" -> "brown heart"). Each pixel keeps its offset from the dominant colour's
   mean (its shading); towards black, grey and white only the offset's brightness is kept, so no hue is left.
   The other colours (outlines, highlights of another name) stay. A recolouring that does not leave the target
-  as the dominant colour is not used. Hue rotation alone taught chromatic words only: the shipped model drew
-  "brown", "yellow", "black" and "white" squares and hearts in the wrong colour (0/6, 1/6, 5/12, 3/8).
+  as the dominant colour is not used. Hue rotation alone taught chromatic words only: the word-slot emoji
+  checkpoint drew "brown", "yellow", "black" and "white" squares and hearts in the wrong colour (0/6, 1/6, 5/12,
+  3/8). Both maps work per palette colour, so a sketch (sketch mode) turns with its pixels; where two colours
+  merge into one, a block's most common colour can differ from the sketch of the new pixels (rarely).
 
 An image is tagged only when its dominant colour is clear: at least ``MIN_DRAWN`` of the pixels drawn (not
 near-white) and at least ``MIN_SHARE`` of those under the one name.
@@ -120,7 +122,7 @@ class ColourAugment:
             ids = ids.copy()
             ids[pix] = turned + PIXEL_OFFSET
             text = f"{target} {text}" if word is None else text[: word.start()] + target + text[word.end() :]
-        elif u_rot < self.rotate_prob and colour in CHROMATIC and (word is None or word.group(1) == colour):
+        elif u_rot < self.rotate_prob and colour in CHROMATIC and truthful:
             ids = ids.copy()
             ids[pix] = self.turns[int(u_angle * len(ANGLES))][ids[pix] - PIXEL_OFFSET] + PIXEL_OFFSET
             colour = self.dominant(ids[pix] - PIXEL_OFFSET)
