@@ -141,7 +141,7 @@ class Trainer:
                                filler=self.filler, whole_items=not a.no_whole_items,
                                caption_part_dropout=a.caption_part_dropout,
                                colour_augment=self._colour_augment(a),
-                               mirror=Mirror(a.mirror) if getattr(a, "mirror", 0.0) > 0 else None, opening_weight=a.opening_weight[0],
+                               mirror=Mirror(a.mirror) if a.mirror > 0 else None, opening_weight=a.opening_weight[0],
                                opening_tokens=a.opening_weight[1], chord_weight=a.chord_weight,
                                opening_clips=self._opening_clips(a), row_multiple=dd.world)  # fmt: skip
         self.tok_cfg = tokenizer_config(a, self.data, self.cfg)
@@ -167,13 +167,12 @@ class Trainer:
     def _colour_augment(self, a) -> ColourAugment | None:
         """--colour-tags / --hue-rotate / --recolour: they need colour tokens (the palette is what they read and
         turn)."""
-        recolour = getattr(a, "recolour", 0.0)  # absent from the run.json of older runs
-        if not (a.colour_tags or a.hue_rotate or recolour):
+        if not (a.colour_tags or a.hue_rotate or a.recolour):
             return None
         if self.settings.image_palette is None:
             raise UsageError("--colour-tags, --hue-rotate and --recolour need colour-token images: add --image-mode "
                              "palette (or --init-from a palette checkpoint)")
-        return ColourAugment(self.settings.image_palette, a.colour_tags, a.hue_rotate, recolour)
+        return ColourAugment(self.settings.image_palette, a.colour_tags, a.hue_rotate, a.recolour)
 
     # ---- checkpoints ----
 
