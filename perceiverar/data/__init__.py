@@ -18,8 +18,8 @@ from perceiverar.data.batches import Mixture
 from perceiverar.data.cache import PreparedSource, default_cache_dir, prepare_source, prepare_sources
 from perceiverar.data.codec import AUDIO_TOKENIZER_DIR, AudioCodec, fit_audio_codec, load_audio_codec
 from perceiverar.data.colour_augment import ColourAugment
-from perceiverar.data.mirror import Mirror
 from perceiverar.data.filler import CAPTION_SEP, Filler, bury_caption, prompted_sequence
+from perceiverar.data.mirror import Mirror
 from perceiverar.data.palette import fit_source_palette
 from perceiverar.data.sources import (
     AUDIO_EXTS, CACHE_FORMAT, CAPTIONS, IMAGE_EXTS, TEXT_EXTS, VAL_PERMILLE, DatasetError, Entry, SourceSpec,

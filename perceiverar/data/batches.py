@@ -65,8 +65,8 @@ import torch
 
 from perceiverar.data.cache import PreparedSource
 from perceiverar.data.colour_augment import SEPARATOR, ColourAugment
-from perceiverar.data.mirror import Mirror
 from perceiverar.data.filler import Filler, prompted_sequence
+from perceiverar.data.mirror import Mirror
 from perceiverar.data.sources import DatasetError
 from tokenizers_mm.vocab import (
     AUDIO_END, AUDIO_MODE_OF_BEGIN, EOS, N_FEATURES, PAD, allowed_range, audio_header, audio_tokens,
