@@ -120,6 +120,10 @@ def test_bad_arguments(data, tmp_path, capsys):
         with pytest.raises(SystemExit):
             T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--opening-clips", bad])
         assert why in capsys.readouterr().err
+    for flag, bad in (("--mirror", "1.5"), ("--recolour", "-0.1"), ("--hue-rotate", "2")):
+        with pytest.raises(SystemExit):
+            T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", flag, bad])
+        assert f"{flag} must be in [0, 1], got {float(bad)}" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- a short run
