@@ -12,7 +12,7 @@ Cache format (one directory per folder, ``<cache_root>/<modality>-<key>/``, writ
                    with ``index.npy``) and ``skipped``: ``[{"file", "reason"}]`` for every unreadable, corrupt or
                    uncaptioned file (skipped, never a crash).
 
-The key is a hash of the folder listing (relative names, sizes, mtimes), the captions file and the tokenizer
+The key is a hash of the folder's files (relative names and contents), the captions file and the tokenizer
 settings (image size; audio codebook fingerprint), so a re-run with unchanged inputs reuses the cache.
 """
 

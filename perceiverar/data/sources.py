@@ -206,10 +206,16 @@ class TokenizerSettings:
 
 
 def listing_hash(folder: Path, entries: list[Entry]) -> str:
+    """A hash of the folder's files (relative names and contents) and its captions: what the token cache, the
+    palette fit and the audio codebook fit are keyed by. Contents rather than mtimes, so a re-copied or re-checked-out
+    folder (new mtimes, same bytes) finds its caches, and an edited file (even within the same second, same size)
+    never reuses a stale one. Hashing reads every file once per run: about a second per GB."""
     h = hashlib.sha256()
     for f in list_files(folder):
-        st = f.stat()
-        h.update(f"{f.relative_to(folder).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{f.relative_to(folder).as_posix()}\0{f.stat().st_size}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "blake2b").digest())
+        h.update(b"\n")
     for e in entries:
         h.update(f"{e.file}\0{e.text}\n".encode())
     return h.hexdigest()

@@ -101,6 +101,22 @@ def test_cache_key_follows_files_and_settings(folders):
     assert any("missing" in s["reason"] for s in c.manifest["skipped"])
 
 
+def test_cache_key_follows_contents_not_mtimes(folders, monkeypatch):
+    img, _, cache = folders
+    a = D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False)
+    png = img / "google" / "notapng.png"
+    stamp = png.stat()
+    os.utime(png, (1, 1))  # a re-copied folder: new mtimes, the same bytes: the cache is reused
+    monkeypatch.setattr(D.cache, "_tokenize", lambda *a, **k: pytest.fail("re-tokenized an unchanged folder"))
+    assert D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False).dir == a.dir
+    monkeypatch.undo()
+    # an edit that keeps the size and the mtime is still a new folder
+    text = png.read_bytes()
+    png.write_bytes(text[::-1])
+    os.utime(png, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert png.stat().st_size == len(text) and png.stat().st_mtime_ns == stamp.st_mtime_ns
+    assert D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False).dir != a.dir
+
 def test_sidecar_txt_captions(shared_data, tmp_path):
     img = make_image_folder(shared_data, tmp_path / "emoji", n=3, corrupt=False)
     lines = [json.loads(x) for x in (img / "captions.jsonl").read_text().splitlines()]
