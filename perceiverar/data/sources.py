@@ -213,8 +213,11 @@ def listing_hash(folder: Path, entries: list[Entry]) -> str:
     h = hashlib.sha256()
     for f in list_files(folder):
         h.update(f"{f.relative_to(folder).as_posix()}\0{f.stat().st_size}\0".encode())
+        content = hashlib.blake2b()
         with open(f, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "blake2b").digest())
+            while chunk := fh.read(1 << 20):
+                content.update(chunk)
+        h.update(content.digest())
         h.update(b"\n")
     for e in entries:
         h.update(f"{e.file}\0{e.text}\n".encode())
