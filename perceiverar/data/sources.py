@@ -209,7 +209,8 @@ def listing_hash(folder: Path, entries: list[Entry]) -> str:
     """A hash of the folder's files (relative names and contents) and its captions: what the token cache, the
     palette fit and the audio codebook fit are keyed by. Contents rather than mtimes, so a re-copied or re-checked-out
     folder (new mtimes, same bytes) finds its caches, and an edited file (even within the same second, same size)
-    never reuses a stale one. Hashing reads every file once per run: about a second per GB."""
+    never reuses a stale one. The price: every file is read once per run to hash it (the 38 MB emoji folder, 7,000+
+    files: 0.3 s on the 2-core CPU)."""
     h = hashlib.sha256()
     for f in list_files(folder):
         h.update(f"{f.relative_to(folder).as_posix()}\0{f.stat().st_size}\0".encode())

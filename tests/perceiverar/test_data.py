@@ -117,6 +117,7 @@ def test_cache_key_follows_contents_not_mtimes(folders, monkeypatch):
     assert png.stat().st_size == len(text) and png.stat().st_mtime_ns == stamp.st_mtime_ns
     assert D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False).dir != a.dir
 
+
 def test_sidecar_txt_captions(shared_data, tmp_path):
     img = make_image_folder(shared_data, tmp_path / "emoji", n=3, corrupt=False)
     lines = [json.loads(x) for x in (img / "captions.jsonl").read_text().splitlines()]
