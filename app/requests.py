@@ -1,6 +1,6 @@
 """Checking a generation request before it is queued: every setting against its range, each error naming it.
 
-The page and the API send the same ten values (``PARAMS``). ``check_request`` returns a ready ``Request`` or, for
+The page and the API send the same eleven values (``PARAMS``). ``check_request`` returns a ready ``Request`` or, for
 each bad setting, a message that names it, its range and the value ("temperature must be between 0 and 2, got
 100"), so the page can mark the field and an API client reads the same words. Ranges that depend on the
 checkpoint (image sizes, length, latents, the prompt's room in the context) come from its ``Capabilities``.
@@ -18,7 +18,8 @@ from perceiverar.sampling_options import MAX_SEED, SamplingOptions
 
 MAX_SAMPLES = 4
 SIZE_PARAM = {"image": "size", "audio": "seconds", "text": "max_new_bytes"}
-SAMPLING_PARAMS = ("num_samples", "seed", "temperature", "top_k", "top_p", "cfg_scale", "n_latents")
+SAMPLING_PARAMS = ("num_samples", "seed", "temperature", "top_k", "top_p", "cfg_scale", "n_latents", "candidates")
+MAX_CANDIDATES = 8  # each candidate costs a whole generation's rows: beyond this the page would keep a visitor waiting
 # name: (lowest, highest, whole numbers only, what the ends mean)
 RANGES = {
     "num_samples": (1, MAX_SAMPLES, True, ""),
@@ -27,6 +28,7 @@ RANGES = {
     "top_k": (0, 256, True, " (0 = off)"),
     "top_p": (0.05, 1.0, False, " (1 = off)"),
     "cfg_scale": (0.0, 10.0, False, " (1 = off)"),
+    "candidates": (1, MAX_CANDIDATES, True, " (1 = off)"),
 }
 
 

@@ -17,21 +17,24 @@ Parameters common to all three:
     top_p (float, 0.05..1): nucleus sampling; 1 = off.
     cfg_scale (float, 0..10): classifier-free guidance; 1 = off.
     n_latents (int): latents used at inference, up to twice the trained number; 0 = as trained (the default).
+    candidates (int, 1..8): draw this many per result and keep the one the model finds likeliest given the prompt
+        (the highest log p(result | prompt)); 1 = off; k times the work.
 
-``/generate_image`` (prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents)
+``/generate_image`` (prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
+candidates)
     size (str): "HEIGHTxWIDTH", one of the sizes the checkpoint offers (its trained size).
     Returns (gallery, files, status): gallery = [{"image": png_path, "caption": None}, ...]; files = one PNG per
     sample whose iTXt chunks "prompt" and "parameters" (JSON: prompt, checkpoint, seed, every setting) record how
     it was made; status = a Markdown line.
 
 ``/generate_music`` (prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-n_latents)
+n_latents, candidates)
     seconds (float): length of the audio, from 0.5 s up to what the checkpoint's context holds.
     Returns (audio, files, status): audio = the first sample as a WAV path; files = a WAV (16-bit PCM) and a
     sidecar JSON (prompt, settings, sample rate) per sample; status = Markdown.
 
 ``/generate_text`` (prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-n_latents)
+n_latents, candidates)
     max_new_bytes (int): length of the continuation in UTF-8 bytes.
     Returns (text, files, status): text = the continuation (with several samples, each after a
     "── sample k ──" line); files = a UTF-8 TXT and a sidecar JSON per sample; status = Markdown.
@@ -61,7 +64,7 @@ import time
 import gradio as gr
 
 from app.catalogue import MEDIUM, Capabilities, CheckpointUnavailable
-from app.requests import MAX_SAMPLES, params, size_label
+from app.requests import MAX_CANDIDATES, MAX_SAMPLES, params, size_label
 from app.runner import RunFailed
 from app.service import InvalidRequest, PromptFileError, Service
 from app.widgets import EXAMPLES, INTRO, TABS, TITLE, dropdown, number, slider
@@ -147,12 +150,16 @@ def _sampling_widgets(caps: Capabilities | None, slug: str) -> dict:
         c["top_p"] = slider(0.05, 1.0, value=float(d.get("top_p") or 1.0), step=0.01, label="Top-p", info="1 = off")
         c["cfg_scale"] = slider(0.0, 10.0, value=float(d.get("cfg_scale", 1.0)), step=0.1, label="Guidance scale",
                                 info="Classifier-free guidance; 1 = off")  # fmt: skip
-    c["n_latents"] = slider(0, max(caps.max_latents, 1) if caps else 1, value=0, step=1, label="Latents",
-                            info=_latents_info(caps), elem_id=f"{slug}-latents")  # fmt: skip
+    with gr.Row():
+        c["n_latents"] = slider(0, max(caps.max_latents, 1) if caps else 1, value=0, step=1, label="Latents",
+                                info=_latents_info(caps), elem_id=f"{slug}-latents")  # fmt: skip
+        c["candidates"] = slider(1, MAX_CANDIDATES, value=int(d.get("candidates") or 1), step=1, label="Best of",
+                                 info=CANDIDATES_INFO, elem_id=f"{slug}-candidates")  # fmt: skip
     return c
 
 
-CHECKPOINT_CONTROLS = ("temperature", "top_k", "top_p", "cfg_scale", "n_latents")
+CANDIDATES_INFO = "Draw this many per result, keep the likeliest given the prompt; 1 = off (k× the time)"
+CHECKPOINT_CONTROLS = ("temperature", "top_k", "top_p", "cfg_scale", "n_latents", "candidates")
 
 
 def checkpoint_updates(service: Service, modality: str, name: str) -> list:
@@ -180,6 +187,7 @@ def checkpoint_updates(service: Service, modality: str, name: str) -> list:
         gr.update(value=float(d.get("temperature", 1.0))), gr.update(value=int(d.get("top_k") or 0)),
         gr.update(value=float(d.get("top_p") or 1.0)), gr.update(value=float(d.get("cfg_scale", 1.0))),
         gr.update(maximum=max(c.max_latents, 1), value=0, info=_latents_info(c)),
+        gr.update(value=int(d.get("candidates") or 1)),
     ]  # fmt: skip
 
 
@@ -292,32 +300,34 @@ def _tab(modality: str, service: Service, gen: dict) -> None:
     # One thin function per endpoint: Gradio takes the API's parameter names from the signature.
     if modality == "image":
         def fn(prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
-               request: gr.Request):  # fmt: skip
+               candidates, request: gr.Request):  # fmt: skip
             yield from run([prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                            n_latents], request)
+                            n_latents, candidates], request)
 
-        def check(prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents):
+        def check(prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
+                  candidates):  # fmt: skip
             return validate([prompt, checkpoint, size, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                             n_latents])
+                             n_latents, candidates])
     elif modality == "audio":
         def fn(prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
-               request: gr.Request):  # fmt: skip
+               candidates, request: gr.Request):  # fmt: skip
             yield from run([prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                            n_latents], request)
+                            n_latents, candidates], request)
 
-        def check(prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents):
+        def check(prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
+                  candidates):  # fmt: skip
             return validate([prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                             n_latents])
+                             n_latents, candidates])
     else:
         def fn(prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
-               request: gr.Request):  # fmt: skip
+               candidates, request: gr.Request):  # fmt: skip
             yield from run([prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                            n_latents], request)
+                            n_latents, candidates], request)
 
         def check(prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                  n_latents):  # fmt: skip
+                  n_latents, candidates):  # fmt: skip
             return validate([prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                             n_latents])
+                             n_latents, candidates])
 
     fn.__name__ = api
     go.click(None, None, [status], js="() => ''", queue=False, api_visibility="private")  # a fresh status per try

@@ -235,6 +235,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=None, help="default: the checkpoint's (0 disables)")
     p.add_argument("--top-p", type=float, default=None, help="default: the checkpoint's (1 disables)")
     p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance; default: the checkpoint's")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="drawn per image, the likeliest given its caption kept (1: off); default: the checkpoint's")
     p.add_argument("--bits-items", type=int, default=64, help="held-out items scored for bits (0: skip)")
     p.add_argument("--grid", type=int, default=8, help="rows of the PNG grid saved beside the JSON (0: none)")
     p.add_argument("--cache-dir", default=None, help="token cache (default ~/.cache/perceiverar/datasets)")
@@ -272,7 +274,8 @@ def main(argv=None) -> dict:
     tok = pipe.image_tokenizer()  # the checkpoint's size, layout (and palette)
     mode = getattr(tok, "mode", "subpixel")
     template = pipe.config.get("caption_template", "{text}")
-    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale,
+                "candidates": args.candidates}
     used = {k: (pipe.defaults[k] if v is None else v) for k, v in sampling.items()}
 
     clf, clf_info = IC.fit_or_load(data, records, ImageTokenizer(tok.height, tok.width, tok.resize),

@@ -273,6 +273,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (checkpoint default)")
     ap.add_argument("--top-p", type=float, default=None, help="nucleus sampling (checkpoint default)")
     ap.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (checkpoint default)")
+    ap.add_argument("--candidates", type=int, default=None,
+                    help="clips drawn per caption, the likeliest given it kept (1: off; checkpoint default)")
     ap.add_argument("--tag", default="", help="name part of the result files, e.g. bach-before")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     ap.add_argument("--model-card", action="store_true", help="write music_quality.json and .png into the "
@@ -301,7 +303,8 @@ def main(argv=None) -> dict:
         t = time.time()
         with torch.no_grad():
             g = pipe.generate_audio(r["text"], seconds=args.seconds, seed=args.seed + i, temperature=args.temperature,
-                                    top_p=args.top_p, cfg_scale=args.cfg_scale, partial_audio=False)[0]  # fmt: skip
+                                    top_p=args.top_p, cfg_scale=args.cfg_scale, candidates=args.candidates,
+                                    partial_audio=False)[0]  # fmt: skip
         gen_seconds += time.time() - t
         sets["generated"].append(g)
         print(f"{r['file']}: generated {args.seconds:g} s in {time.time() - t:.0f} s", flush=True)
@@ -327,7 +330,8 @@ def main(argv=None) -> dict:
                        RESULTS / f"{name}-cpu-{time.strftime('%Y-%m-%d')}.json")  # fmt: skip
     png = spectrogram_png(sets, [f"{r['file']} ({key_name(k)})" for r, k in zip(items, keys)][: args.figure_rows],
                           out.with_suffix(".png"))  # fmt: skip
-    overrides = {"temperature": args.temperature, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
+    overrides = {"temperature": args.temperature, "top_p": args.top_p, "cfg_scale": args.cfg_scale,
+                 "candidates": args.candidates}
     fields = {
         "checkpoint": str(args.checkpoint), "data": str(args.data), "items": args.items, "seconds": args.seconds,
         "seed": args.seed, "sampling": {k: v for k, v in pipe.defaults.items() if k in (*overrides, "top_k")}

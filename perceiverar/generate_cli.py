@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (1 disables); default: checkpoint's")
     ap.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
     ap.add_argument("--n-latents", type=int, default=None, help="latents per window: fewer is faster and coarser")
+    ap.add_argument("--candidates", type=int, default=None,
+                    help="draw this many and keep the one the model finds likeliest given the prompt (1 = off; k "
+                         "times the work); default: checkpoint's")  # fmt: skip
     ap.add_argument("--height", type=int, default=None, help="image height in pixels (default: checkpoint's)")
     ap.add_argument("--width", type=int, default=None, help="image width in pixels (default: checkpoint's)")
     ap.add_argument("--seconds", type=float, default=None, help="audio length in seconds (default: checkpoint's)")
@@ -96,7 +99,7 @@ def check_out(out: Path, modality: str) -> None:
 
 def sampling_options(args) -> SamplingOptions:
     return SamplingOptions(seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           cfg_scale=args.cfg_scale, n_latents=args.n_latents)  # fmt: skip
+                           cfg_scale=args.cfg_scale, n_latents=args.n_latents, candidates=args.candidates)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

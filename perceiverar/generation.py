@@ -243,11 +243,13 @@ def decode_n(
     constraint: ModalityConstraint | None = None,
     on_token: Callable[[int, torch.Tensor], None] | None = None,
     stop_event: threading.Event | None = None,
+    log_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Up to n new ids (B, n_done) on the CPU: streams[0] is conditional, an optional streams[1] the unconditional
     one; ``cache`` holds all their rows in that order (None: uncached, or streams with caches of their own).
 
     Stops early when ``stop_event`` is set (between tokens) or the constraint has finished every row.
+    ``log_probs`` (B,) float32: each row's ``sample_log_prob`` (under the conditional logits) is added in place.
     """
     B = streams[0].tokens.shape[0]
     out = torch.zeros(B, n, dtype=torch.long, device=streams[0].tokens.device)
@@ -257,12 +259,13 @@ def decode_n(
     for i in range(n):
         if stop_event is not None and stop_event.is_set():
             break
-        logits = next_logits_all(model, streams, schedule, cache, step)  # (len(streams) * B, V)
-        if len(streams) > 1:
-            logits = guide(logits[:B], logits[B:], cfg_scale)
+        both = next_logits_all(model, streams, schedule, cache, step)  # (len(streams) * B, V)
+        logits = guide(both[:B], both[B:], cfg_scale) if len(streams) > 1 and cfg_scale != 1.0 else both[:B]
         if constraint is not None:
             logits = constraint.apply(logits)
         ids = pick(logits)  # (B,), on the device: no host synchronisation
+        if log_probs is not None:
+            log_probs += sample_log_prob(both[:B], ids, constraint)
         if constraint is not None:
             constraint.update(ids)
         for st in streams:
@@ -274,6 +277,14 @@ def decode_n(
         if constraint is not None and constraint.may_stop_early and constraint.done:
             break
     return out[:, :done].cpu()
+
+
+def sample_log_prob(logits: torch.Tensor, ids: torch.Tensor, constraint: ModalityConstraint | None = None) -> torch.Tensor:
+    """log p(id) (B,) of the sampled ids under ``logits`` (B, V) at temperature 1, over the ids the constraint allows
+    (a forced id scores 0): summed over a sample, its log-likelihood given the prompt (``perceiverar.candidates``)."""
+    if constraint is not None:
+        logits = constraint.apply(logits)
+    return logits.float().log_softmax(-1).gather(-1, ids[:, None])[:, 0]
 
 
 # ---------------------------------------------------------------------------------------- generate()
@@ -309,6 +320,7 @@ def generate(
     constraint: ModalityConstraint | None = None,
     overflow: str = "error",
     stop_event: threading.Event | None = None,
+    log_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` ids after ``prompt_ids``; returns (num_samples, n_generated) int64 on CPU.
 
@@ -323,6 +335,10 @@ def generate(
     well-formed section and may stop early. ``overflow`` ("error" | "truncate") decides what happens when
     prompt + output exceed the context. Generation runs in the model's dtype (``Pipeline.load`` gives bf16
     weights on CUDA, fp32 on the CPU).
+
+    ``log_probs``: a (num_samples,) float32 tensor on the model's device; each sample's log-likelihood given the
+    prompt (``sample_log_prob`` of its ids, under the conditional model, unguided, at temperature 1) is added to it
+    in place as they are sampled (readable between tokens, from ``on_token``). It costs no model evaluation.
     """
     cfg = model.cfg
     prompt = as_ids(prompt_ids, "prompt_ids", cfg.vocab_size)
@@ -339,6 +355,8 @@ def generate(
     schedule = make_schedule(model, n_latents, stride)
     prompt = fit_context(prompt, max_new_tokens, cfg.context_len, overflow)
     prompts = [prompt]
+    if log_probs is not None and tuple(log_probs.shape) != (int(num_samples),):
+        raise ValueError(f"log_probs must have shape ({int(num_samples)},), got {tuple(log_probs.shape)}")
     if float(cfg_scale) != 1.0:
         uncond = (unconditional_prompt(prompt) if uncond_prompt_ids is None
                   else as_ids(uncond_prompt_ids, "uncond_prompt_ids", cfg.vocab_size))  # fmt: skip
@@ -381,7 +399,8 @@ def generate(
                                       cache=share, plan=plan))  # fmt: skip
         try:
             return decode_n(model, streams, max_new_tokens, schedule=schedule, pick=pick, cache=cache, step=step,
-                            cfg_scale=float(cfg_scale), constraint=constraint, on_token=on_token, stop_event=stop_event)  # fmt: skip
+                            cfg_scale=float(cfg_scale), constraint=constraint, on_token=on_token, stop_event=stop_event,
+                            log_probs=log_probs)  # fmt: skip
         finally:
             if pooled is not None:
                 _POOL.give(pooled, cache)

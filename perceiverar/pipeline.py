@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from perceiverar.candidates import Candidates
 from perceiverar.checkpoint import CheckpointError, checkpoint_file, load_checkpoint
 from perceiverar.constraints import ModalityConstraint
 from perceiverar.decode_step import default_dtype
@@ -39,7 +40,7 @@ from tokenizers_mm.vocab import (
 )  # fmt: skip
 
 MODALITIES = ("image", "audio", "text")
-DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "cfg_scale": 1.0, "n_latents": None}
+DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "cfg_scale": 1.0, "n_latents": None, "candidates": 1}
 _END_TOKENS = 2  # the section's end marker, then EOS
 
 Progress = Callable[[float, list], None]
@@ -229,8 +230,13 @@ class Pipeline:
         opts = SamplingOptions.of(options, **overrides)
         return opts.resolved(self.defaults, self.model.cfg.n_latents, pick_seed=pick_seed)
 
-    def _run(self, modality, prompt, n_new, kw, constraint, options: SamplingOptions, *, overflow, stop_event,
-             on_token):  # fmt: skip
+    def candidates(self, options: SamplingOptions) -> Candidates:
+        """The rows a request draws: ``num_samples`` groups of ``candidates`` (resolved options)."""
+        return Candidates(options.num_samples, options.candidates, next(self.model.parameters()).device)
+
+    def _run(self, modality, prompt, n_new, kw, constraint, options: SamplingOptions, cands: Candidates, *, overflow,
+             stop_event, on_token):  # fmt: skip
+        """All ``cands.rows`` rows (rows, n_generated); ``cands.best`` picks each result's."""
         ids = prompt
         total = len(ids) + n_new
         if total > self.context_len and overflow == "error":
@@ -242,7 +248,7 @@ class Pipeline:
                 f"= {total} tokens, but the model's context holds {self.context_len}; {hint}, or pass "
                 "overflow='truncate' (drops the oldest prompt bytes, then slides the window)"
             )
-        opts = self.sampling(options).generate_kwargs()
+        opts = {**options.generate_kwargs(), "num_samples": cands.rows}
         uncond = build_sequence("", modality, complete=False, **kw) if opts["cfg_scale"] != 1.0 else None
         return generate(
             self.model,
@@ -254,6 +260,7 @@ class Pipeline:
             constraint=constraint,
             overflow=overflow,
             stop_event=stop_event,
+            log_probs=cands.scores,
         )
 
     def generate_image(
@@ -281,6 +288,8 @@ class Pipeline:
         every = max(1, h // 16) * w * tok.channels  # report every few rows: at most ~16 partial images
         n_sketch = tok.n_sketch  # sketch mode: report the finished sketch too (the first look at the image)
         n_ids = 256 if tok.palette is None else len(tok.palette)
+        opts = self.sampling(SamplingOptions.of(sampling, **options))
+        cands = self.candidates(opts)
         steps: list[torch.Tensor] = []
 
         def pixels(out: torch.Tensor) -> list[Image.Image]:
@@ -294,13 +303,13 @@ class Pipeline:
             steps.append(new)
             done = step + 1
             if on_progress is not None and (done >= n_sketch and (done - n_sketch) % every == 0 or done == n_px):
-                on_progress(min(1.0, done / n_px), pixels(torch.stack(steps, 1)))
+                on_progress(min(1.0, done / n_px), pixels(cands.best(torch.stack(steps, 1))))
 
         constraint = ModalityConstraint("image", height=h, width=w, image_mode=tok.mode,
                                         content_range=(PIXEL_OFFSET, PIXEL_OFFSET + n_ids))
-        out = self._run("image", ids, n_new, kw, constraint, SamplingOptions.of(sampling, **options),
-                        overflow=overflow, stop_event=stop_event, on_token=on_token)  # fmt: skip
-        return pixels(out)
+        out = self._run("image", ids, n_new, kw, constraint, opts, cands, overflow=overflow, stop_event=stop_event,
+                        on_token=on_token)  # fmt: skip
+        return pixels(cands.best(out))
 
     def generate_audio(
         self,
@@ -326,6 +335,8 @@ class Pipeline:
         hi = AUDIO_OFFSET + at.codebook_size
         constraint = ModalityConstraint("audio", n_audio_tokens=n, content_range=(AUDIO_OFFSET, hi), audio_mode=mode)
         every = max(1, n_content // 10)
+        opts = self.sampling(SamplingOptions.of(sampling, **options))
+        cands = self.candidates(opts)
         min_codes = getattr(at.config, "n_fft", 0) // getattr(at.config, "hop_length", 1) + 1
         steps: list[torch.Tensor] = []
 
@@ -341,11 +352,11 @@ class Pipeline:
             steps.append(new)
             done = step + 1
             if on_progress is not None and (done % every == 0 or done == n_content):
-                on_progress(min(1.0, done / n_content), audio(torch.stack(steps, 1)) if partial_audio else None)
+                on_progress(min(1.0, done / n_content), audio(cands.best(torch.stack(steps, 1))) if partial_audio else None)
 
-        out = self._run("audio", ids, n_new, kw, constraint, SamplingOptions.of(sampling, **options),
-                        overflow=overflow, stop_event=stop_event, on_token=on_token)  # fmt: skip
-        return audio(out)
+        out = self._run("audio", ids, n_new, kw, constraint, opts, cands, overflow=overflow, stop_event=stop_event,
+                        on_token=on_token)  # fmt: skip
+        return audio(cands.best(out))
 
     def generate_text(
         self,
@@ -366,6 +377,8 @@ class Pipeline:
             raise ValueError("empty prompt: text generation continues a prompt; give it at least one character")
         ids, n_new, kw = self._layout(prompt, "text", max_new_bytes=max_new_bytes)
         n_bytes = n_new - _END_TOKENS
+        opts = self.sampling(SamplingOptions.of(sampling, **options))
+        cands = self.candidates(opts)
         steps: list[torch.Tensor] = []
 
         def texts(out: torch.Tensor) -> list[str]:
@@ -378,12 +391,11 @@ class Pipeline:
         def on_token(step: int, new: torch.Tensor) -> None:
             steps.append(new)
             if on_progress is not None and (step + 1) % 16 == 0:
-                on_progress(min(1.0, (step + 1) / n_bytes), texts(torch.stack(steps, 1)))
+                on_progress(min(1.0, (step + 1) / n_bytes), texts(cands.best(torch.stack(steps, 1))))
 
-        out = self._run("text", ids, n_new, kw, ModalityConstraint("text", max_bytes=n_bytes),
-                        SamplingOptions.of(sampling, **options), overflow=overflow, stop_event=stop_event,
-                        on_token=on_token)  # fmt: skip
-        result = texts(out)
+        out = self._run("text", ids, n_new, kw, ModalityConstraint("text", max_bytes=n_bytes), opts, cands,
+                        overflow=overflow, stop_event=stop_event, on_token=on_token)  # fmt: skip
+        result = texts(cands.best(out))
         if on_progress is not None:
             on_progress(1.0, result)
         return result

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from numbers import Integral, Real
 
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes 64 bits; above that a seed would silently wrap
+MAX_CANDIDATES = 64  # each candidate is a row of the batch: beyond this a request is a mistake, not a plan
 RANDOM_SEEDS = 2**31  # a seed picked for the user: short enough to read back and type
 
 
@@ -55,6 +56,7 @@ class SamplingOptions:
     top_p: float | None = None  # nucleus: keep the likeliest tokens holding this much probability; 1 = off
     cfg_scale: float | None = None  # classifier-free guidance; 1 = off
     n_latents: int | None = None  # latents per window at inference: fewer is faster and coarser
+    candidates: int | None = None  # drawn per result, the likeliest given the prompt kept (1 = off; k x the work)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the types once, here
@@ -71,6 +73,8 @@ class SamplingOptions:
             set_(self, "cfg_scale", _number("cfg_scale", self.cfg_scale, 0.0, note=" (1 = off)"))
         if self.n_latents is not None:
             set_(self, "n_latents", _integer("n_latents", self.n_latents, 1))
+        if self.candidates is not None:
+            set_(self, "candidates", _integer("candidates", self.candidates, 1, MAX_CANDIDATES, note=" (1 = off)"))
 
     @classmethod
     def of(cls, options: SamplingOptions | None = None, **overrides) -> SamplingOptions:
@@ -97,10 +101,12 @@ class SamplingOptions:
             top_p=1.0 if top_p is None else top_p,
             cfg_scale=self.cfg_scale if self.cfg_scale is not None else d.get("cfg_scale", 1.0),
             n_latents=self.n_latents if self.n_latents is not None else (d.get("n_latents") or trained_latents),
+            candidates=self.candidates if self.candidates is not None else int(d.get("candidates") or 1),
         )
 
     def generate_kwargs(self) -> dict:
-        """The keyword arguments of ``perceiverar.generation.generate`` (off switches as None). Resolve first."""
+        """The keyword arguments of ``perceiverar.generation.generate`` (off switches as None). Resolve first.
+        ``candidates`` is not among them: the caller draws num_samples x candidates rows (``perceiverar.candidates``)."""
         return dict(
             num_samples=self.num_samples,
             seed=self.seed,

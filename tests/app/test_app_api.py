@@ -60,13 +60,13 @@ def test_each_endpoint_uses_its_own_default_checkpoint(client):
     assert (meta["checkpoint"], meta["seconds"], meta["seed"], meta["sample_rate"]) == ("bach", 0.5, 7, 22050)
     assert meta["n_latents"] == 1024  # bach's own trained number, not the image model's
 
-    gallery, files, status = client.predict(prompt="red apple; food & drink", seed=3, n_latents=32,
+    gallery, files, status = client.predict(prompt="red apple; food & drink", seed=3, n_latents=32, candidates=2,
                                             api_name="/generate_image")  # fmt: skip
     img = Image.open(files[0])
     meta = json.loads(img.text["parameters"])
     assert img.format == "PNG" and img.mode == "RGB" and img.size == (meta["width"], meta["height"])
     assert img.text["prompt"] == "red apple; food & drink" and meta["checkpoint"] == "emoji"
-    assert (meta["seed"], meta["n_latents"], meta["sample"]) == (3, 32, 1) and len(gallery) == 1
+    assert (meta["seed"], meta["n_latents"], meta["sample"], meta["candidates"]) == (3, 32, 1, 2) and len(gallery) == 1
 
 
 def test_same_seed_same_text_and_two_samples(client):
@@ -177,7 +177,7 @@ def test_stop_keeps_the_partial_result(app_server):
     _cancel([], service)  # nothing left over from an earlier test
     req, errors = service.check("text", dict(prompt="KING.\n", checkpoint="shakespeare", max_new_bytes=3000,
                                              num_samples=1, seed=5, temperature=1.0, top_k=0, top_p=1.0,
-                                             cfg_scale=1.0, n_latents=0))  # fmt: skip
+                                             cfg_scale=1.0, n_latents=0, candidates=1))  # fmt: skip
     assert not errors
     t0 = time.perf_counter()
     for kind, *rest in service.run(req, session="s-stop"):

@@ -88,7 +88,7 @@ def test_unloadable_checkpoints_fall_back_to_the_demo(tmp_path):
 
 def _values(**kw):
     base = dict(prompt="hello", checkpoint="b-words", max_new_bytes=8, num_samples=1, seed=-1, temperature=1.0,
-                top_k=0, top_p=1.0, cfg_scale=1.0, n_latents=0)  # fmt: skip
+                top_k=0, top_p=1.0, cfg_scale=1.0, n_latents=0, candidates=1)  # fmt: skip
     return {**base, **kw}
 
 
@@ -108,6 +108,10 @@ def test_request_checks_name_each_bad_setting(mixed):
     _, errors = svc.check("text", _values(max_new_bytes=10**6, n_latents=65))
     assert "max_new_bytes must be between 1 and" in errors["max_new_bytes"]
     assert errors["n_latents"] == "n_latents must be between 0 and 64 (0 = as trained: 32), got 65"
+    _, errors = svc.check("text", _values(candidates=9))
+    assert errors == {"candidates": "candidates must be between 1 and 8 (1 = off), got 9"}
+    req, errors = svc.check("text", _values(candidates=3))
+    assert not errors and req.sampling.candidates == 3
     _, errors = svc.check("image", _values(checkpoint="a-pics", size="8x8"))
     assert errors == {"size": "size must be one of 4x4 for checkpoint 'a-pics', got '8x8'"}
     svc.close()

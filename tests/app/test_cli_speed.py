@@ -25,7 +25,7 @@ def test_cli_is_as_fast_as_the_app_and_writes_the_same_record(bundled, tmp_path)
     d = svc.capabilities("emoji").defaults  # what the page offers, and what the CLI uses when not told
     req, errors = svc.check("image", dict(prompt=PROMPT, checkpoint="emoji", size=None, num_samples=1, seed=1,
                                           temperature=d["temperature"], top_k=d["top_k"] or 0, top_p=d["top_p"],
-                                          cfg_scale=d["cfg_scale"], n_latents=0))  # fmt: skip
+                                          cfg_scale=d["cfg_scale"], n_latents=0, candidates=d["candidates"]))  # fmt: skip
     assert not errors
     t0 = time.perf_counter()
     *_, (kind, images, files, record) = svc.run(req)
@@ -42,6 +42,6 @@ def test_cli_is_as_fast_as_the_app_and_writes_the_same_record(bundled, tmp_path)
 
     cli = json.loads(Image.open(out).text["parameters"])
     app = json.loads(Image.open(files[0]).text["parameters"])
-    same = ("prompt", "modality", "height", "width", "seed", "temperature", "top_k", "top_p", "cfg_scale", "n_latents")
+    same = ("prompt", "modality", "height", "width", "seed", "temperature", "top_k", "top_p", "cfg_scale", "n_latents", "candidates")
     assert {k: cli[k] for k in same} == {k: app[k] for k in same}
     svc.close()

@@ -30,6 +30,7 @@ def _usage_error(argv, capsys) -> str:
         (["--seed", "1e23"], "invalid int value"),
         (["--top-k", "-3"], "top_k must be at least 0"),
         (["--n-latents", "0"], "n_latents must be at least 1"),
+        (["--candidates", "65"], "candidates must be between 1 and 64"),
         (["--threads", "0"], "--threads must be at least 1"),
     ],
 )  # fmt: skip
@@ -74,11 +75,11 @@ def test_prompt_file_errors(tmp_path, capsys):
 def test_results_record_the_settings_like_the_app(tmp_path, capsys):
     out = tmp_path / "t.txt"
     assert main([*RANDOM, "--prompt", "hi", "--modality", "text", "--out", str(out), "--max-new-bytes", "6",
-                 "--top-k", "5"]) == 0  # fmt: skip
+                 "--top-k", "5", "--candidates", "2"]) == 0  # fmt: skip
     meta = json.loads((tmp_path / "t.json").read_text(encoding="utf-8"))
     assert meta["prompt"] == "hi" and meta["modality"] == "text" and meta["max_new_bytes"] == 6
     assert meta["top_k"] == 5 and isinstance(meta["seed"], int) and meta["generator"] == "perceiverar-generate"
-    assert meta["n_latents"] > 0 and meta["sample"] == 1
+    assert meta["n_latents"] > 0 and meta["sample"] == 1 and meta["candidates"] == 2
     assert f"seed {meta['seed']}" in capsys.readouterr().err
     png = tmp_path / "i.png"
     assert main([*RANDOM, "--prompt", "sun", "--modality", "image", "--out", str(png), "--seed", str(2**40)]) == 0

@@ -454,3 +454,36 @@ def test_cache_pool_reuses_caches_of_a_size(debug_model):
     assert c2 is c and key2 == key and c2.context_filled == 0 and len(made) == 1
     _, c3 = pool.take(cfg, 2, 200, 16, device="cpu", dtype=torch.float32, on_new=made.append)  # c2 is out: a new one
     assert c3 is not c and len(made) == 2
+
+
+# ------------------------------------------------------------------------------------ sample log-probabilities
+
+
+def _teacher_forced_log_prob(model, prompt: list[int], new: list[int], n_content: int) -> float:
+    """sum over the content ids of log p(id | prompt, earlier ids), from one full forward pass over the whole
+    sequence, over the pixel ids (the ids the image constraint allows)."""
+    seq = prompt + new
+    with torch.inference_mode():
+        feats = torch.from_numpy(position_features(seq))[None]
+        logits = model(torch.tensor([seq]), feats, n_latents=len(seq))[0].float()  # (L, V): row t predicts t + 1
+    lp = logits[:, 256:512].log_softmax(-1)
+    rows = torch.arange(len(prompt) - 1, len(prompt) - 1 + n_content)
+    return float(lp[rows, torch.tensor(new[:n_content]) - 256].sum())
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_log_probs_are_the_teacher_forced_likelihood_and_leave_sampling_alone(debug_model, cfg_scale):
+    model = debug_model(conv_kernel=4)
+    prompt = build_sequence("a cat", "image", height=2, width=2, complete=False)
+    assert len(prompt) + 14 <= model.cfg.n_latents  # one window: the reference's full pass is the same crop
+    con = lambda: ModalityConstraint("image", height=2, width=2)
+    scores = torch.zeros(3)
+    kw = dict(num_samples=3, seed=4, cfg_scale=cfg_scale, temperature=1.5)
+    out = generate(model, prompt, 14, constraint=con(), log_probs=scores, **kw)
+    assert torch.equal(out, generate(model, prompt, 14, constraint=con(), **kw))  # scoring changes no sample
+    # the conditional model's likelihood, unguided, at temperature 1, whatever the sampling settings
+    want = [_teacher_forced_log_prob(model, prompt, r, 12) for r in out.tolist()]
+    torch.testing.assert_close(scores, torch.tensor(want), atol=2e-4, rtol=1e-4)
+    assert len(set(scores.tolist())) == 3  # three different samples, three different scores
+    with pytest.raises(ValueError, match="log_probs"):
+        generate(model, prompt, 14, constraint=con(), log_probs=torch.zeros(2), **kw)

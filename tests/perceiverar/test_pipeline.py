@@ -86,6 +86,29 @@ def test_generate_image_in_sketch_mode_shows_the_sketch_first(debug_model):
     assert all((pal.astype(int) == c).all(1).any() for c in px)
 
 
+def test_candidates_keep_the_best_scored_of_each_group(image_text_pipe):
+    pipe = image_text_pipe
+    kw = dict(seed=5, cfg_scale=2.0, temperature=1.5)
+    previews = []
+    best = pipe.generate_image("a cat", num_samples=2, candidates=3, on_progress=lambda f, p: previews.append(p), **kw)
+    every = pipe.generate_image("a cat", num_samples=6, **kw)  # the same rows, none chosen
+    px = lambda imgs: [np.asarray(i).tobytes() for i in imgs]
+    assert len(set(px(every))) == 6
+    assert px(best)[0] in px(every)[:3] and px(best)[1] in px(every)[3:]  # result i is one of group i's candidates
+    assert px(previews[-1]) == px(best)
+    # the kept row is the highest-scoring of its group (generate's log_probs, tested against full forward passes)
+    from perceiverar.candidates import Candidates
+
+    c = Candidates(2, 3)
+    assert c.rows == 6 and torch.equal(c.chosen(), torch.tensor([0, 3]))
+    c.scores[:] = torch.tensor([0.5, 2.0, -1.0, 3.0, 3.5, 1.0])
+    assert torch.equal(c.chosen(), torch.tensor([1, 4]))
+    assert torch.equal(c.best(torch.arange(12).view(6, 2)), torch.tensor([[2, 3], [8, 9]]))
+    with pytest.raises(ValueError, match="expected 6 rows"):
+        c.best(torch.zeros(5, 2))
+    assert Candidates(2, 1).scores is None and torch.equal(Candidates(2, 1).best(torch.arange(2)), torch.arange(2))
+
+
 def test_generate_image_cancel_returns_partial(image_text_pipe):
     stop = threading.Event()
     stop.set()
@@ -163,7 +186,7 @@ def test_a_chords_checkpoint_generates_labels_and_decodes_only_the_codes(debug_m
     assert sr == at.sample_rate and progress[-1][0] == 1.0 and np.array_equal(progress[-1][1][0][0], y)
     # the same generation through generate(): its labels and codes, and the codes alone decode to y
     out = pipe._run("audio", ids, n_new, kw, ModalityConstraint("audio", n_audio_tokens=n, audio_mode="chords",
-                    content_range=(512, 512 + 16)), pipe.sampling(seed=0), overflow="error", stop_event=None,
+                    content_range=(512, 512 + 16)), pipe.sampling(seed=0), pipe.candidates(pipe.sampling()), overflow="error", stop_event=None,
                     on_token=None)[0].tolist()  # fmt: skip
     chords, codes = split_chords(out[: n_new - 2])
     assert len(chords) == -(-n // CHORD_BLOCK) and len(codes) == n

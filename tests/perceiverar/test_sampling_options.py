@@ -31,6 +31,8 @@ from perceiverar.sampling_options import MAX_SEED, SamplingOptions
         (dict(num_samples=0), "num_samples must be at least 1"),
         (dict(n_latents=0), "n_latents must be at least 1"),
         (dict(cfg_scale=math.inf), "cfg_scale must be a finite number"),
+        (dict(candidates=0), "candidates must be between 1 and 64 (1 = off), got 0"),
+        (dict(candidates=1.5), "candidates must be a whole number"),
     ],
 )  # fmt: skip
 def test_bad_values_name_the_setting(kwargs, message):
