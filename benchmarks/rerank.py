@@ -13,7 +13,8 @@ independent classifier of ``image_quality``. Each group of k is reduced to one i
 - ``pmi``: the highest log p(image | caption) - log p(image | no caption) (pointwise mutual information).
 
 Because every rule chooses among the same draws, differences between rules are paired and far less noisy than
-two separate runs of ``image_quality``. Reported per rule: category accuracy, and blank and uniform shares.
+two separate runs of ``image_quality``. Reported per rule: category accuracy, and blank and uniform shares; the
+classifier's accuracy on the real images of the same captions is the reference (``real_picked``).
 The generation-time scores are checked against a teacher-forced pass with the caption (``max_abs_diff``).
 """
 
@@ -29,7 +30,7 @@ import torch
 
 from benchmarks import image_classifier as IC
 from benchmarks import image_measures as IM
-from benchmarks.image_quality import DEFAULT_DATA, pick_val
+from benchmarks.image_quality import DEFAULT_DATA, as_tokenized, pick_val
 from benchmarks.results_io import save_result
 from perceiverar import Pipeline
 from perceiverar.constraints import ModalityConstraint
@@ -97,6 +98,8 @@ def main(argv=None) -> dict:
                                    settings=IC.FitSettings(epochs=args.classifier_epochs),
                                    cache_root=args.classifier_cache, log=lambda m: print(m, file=sys.stderr))  # fmt: skip
     picked = pick_val(records, args.n_captions, args.seed)
+    real = np.stack([as_tokenized(tok, a) for a in IC.load_images(args.data, picked, tok)])
+    real_ok = np.array([p == r["labels"]["category"] for p, r in zip(clf.predict(real)["category"], picked)])
     uncond = build_sequence("", "image", complete=False, **kw)
     rows = args.groups * args.k
     draws = {"liked": [], "pmi": [], "check": [], "ok": [], "blank": [], "uniform": []}
@@ -130,14 +133,14 @@ def main(argv=None) -> dict:
         "checkpoint": str(args.checkpoint), "data": str(args.data), "n_captions": len(picked), "groups": args.groups,
         "k": args.k, "seed": args.seed, "sampling": {"temperature": opts.temperature, "top_p": opts.top_p,
                                                      "cfg_scale": opts.cfg_scale},
-        "classifier": clf_info, "all_draws": {"category": share(ok), "blank": share(blank), "uniform": share(uniform)},
+        "classifier": clf_info, "real_picked": {"category": share(real_ok)}, "all_draws": {"category": share(ok), "blank": share(blank), "uniform": share(uniform)},
         "rules": by_rule, "max_abs_diff_generation_vs_teacher_forced": round(max(draws["check"]), 6),
         "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - t0, 1),
     }  # fmt: skip
     save_result("rerank", "cpu", fields, out=args.out, tag=args.tag)
-    for rule, v in {"all draws": fields["all_draws"], **by_rule}.items():
-        c, b = v["category"], v["blank"]
-        print(f"{rule:10s} category {c['count']}/{c['n']} = {c['share']:.3f}   blank {b['count']}")
+    for rule, v in {"real": fields["real_picked"], "all draws": fields["all_draws"], **by_rule}.items():
+        c = v["category"]
+        print(f"{rule:10s} category {c['count']}/{c['n']} = {c['share']:.3f}   blank {v.get('blank', {}).get('count', '-')}")
     return fields
 
 

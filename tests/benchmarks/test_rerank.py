@@ -29,7 +29,7 @@ def test_a_whole_run_on_a_tiny_palette_model(shared_data, tmp_path):
     res = RR.main(["--checkpoint", str(ckpt), "--data", str(data), "--n-captions", "2", "--groups", "2", "--k", "3",
                    "--classifier-cache", str(tmp_path / "clf"), "--classifier-epochs", "2", "--temperature", "1.5",
                    "--out", str(tmp_path / "r.json")])  # fmt: skip
-    assert res["all_draws"]["category"]["n"] == 2 * 2 * 3
+    assert res["all_draws"]["category"]["n"] == 2 * 2 * 3 and res["real_picked"]["category"]["n"] == 2
     assert all(res["rules"][r]["category"]["n"] == 2 * 2 for r in RR.RULES)
     # the scores summed while sampling are the teacher-forced log-likelihoods of the same draws
     assert res["max_abs_diff_generation_vs_teacher_forced"] < 1e-3
