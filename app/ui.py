@@ -96,7 +96,9 @@ def _status(kind: str, t0: float, modality: str, fraction: float = 0.0, record: 
     demo = " · ⚠ untrained demo model" if r.get("untrained_demo") else ""
     if r.get("stopped"):
         return f"■ **Stopped** after {dt:.1f} s: partial result · seed **{r['seed']}**{demo}"
-    return f"✓ **Done**: {n} {WHAT[modality]}{'s' if n != 1 else ''} in {dt:.1f} s · seed **{r['seed']}**{size}{demo}"
+    best = f" · best of {r['candidates']}" if (r.get("candidates") or 1) > 1 else ""
+    return (f"✓ **Done**: {n} {WHAT[modality]}{'s' if n != 1 else ''} in {dt:.1f} s · seed **{r['seed']}**{size}{best}"
+            f"{demo}")
 
 
 def _join_texts(texts) -> str:

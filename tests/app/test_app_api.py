@@ -67,6 +67,7 @@ def test_each_endpoint_uses_its_own_default_checkpoint(client):
     assert img.format == "PNG" and img.mode == "RGB" and img.size == (meta["width"], meta["height"])
     assert img.text["prompt"] == "red apple; food & drink" and meta["checkpoint"] == "emoji"
     assert (meta["seed"], meta["n_latents"], meta["sample"], meta["candidates"]) == (3, 32, 1, 2) and len(gallery) == 1
+    assert "best of 2" in status
 
 
 def test_same_seed_same_text_and_two_samples(client):
