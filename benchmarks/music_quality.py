@@ -273,6 +273,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (checkpoint default)")
     ap.add_argument("--top-p", type=float, default=None, help="nucleus sampling (checkpoint default)")
     ap.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance (checkpoint default)")
+    ap.add_argument("--cfg-scale-codes", type=float, default=None,
+                    help="guidance of the codes after chord labels, the labels keeping --cfg-scale (checkpoint default)")
     ap.add_argument("--candidates", type=int, default=None,
                     help="clips drawn per caption, the likeliest given it kept (1: off; checkpoint default)")
     ap.add_argument("--tag", default="", help="name part of the result files, e.g. bach-before")
@@ -303,7 +305,8 @@ def main(argv=None) -> dict:
         t = time.time()
         with torch.no_grad():
             g = pipe.generate_audio(r["text"], seconds=args.seconds, seed=args.seed + i, temperature=args.temperature,
-                                    top_p=args.top_p, cfg_scale=args.cfg_scale, candidates=args.candidates,
+                                    top_p=args.top_p, cfg_scale=args.cfg_scale, cfg_scale_codes=args.cfg_scale_codes,
+                                    candidates=args.candidates,
                                     partial_audio=False)[0]  # fmt: skip
         gen_seconds += time.time() - t
         sets["generated"].append(g)
@@ -331,7 +334,7 @@ def main(argv=None) -> dict:
     png = spectrogram_png(sets, [f"{r['file']} ({key_name(k)})" for r, k in zip(items, keys)][: args.figure_rows],
                           out.with_suffix(".png"))  # fmt: skip
     overrides = {"temperature": args.temperature, "top_p": args.top_p, "cfg_scale": args.cfg_scale,
-                 "candidates": args.candidates}
+                 "cfg_scale_codes": args.cfg_scale_codes, "candidates": args.candidates}
     fields = {
         "checkpoint": str(args.checkpoint), "data": str(args.data), "items": args.items, "seconds": args.seconds,
         "seed": args.seed, "sampling": {k: v for k, v in pipe.defaults.items() if k in (*overrides, "top_k")}

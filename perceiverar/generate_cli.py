@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, default=None, help="keep the k likeliest ids (0 disables); default: checkpoint's")
     ap.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1] (1 disables); default: checkpoint's")
     ap.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale (1 = off)")
+    ap.add_argument("--cfg-scale-codes", type=float, default=None,
+                    help="music with chord labels: guidance of the audio codes, the labels keeping --cfg-scale; "
+                         "default: checkpoint's")  # fmt: skip
     ap.add_argument("--n-latents", type=int, default=None, help="latents per window: fewer is faster and coarser")
     ap.add_argument("--candidates", type=int, default=None,
                     help="draw this many and keep the one the model finds likeliest given the prompt (1 = off; k "
@@ -99,7 +102,8 @@ def check_out(out: Path, modality: str) -> None:
 
 def sampling_options(args) -> SamplingOptions:
     return SamplingOptions(seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           cfg_scale=args.cfg_scale, n_latents=args.n_latents, candidates=args.candidates)  # fmt: skip
+                           cfg_scale=args.cfg_scale, cfg_scale_codes=args.cfg_scale_codes, n_latents=args.n_latents,
+                           candidates=args.candidates)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from perceiverar.sampling import check_sampling_args, guide, sample
 from perceiverar.window import Schedule, Window, make_schedule
 from tokenizers_mm.features import FeatureTracker
 from tokenizers_mm.ids import WORD_SLOT
+from tokenizers_mm.vocab import allowed_range
 
 # Context positions embedded and projected at once when (re)filling the cross K/V: bounds
 # the temporary (B, chunk, C) activations for a 65,536-token window.
@@ -244,12 +245,14 @@ def decode_n(
     on_token: Callable[[int, torch.Tensor], None] | None = None,
     stop_event: threading.Event | None = None,
     log_probs: torch.Tensor | None = None,
+    cfg_scales: list[float] | None = None,
 ) -> torch.Tensor:
     """Up to n new ids (B, n_done) on the CPU: streams[0] is conditional, an optional streams[1] the unconditional
     one; ``cache`` holds all their rows in that order (None: uncached, or streams with caches of their own).
 
     Stops early when ``stop_event`` is set (between tokens) or the constraint has finished every row.
     ``log_probs`` (B,) float32: each row's ``sample_log_prob`` (under the conditional logits) is added in place.
+    ``cfg_scales``: the guidance of each step (``guidance_schedule``), instead of ``cfg_scale`` throughout.
     """
     B = streams[0].tokens.shape[0]
     out = torch.zeros(B, n, dtype=torch.long, device=streams[0].tokens.device)
@@ -260,7 +263,8 @@ def decode_n(
         if stop_event is not None and stop_event.is_set():
             break
         both = next_logits_all(model, streams, schedule, cache, step)  # (len(streams) * B, V)
-        logits = guide(both[:B], both[B:], cfg_scale) if len(streams) > 1 and cfg_scale != 1.0 else both[:B]
+        scale = cfg_scales[i] if cfg_scales is not None and i < len(cfg_scales) else cfg_scale
+        logits = guide(both[:B], both[B:], scale) if len(streams) > 1 else both
         if constraint is not None:
             logits = constraint.apply(logits)
         ids = pick(logits)  # (B,), on the device: no host synchronisation
@@ -277,6 +281,18 @@ def decode_n(
         if constraint is not None and constraint.may_stop_early and constraint.done:
             break
     return out[:, :done].cpu()
+
+
+def guidance_schedule(plan: list[int] | None, cfg_scale: float, codes_scale: float | None) -> list[float] | None:
+    """The guidance of each planned step: ``cfg_scale`` at the chord labels of an audio section, ``codes_scale`` at
+    every other step (the codes that render them). None (``cfg_scale`` throughout) when there is no codes scale, it
+    equals ``cfg_scale``, or the plan holds no chord label (image, text, audio without labels)."""
+    if plan is None or codes_scale is None or float(codes_scale) == float(cfg_scale):
+        return None
+    lo, hi = allowed_range("chord")
+    if not any(lo <= t < hi for t in plan):
+        return None
+    return [float(cfg_scale) if lo <= t < hi else float(codes_scale) for t in plan]
 
 
 def sample_log_prob(logits: torch.Tensor, ids: torch.Tensor, constraint: ModalityConstraint | None = None) -> torch.Tensor:
@@ -321,6 +337,7 @@ def generate(
     overflow: str = "error",
     stop_event: threading.Event | None = None,
     log_probs: torch.Tensor | None = None,
+    cfg_scale_codes: float | None = None,
 ) -> torch.Tensor:
     """Sample up to ``max_new_tokens`` ids after ``prompt_ids``; returns (num_samples, n_generated) int64 on CPU.
 
@@ -339,6 +356,10 @@ def generate(
     ``log_probs``: a (num_samples,) float32 tensor on the model's device; each sample's log-likelihood given the
     prompt (``sample_log_prob`` of its ids, under the conditional model, unguided, at temperature 1) is added to it
     in place as they are sampled (readable between tokens, from ``on_token``). It costs no model evaluation.
+
+    ``cfg_scale_codes``: in an audio section with chord labels, the guidance of the codes, while the labels keep
+    ``cfg_scale`` (None: ``cfg_scale`` for every token; ignored for other sections): guidance where the caption
+    decides the harmony, less where the codes render it.
     """
     cfg = model.cfg
     prompt = as_ids(prompt_ids, "prompt_ids", cfg.vocab_size)
@@ -350,6 +371,8 @@ def generate(
         raise ValueError(f"overflow must be 'error' or 'truncate', got {overflow!r}")
     if not math.isfinite(float(cfg_scale)):
         raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+    if cfg_scale_codes is not None and not math.isfinite(float(cfg_scale_codes)):
+        raise ValueError(f"cfg_scale_codes must be a finite number, got {cfg_scale_codes}")
     check_sampling_args(temperature, top_k, top_p)
     max_new_tokens, num_samples = int(max_new_tokens), int(num_samples)
     schedule = make_schedule(model, n_latents, stride)
@@ -357,7 +380,7 @@ def generate(
     prompts = [prompt]
     if log_probs is not None and tuple(log_probs.shape) != (int(num_samples),):
         raise ValueError(f"log_probs must have shape ({int(num_samples)},), got {tuple(log_probs.shape)}")
-    if float(cfg_scale) != 1.0:
+    if float(cfg_scale) != 1.0 or (cfg_scale_codes is not None and float(cfg_scale_codes) != 1.0):
         uncond = (unconditional_prompt(prompt) if uncond_prompt_ids is None
                   else as_ids(uncond_prompt_ids, "uncond_prompt_ids", cfg.vocab_size))  # fmt: skip
         prompts.append(fit_context(uncond, max_new_tokens, cfg.context_len, overflow))
@@ -371,6 +394,7 @@ def generate(
         # can give (a model trained before the word slot reads none, so its text may be planned too).
         if constraint.modality != "text" or len(cfg.feature_sizes) <= WORD_SLOT:
             plan = constraint.plan()
+    scales = guidance_schedule(constraint.plan() if constraint is not None else None, float(cfg_scale), cfg_scale_codes)
 
     device = next(model.parameters()).device
     generator = None
@@ -400,7 +424,7 @@ def generate(
         try:
             return decode_n(model, streams, max_new_tokens, schedule=schedule, pick=pick, cache=cache, step=step,
                             cfg_scale=float(cfg_scale), constraint=constraint, on_token=on_token, stop_event=stop_event,
-                            log_probs=log_probs)  # fmt: skip
+                            log_probs=log_probs, cfg_scales=scales)  # fmt: skip
         finally:
             if pooled is not None:
                 _POOL.give(pooled, cache)

@@ -40,7 +40,8 @@ from tokenizers_mm.vocab import (
 )  # fmt: skip
 
 MODALITIES = ("image", "audio", "text")
-DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "cfg_scale": 1.0, "n_latents": None, "candidates": 1}
+DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "cfg_scale": 1.0, "cfg_scale_codes": None, "n_latents": None,
+            "candidates": 1}
 _END_TOKENS = 2  # the section's end marker, then EOS
 
 Progress = Callable[[float, list], None]

@@ -55,6 +55,7 @@ class SamplingOptions:
     top_k: int | None = None  # keep the k likeliest tokens; 0 = off
     top_p: float | None = None  # nucleus: keep the likeliest tokens holding this much probability; 1 = off
     cfg_scale: float | None = None  # classifier-free guidance; 1 = off
+    cfg_scale_codes: float | None = None  # audio with chord labels: guidance of the codes (labels: cfg_scale)
     n_latents: int | None = None  # latents per window at inference: fewer is faster and coarser
     candidates: int | None = None  # drawn per result, the likeliest given the prompt kept (1 = off; k x the work)
 
@@ -71,6 +72,8 @@ class SamplingOptions:
             set_(self, "top_p", _number("top_p", self.top_p, 0.0, 1.0, lo_open=True, note=" (1 = off)"))
         if self.cfg_scale is not None:
             set_(self, "cfg_scale", _number("cfg_scale", self.cfg_scale, 0.0, note=" (1 = off)"))
+        if self.cfg_scale_codes is not None:
+            set_(self, "cfg_scale_codes", _number("cfg_scale_codes", self.cfg_scale_codes, 0.0, note=" (1 = off)"))
         if self.n_latents is not None:
             set_(self, "n_latents", _integer("n_latents", self.n_latents, 1))
         if self.candidates is not None:
@@ -100,6 +103,7 @@ class SamplingOptions:
             top_k=self.top_k if self.top_k is not None else int(d.get("top_k") or 0),
             top_p=1.0 if top_p is None else top_p,
             cfg_scale=self.cfg_scale if self.cfg_scale is not None else d.get("cfg_scale", 1.0),
+            cfg_scale_codes=self.cfg_scale_codes if self.cfg_scale_codes is not None else d.get("cfg_scale_codes"),
             n_latents=self.n_latents if self.n_latents is not None else (d.get("n_latents") or trained_latents),
             candidates=self.candidates if self.candidates is not None else int(d.get("candidates") or 1),
         )
@@ -114,6 +118,7 @@ class SamplingOptions:
             top_k=self.top_k or None,
             top_p=None if self.top_p is None or self.top_p >= 1.0 else self.top_p,
             cfg_scale=1.0 if self.cfg_scale is None else self.cfg_scale,
+            cfg_scale_codes=self.cfg_scale_codes,
             n_latents=self.n_latents,
         )
 

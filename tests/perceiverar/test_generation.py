@@ -487,3 +487,49 @@ def test_log_probs_are_the_teacher_forced_likelihood_and_leave_sampling_alone(de
     assert len(set(scores.tolist())) == 3  # three different samples, three different scores
     with pytest.raises(ValueError, match="log_probs"):
         generate(model, prompt, 14, constraint=con(), log_probs=torch.zeros(2), **kw)
+
+
+# ---------------------------------------------------------------------------------- guidance by section part
+
+
+def test_guidance_schedule_guides_chord_labels_and_codes_apart():
+    from perceiverar.generation import guidance_schedule
+    from tokenizers_mm.vocab import CHORD_OFFSET
+
+    plan = [CHORD_OFFSET, 512, 512, CHORD_OFFSET, 512, AUDIO_END, EOS]
+    assert guidance_schedule(plan, 3.0, 1.0) == [3.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0]
+    assert guidance_schedule(plan, 3.0, None) is None and guidance_schedule(plan, 3.0, 3.0) is None
+    assert guidance_schedule([300, 301, IMAGE_END, EOS], 3.0, 1.0) is None  # no labels: cfg_scale throughout
+    assert guidance_schedule(None, 3.0, 1.0) is None
+
+
+def test_codes_guidance_is_applied_step_by_step(debug_model):
+    """Greedy decoding with guidance 3 on the chord labels and 1.5 on the codes equals a reference built from full
+    forward passes of the conditional and unconditional sequences, guided per step."""
+    from tokenizers_mm.vocab import CHORD_BLOCK, CHORD_OFFSET, N_CHORDS
+
+    model = debug_model(n_latents=128)
+    n = CHORD_BLOCK + 4  # two labels
+    prompt = build_sequence("a chorale", "audio", n_audio_tokens=n, complete=False, audio_mode="chords")
+    uncond = unconditional_prompt(prompt)
+    con = lambda: ModalityConstraint("audio", n_audio_tokens=n, content_range=(512, 528), audio_mode="chords")
+    out = generate(model, prompt, 64, constraint=con(), top_k=1, cfg_scale=3.0, cfg_scale_codes=1.5)[0].tolist()
+    assert len(prompt) + len(out) <= model.cfg.n_latents  # one window: a full pass is the same crop
+    ref, c = [], con()
+    c.begin(prompt, 1)
+    with torch.inference_mode():
+        for _ in range(c.tokens_needed()):
+            last = []
+            for head in (prompt, uncond):
+                seq = head + ref
+                feats = torch.from_numpy(position_features(seq))[None]
+                last.append(model(torch.tensor([seq]), feats, n_latents=len(seq))[:, -1])
+            label = bool(c.allowed(model.cfg.vocab_size)[0, CHORD_OFFSET])
+            t = c.apply(guide(*last, 3.0 if label else 1.5)).argmax(-1)
+            c.update(t)
+            ref.append(int(t))
+    assert out == ref
+    assert CHORD_OFFSET <= out[0] < CHORD_OFFSET + N_CHORDS and CHORD_OFFSET <= out[CHORD_BLOCK + 1] < CHORD_OFFSET + N_CHORDS
+    # the same scale for both parts is plain guidance
+    plain = generate(model, prompt, 64, constraint=con(), seed=1, cfg_scale=2.0)
+    assert torch.equal(generate(model, prompt, 64, constraint=con(), seed=1, cfg_scale=2.0, cfg_scale_codes=2.0), plain)

@@ -32,6 +32,7 @@ from perceiverar.sampling_options import MAX_SEED, SamplingOptions
         (dict(n_latents=0), "n_latents must be at least 1"),
         (dict(cfg_scale=math.inf), "cfg_scale must be a finite number"),
         (dict(candidates=0), "candidates must be between 1 and 64 (1 = off), got 0"),
+        (dict(cfg_scale_codes=-1), "cfg_scale_codes must be a finite number >= 0 (1 = off), got -1"),
         (dict(candidates=1.5), "candidates must be a whole number"),
     ],
 )  # fmt: skip
@@ -56,6 +57,10 @@ def test_resolved_fills_the_checkpoint_defaults():
     assert 0 <= SamplingOptions().resolved(d, 64, pick_seed=True).seed < 2**31
     assert SamplingOptions(seed=3).resolved(d, 64, pick_seed=True).seed == 3
     assert SamplingOptions(top_p=1.0, top_k=0).resolved(d, 64).generate_kwargs()["top_p"] is None
+    assert r.cfg_scale_codes is None and r.candidates == 1  # not in the defaults: off
+    r = SamplingOptions().resolved({**d, "cfg_scale_codes": 1.0, "candidates": 2}, 64)
+    assert (r.cfg_scale_codes, r.candidates) == (1.0, 2) and r.generate_kwargs()["cfg_scale_codes"] == 1.0
+    assert SamplingOptions(cfg_scale_codes=2).resolved({**d, "cfg_scale_codes": 1.0}, 64).cfg_scale_codes == 2.0
 
 
 def test_generate_refuses_an_infinite_temperature():
