@@ -394,7 +394,7 @@ def generate(
         # can give (a model trained before the word slot reads none, so its text may be planned too).
         if constraint.modality != "text" or len(cfg.feature_sizes) <= WORD_SLOT:
             plan = constraint.plan()
-    scales = guidance_schedule(constraint.plan() if constraint is not None else None, float(cfg_scale), cfg_scale_codes)
+    scales = guidance_schedule(plan, float(cfg_scale), cfg_scale_codes)  # (chord labels are only in audio plans)
 
     device = next(model.parameters()).device
     generator = None

@@ -250,7 +250,7 @@ class Pipeline:
                 "overflow='truncate' (drops the oldest prompt bytes, then slides the window)"
             )
         opts = {**options.generate_kwargs(), "num_samples": cands.rows}
-        uncond = build_sequence("", modality, complete=False, **kw) if opts["cfg_scale"] != 1.0 else None
+        uncond = build_sequence("", modality, complete=False, **kw)  # generate() runs it only when guidance is on
         return generate(
             self.model,
             ids,
