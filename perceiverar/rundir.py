@@ -135,7 +135,7 @@ RESUMABLE = {
     "resume", "out", "max_steps", "batch_size", "grad_accum", "lr", "min_lr", "warmup", "weight_decay", "beta2",
     "grad_clip", "device", "fsdp", "compile", "cpu_bf16", "activation_checkpointing", "val_every", "val_items",
     "val_windows", "sample_every", "save_every", "keep_last", "log_every", "no_progress", "debug_step_sleep",
-    "cache_dir", "audio_seconds", "given_options",
+    "cache_dir", "audio_seconds", "given_options", "ema",
     # augmentation strengths: a later stretch may add or change them (the model and its data stay the same)
     "colour_tags", "hue_rotate", "recolour", "mirror",
 }  # fmt: skip

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from perceiverar.checkpoint import WEIGHTS, CheckpointError, check_weights, read_checkpoint_config
@@ -137,6 +138,8 @@ class Trainer:
         self.fsdp = a.fsdp and dd.world > 1
         self.net = wrap_model(model, dd, fsdp=self.fsdp, compile=a.compile)
         self.opt = make_optimizer(model, a)
+        # --ema: an exponential moving average of the weights (its first update copies them), evaluated and exported
+        self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(a.ema), use_buffers=True) if a.ema else None
         self.mixture = Mixture(self.sources, self.cfg.context_len, self.cfg.n_latents, a.prompt_dropout, a.seed,
                                filler=self.filler, whole_items=not a.no_whole_items,
                                caption_part_dropout=a.caption_part_dropout,
@@ -152,6 +155,11 @@ class Trainer:
             self.step, self.best_val, self.tokens_seen = int(state["step"]), float(state["best_val"]), int(state["tokens_seen"])
             rngs = state["rng"]
             set_rng_state(rngs[dd.rank] if dd.rank < len(rngs) else rngs[0])
+            if self.ema is not None:
+                if "ema" in state:
+                    self.ema.load_state_dict(state["ema"])
+                else:  # the run was started without --ema: the average starts from the weights resumed
+                    self.log("--ema: the checkpoint resumed holds no average; it starts from its weights")
         n = sum(p.numel() for p in model.parameters())
         self.log(f"model {a.preset}: {n / 1e6:.2f} M parameters, L={self.cfg.context_len}, N={self.cfg.n_latents}; "
                  f"device {dd.device}, world {dd.world}{' (FSDP)' if self.fsdp else ' (DDP)' if dd.world > 1 else ''}; "
@@ -192,8 +200,16 @@ class Trainer:
 
         return write
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation, RUN_DIR/best and samples use: the moving average under --ema, else the model."""
+        return self.model if self.ema is None else self.ema.module
+
     def save(self) -> bool:
-        """Checkpoint RUN_DIR/checkpoints/step-XXXXXXX (see ``rundir.save_step``); False if that failed."""
+        """Checkpoint RUN_DIR/checkpoints/step-XXXXXXX (see ``rundir.save_step``); False if that failed.
+
+        The checkpoint's weights are the trained (raw) ones; under --ema the average travels in the training state
+        (``--resume`` goes on with both), and RUN_DIR/best holds the average."""
         weights, opt_state = full_state(self.model, self.opt, fsdp=self.fsdp)
         rngs = self.dd.gather(rng_state())
         ok = True
@@ -202,13 +218,18 @@ class Trainer:
             state = {"step": self.step, "optimizer": opt_state, "rng": rngs, "best_val": self.best_val,
                      "tokens_seen": self.tokens_seen, "schedule": {"kind": "cosine", "warmup": a.warmup,
                      "lr": a.lr, "min_lr": a.min_lr, "max_steps": a.max_steps}}  # fmt: skip
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
             ok = save_step(self.run_dir, self.step, Weights(self.cfg, weights), self.tok_cfg, training=self._training_meta(),
                            extra_files=self._extra(state), keep_last=a.keep_last, log=self.log)  # fmt: skip
         self.dd.barrier()
         return ok
 
     def save_best(self, val: float) -> None:
-        weights, _ = full_state(self.model, self.opt, fsdp=self.fsdp)
+        if self.ema is not None:
+            weights = self.ema.module.state_dict()
+        else:
+            weights, _ = full_state(self.model, self.opt, fsdp=self.fsdp)
         if self.dd.main:
             save_best(self.run_dir, Weights(self.cfg, weights), self.tok_cfg, training=self._training_meta(val),
                       extra_files=self._extra(None), val=val, log=self.log)  # fmt: skip
@@ -218,7 +239,7 @@ class Trainer:
     def validate(self) -> float | None:
         a, dd = self.args, self.dd
         rank, world = (0, 1) if self.fsdp else (dd.rank, dd.world)
-        model = self.model
+        model = self.eval_model
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if dd.device.type == "cuda" else contextlib.nullcontext()
         with amp:
             acc = evaluate_sources(model, self.sources, split="val", max_items=a.val_items, max_windows=a.val_windows,
@@ -248,7 +269,7 @@ class Trainer:
         if self.fsdp:
             self.log("samples are skipped under --fsdp (the weights are sharded)")
             return
-        save_samples(self.model, self.tok_cfg, self.sources, self.codec, self.run_dir / "samples", self.step, self.log)
+        save_samples(self.eval_model, self.tok_cfg, self.sources, self.codec, self.run_dir / "samples", self.step, self.log)
 
     # ---- the loop ----
 
@@ -285,6 +306,8 @@ class Trainer:
             gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), a.grad_clip)
             gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
         self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         loss = float(torch.stack(losses).mean())
         if dd.world > 1:
             loss = dd.sum_([loss])[0] / dd.world

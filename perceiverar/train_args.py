@@ -177,6 +177,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (matrices and embeddings only)")
     g.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm (0: off)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.998: about the last 500 steps); "
+                        "validation, RUN_DIR/best and samples then use the average, training the raw weights (0: off)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (under torchrun: cuda:LOCAL_RANK)")
     g.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the data order and dropout")
     g.add_argument("--fsdp", action="store_true", help="under torchrun: shard with FSDP2 instead of DDP")
@@ -207,6 +210,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("colour_tags", "hue_rotate", "recolour", "mirror"):
         if not 0 <= getattr(args, flag) <= 1:
             p.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
+    if not 0 <= args.ema < 1:
+        p.error(f"--ema must be in [0, 1) (0: off; 0.998 averages about the last 500 steps), got {args.ema}")
+    if args.ema and args.fsdp:
+        p.error("--ema is not supported with --fsdp (the average would need the sharded weights gathered every step)")
     if not 1 <= args.palette_colours <= 256:
         p.error(f"--palette-colours must be in 1..256, got {args.palette_colours}")
     if args.conv_kernel is not None and not 0 <= args.conv_kernel <= 64:

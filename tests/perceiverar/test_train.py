@@ -124,6 +124,10 @@ def test_bad_arguments(data, tmp_path, capsys):
         with pytest.raises(SystemExit):
             T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", flag, bad])
         assert f"{flag} must be in [0, 1], got {float(bad)}" in capsys.readouterr().err
+    for bad, why in (("1", "--ema must be in [0, 1)"), ("-0.5", "--ema must be in [0, 1)")):
+        with pytest.raises(SystemExit):
+            T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--ema", bad])
+        assert why in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- a short run
@@ -190,6 +194,47 @@ def test_kill_and_resume_is_exact(data, tmp_path):
     new_w = load_file(str(killed / "checkpoints" / "step-0000014" / "model.safetensors"))
     for k in ref_w:
         torch.testing.assert_close(new_w[k], ref_w[k], atol=1e-6, rtol=0)
+
+
+def test_ema_is_the_average_of_the_trained_weights_and_resumes_exactly(data, tmp_path):
+    """--ema D: after step t the average is D * average + (1 - D) * weights (the first step copies them); it is
+    what validation scores and RUN_DIR/best holds, the step checkpoints keep the trained weights, and a resume
+    from an earlier checkpoint ends with the same average as an uninterrupted run."""
+    decay = 0.6
+    argv = common(data, **{"max-steps": 6, "save-every": 1, "val-every": 3, "keep-last": 6, "ema": decay})
+    run = tmp_path / "run"
+    train_in_process(["--out", str(run), *argv])
+    steps = [load_file(str(run / "checkpoints" / f"step-{i:07d}" / "model.safetensors")) for i in range(1, 7)]
+    avg = {k: v.clone() for k, v in steps[0].items()}
+    for w in steps[1:]:
+        for k in avg:
+            if avg[k].is_floating_point():
+                avg[k] = decay * avg[k] + (1 - decay) * w[k]
+    state = torch.load(run / "checkpoints" / "step-0000006" / T.TRAINING_STATE, weights_only=True)
+    assert int(state["ema"]["n_averaged"]) == 6
+    for k in avg:
+        torch.testing.assert_close(state["ema"][f"module.{k}"], avg[k], atol=1e-6, rtol=1e-5)
+    assert not torch.equal(avg["head.weight"], steps[-1]["head.weight"])  # the average is not the last weights
+    # validation scored the average: RUN_DIR/best holds it (from step 3 or 6, whichever scored lower)
+    val = dict(losses(run, "val"))
+    best_step = 3 if val[3] < val[6] else 6
+    best = load_file(str(run / "best" / "model.safetensors"))
+    at = {k: v.clone() for k, v in steps[0].items()}
+    for w in steps[1:best_step]:
+        for k in at:
+            if at[k].is_floating_point():
+                at[k] = decay * at[k] + (1 - decay) * w[k]
+    for k in at:
+        torch.testing.assert_close(best[k], at[k], atol=1e-6, rtol=1e-5)
+    # resume from step 3 after losing the later checkpoints: the same average at the end
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    for i in range(4, 7):
+        shutil.rmtree(resumed / "checkpoints" / f"step-{i:07d}")
+    train_in_process(["--out", str(resumed), *argv, "--resume"])
+    again = torch.load(resumed / "checkpoints" / "step-0000006" / T.TRAINING_STATE, weights_only=True)["ema"]
+    for k, v in state["ema"].items():
+        torch.testing.assert_close(again[k], v, atol=1e-6, rtol=0)
 
 
 def test_a_palette_model_goes_on_in_sketch_mode(data, tmp_path, capsys):
