@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from perceiverar.checkpoint import WEIGHTS, CheckpointError, check_weights, read_checkpoint_config
 from perceiverar.config import PerceiverARConfig
-from perceiverar.data import AUDIO_TOKENIZER_DIR, ColourAugment, DatasetError, Mirror, Mixture
+from perceiverar.data import AUDIO_TOKENIZER_DIR, ColourAugment, DatasetError, Mirror, Mixture, parse_balance
 from perceiverar.distributed import Dist, full_state, load_optimizer_state, setup_dist, wrap_model
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
 from perceiverar.model import PerceiverAR
@@ -146,7 +146,11 @@ class Trainer:
                                colour_augment=self._colour_augment(a),
                                mirror=Mirror(a.mirror) if a.mirror > 0 else None, opening_weight=a.opening_weight[0],
                                opening_tokens=a.opening_weight[1], chord_weight=a.chord_weight,
-                               opening_clips=self._opening_clips(a), row_multiple=dd.world)  # fmt: skip
+                               opening_clips=self._opening_clips(a), row_multiple=dd.world,
+                               balance=parse_balance(a.balance) if a.balance else None)  # fmt: skip
+        for src, shares in zip(self.sources, self.mixture.group_shares):
+            if shares:
+                self.log(f"--balance {a.balance}: {src.name}: " + ", ".join(f"{g} {v:.1%}" for g, v in shares.items()))
         self.tok_cfg = tokenizer_config(a, self.data, self.cfg)
         self.step, self.best_val, self.tokens_seen = 0, math.inf, 0
         if resume is not None:

@@ -6,6 +6,7 @@ import argparse
 import math
 
 from perceiverar.config import PRESETS
+from perceiverar.data.balance import parse_balance
 
 DESCRIPTION = "Train a Perceiver AR model on folders of captioned images, audio or text: ``perceiverar-train``."
 
@@ -131,6 +132,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="palette images trained whole: move the pixels of the image's dominant colour to another "
                         "named colour (black, grey, white and brown too) with this probability and name it in the "
                         "caption ('red heart' -> 'brown heart'); before --hue-rotate, which it then leaves alone")
+    g.add_argument("--balance", default=None, metavar="FIELD[:POWER]",
+                   help="draw items with probability proportional to the size of their group (a captions.jsonl "
+                        "field, e.g. the emoji 'category') to the power -POWER (default 0.5; 1: every group the "
+                        "same share), instead of uniformly: perceiverar/data/balance.py")
     g.add_argument("--mirror", type=float, default=0.0,
                    help="images trained whole: flip a captioned image left-right with this probability unless its "
                         "caption names a direction, a flag, a clock or letters (perceiverar/data/mirror.py); "
@@ -220,6 +225,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--conv-kernel must be in 0..64, got {args.conv_kernel}")
     if len(args.image_size) > 2:
         p.error("--image-size takes H or H W")
+    if args.balance is not None:
+        try:
+            parse_balance(args.balance)
+        except ValueError as e:
+            p.error(str(e))
     try:
         audio_options(args.audio_option)
     except ValueError as e:

@@ -9,11 +9,14 @@ One module per job:
 - ``palette``: the colour-token palette, fitted on the training images (:func:`fit_source_palette`);
 - ``colour_augment``: colour tags and hue rotation that teach colour words (:class:`ColourAugment`);
 - ``mirror``: left-right flips of images whose caption does not name a direction (:class:`Mirror`);
+- ``balance``: draws weighted against common groups, e.g. the emoji category (:func:`balanced_probs`);
 - ``batches``: the weighted mixture of folders -> equal-length crop batches (:class:`Mixture`).
 
 The public names are re-exported here: ``from perceiverar.data import Mixture, prepare_sources``.
 """
 
+from perceiverar.data import balance
+from perceiverar.data.balance import balanced_probs, parse_balance
 from perceiverar.data.batches import Mixture
 from perceiverar.data.cache import PreparedSource, default_cache_dir, prepare_source, prepare_sources
 from perceiverar.data.codec import AUDIO_TOKENIZER_DIR, AudioCodec, fit_audio_codec, load_audio_codec
@@ -29,7 +32,7 @@ from perceiverar.data.sources import (
 __all__ = [
     "Mixture", "PreparedSource", "default_cache_dir", "prepare_source", "prepare_sources", "AUDIO_TOKENIZER_DIR",
     "AudioCodec", "fit_audio_codec", "load_audio_codec", "CAPTION_SEP", "Filler", "bury_caption", "prompted_sequence",
-    "fit_source_palette", "ColourAugment", "Mirror",
+    "fit_source_palette", "ColourAugment", "Mirror", "balanced_probs", "parse_balance",
     "AUDIO_EXTS", "CACHE_FORMAT", "CAPTIONS", "IMAGE_EXTS", "TEXT_EXTS", "VAL_PERMILLE", "DatasetError", "Entry",
     "SourceSpec", "TokenizerSettings", "caption_from", "detect_modality", "is_val", "list_entries", "parse_data_arg",
 ]  # fmt: skip

@@ -54,6 +54,10 @@ A batch with buried captions (:class:`~perceiverar.data.filler.Filler`) holds th
 media, not on the filler), and the filler is sized so every row of the batch has one length, drawn in
 ``[longest need, L + 1]`` (uniform, or log-uniform with ``--filler-lengths log``; ``--filler-tokens`` keeps fewer
 rows of a long one): every caption-to-target distance the context allows is trained.
+
+Balanced draws (``balance`` = (field, power)): items are drawn with probability proportional to the size of their
+captions.jsonl group (e.g. the emoji category) to the power ``-power`` instead of uniformly
+(:mod:`perceiverar.data.balance`).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from perceiverar.data.balance import balanced_probs
 from perceiverar.data.cache import PreparedSource
 from perceiverar.data.colour_augment import SEPARATOR, ColourAugment
 from perceiverar.data.filler import Filler, prompted_sequence
@@ -109,13 +114,23 @@ class Mixture:
     chord_weight: float = 1.0  # loss weight of each chord label (module docstring)
     opening_clips: tuple = (0.0, 0)  # (probability, audio codes): batches of clip openings (module docstring)
     row_multiple: int = 1  # a batch that keeps fewer rows (--filler-tokens) keeps a multiple of this (the world)
+    balance: tuple[str, float] | None = None  # (captions.jsonl field, power): perceiverar/data/balance.py
     probs: np.ndarray = field(init=False)
+    item_probs: list = field(init=False)  # per source: draw probabilities of its train items (None: uniform)
+    group_shares: list = field(init=False)  # per source: each group's share of the draws under ``balance``
 
     def __post_init__(self):
         w = np.asarray([s.weight if len(s.train_items) else 0.0 for s in self.sources], dtype=np.float64)
         if w.sum() <= 0:
             raise DatasetError("no training items in any data folder")
         self.probs = w / w.sum()
+        self.item_probs, self.group_shares = [], []
+        for src in self.sources:
+            p, shares = (None, {})
+            if self.balance is not None and len(src.train_items):
+                p, shares = balanced_probs(src, *self.balance)
+            self.item_probs.append(p)
+            self.group_shares.append(shares)
 
     def batch(self, step: int, micro: int, rows: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Global batch ``rows`` x (l) tokens and (rows, l, F) features for one micro-step; plus stats."""
@@ -124,7 +139,8 @@ class Mixture:
         for _ in range(rows):
             s = int(rng.choice(len(self.sources), p=self.probs))
             src = self.sources[s]
-            i = int(src.train_items[rng.integers(len(src.train_items))])
+            p = self.item_probs[s]
+            i = int(src.train_items[rng.integers(len(src.train_items)) if p is None else rng.choice(len(p), p=p)])
             drop = bool(src.index[i, 2] > 0 and rng.random() < self.prompt_dropout)
             picks.append((s, i, drop))
         if self.filler is not None and rng.random() < self.filler.prob:

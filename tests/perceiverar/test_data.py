@@ -731,3 +731,40 @@ def test_mirror_flips_whole_image_rows_and_keeps_the_layout(folders):
                 changed += ids.tolist() != own.tolist()
             _assert_row_layout(ids, feats[r], st["loss_mask"][r], IMAGE_BEGIN, 4 * 4 * 3)
     assert changed >= 6  # of ~16 renamed rows; a 4x4 keycap can be its own mirror
+
+
+def test_balance_draws_groups_by_size(folders):
+    """--balance FIELD:POWER: an item of a group of n train items is drawn with probability ~ n ** -POWER; the
+    group comes from captions.jsonl; items without the field form a group of their own."""
+    img, _, cache = folders
+    lines = [json.loads(x) for x in (img / "captions.jsonl").read_text().splitlines()][:N_EMOJI]
+    for k, rec in enumerate(lines):  # caption "big" on 6 items, "small" on 2; one of the big ones has no group
+        big = k < 6
+        rec["text"] = "big" if big else "small"
+        if big and k != 0:
+            rec["group"] = "big"
+        elif not big:
+            rec["group"] = "small"
+    (img / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    src = D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False)
+    groups = [D.balance.item_groups(src, "group")[int(i)] for i in src.train_items]
+    n = {g: groups.count(g) for g in set(groups)}
+    assert n.get("small", 0) >= 1 and n.get("big", 0) > n.get("small", 0), n  # the split left both groups in train
+    p, shares = D.balanced_probs(src, "group", 1.0)
+    assert p.sum() == pytest.approx(1.0) and set(shares) == {"(none)" if g is None else g for g in n}
+    for share in shares.values():  # power 1: every group the same share
+        assert share == pytest.approx(1 / len(shares))
+    p0, _ = D.balanced_probs(src, "group", 0.0)
+    assert np.allclose(p0, 1 / len(src.train_items))  # power 0: uniform
+    # the mixture draws by those probabilities: "small" captions in about 1/len(shares) of the rows, not 2/8
+    mix = D.Mixture([src], 256, 512, prompt_dropout=0.0, seed=1, whole_items=True, balance=("group", 1.0))
+    rows = [r for step in range(150) for r in mix.batch(step, 0, 8)[0].tolist()]
+    small = sum(r[2:7] == list(b"small") for r in rows) / len(rows)
+    assert abs(small - shares["small"]) < 0.06, (small, shares)
+    uniform = D.Mixture([src], 256, 512, prompt_dropout=0.0, seed=1, whole_items=True)
+    rows = [r for step in range(150) for r in uniform.batch(step, 0, 8)[0].tolist()]
+    assert abs(sum(r[2:7] == list(b"small") for r in rows) / len(rows) - n["small"] / len(groups)) < 0.06
+    for bad in ("", ":0.5", "category:x", "category:2"):
+        with pytest.raises(ValueError, match="--balance"):
+            D.parse_balance(bad)
+    assert D.parse_balance("category") == ("category", 0.5)

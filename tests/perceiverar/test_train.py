@@ -124,6 +124,9 @@ def test_bad_arguments(data, tmp_path, capsys):
         with pytest.raises(SystemExit):
             T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", flag, bad])
         assert f"{flag} must be in [0, 1], got {float(bad)}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--balance", "category:2"])
+    assert "POWER must be in [0, 1]" in capsys.readouterr().err
     for bad, why in (("1", "--ema must be in [0, 1)"), ("-0.5", "--ema must be in [0, 1)")):
         with pytest.raises(SystemExit):
             T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--ema", bad])
