@@ -23,6 +23,11 @@
 #   RUN=runs/emoji-mirror INIT_FROM=checkpoints/emoji STEPS=3000 LR=2e-4 bash recipes/emoji.sh --image-mode sketch \
 #       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --word-features \
 #       --warmup 100 --mirror 0.5 --recolour 0.25
+# A seventh stage drew the categories more evenly (--balance category:0.5: People & Body, 60% of the images, got
+# 30% of the draws) and averaged the weights (--ema 0.998); see the model card for whether it shipped:
+#   RUN=runs/emoji-bal INIT_FROM=checkpoints/emoji STEPS=1800 LR=2e-4 bash recipes/emoji.sh --image-mode sketch \
+#       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --mirror 0.5 \
+#       --recolour 0.25 --warmup 100 --val-every 300 --ema 0.998 --balance category:0.5
 # Continue it the same way for more steps (each stage exports over checkpoints/emoji when it finishes).
 # On a GPU: drop --cpu-bf16, raise --batch-size and --max-steps, and try --image-size 32 --n-latents 1536.
 set -euo pipefail
