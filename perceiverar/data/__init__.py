@@ -15,7 +15,6 @@ One module per job:
 The public names are re-exported here: ``from perceiverar.data import Mixture, prepare_sources``.
 """
 
-from perceiverar.data import balance
 from perceiverar.data.balance import balanced_probs, parse_balance
 from perceiverar.data.batches import Mixture
 from perceiverar.data.cache import PreparedSource, default_cache_dir, prepare_source, prepare_sources

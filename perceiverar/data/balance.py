@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from perceiverar.data.cache import PreparedSource
-from perceiverar.data.sources import CAPTIONS, DatasetError
+from perceiverar.data.sources import CAPTIONS
 
 
 def parse_balance(arg: str) -> tuple[str, float]:
@@ -43,14 +43,12 @@ def item_groups(source: PreparedSource, field: str) -> list[str | None]:
     """Each item's value of ``field`` in its folder's captions.jsonl (None where the item or the file has none)."""
     path = Path(source.manifest["folder"]) / CAPTIONS
     values: dict[str, str] = {}
-    if path.is_file():
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
+    if path.is_file():  # read as sources.list_entries reads it: a bad line was skipped there (no item came of it)
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{n}: not JSON ({e}); fix the line or drop --balance") from None
+                rec = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue
             if isinstance(rec, dict) and field in rec and "file" in rec:
                 values[str(rec["file"])] = str(rec[field])
     return [values.get(source.file(int(i))) for i in range(len(source))]

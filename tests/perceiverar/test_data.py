@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from perceiverar import data as D
+from perceiverar.data.balance import item_groups
 from tokenizers_mm.vocab import BOS, IMAGE_BEGIN, PIXEL_OFFSET, SEP, TEXT_BEGIN, TEXT_END, position_features
 
 N_EMOJI = 8
@@ -745,9 +746,10 @@ def test_balance_draws_groups_by_size(folders):
             rec["group"] = "big"
         elif not big:
             rec["group"] = "small"
-    (img / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    # a line that is not JSON is skipped by the preparation, and by --balance too
+    (img / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + "{not json\n")
     src = D.prepare_source(D.parse_data_arg(str(img)), SETTINGS, cache, progress=False)
-    groups = [D.balance.item_groups(src, "group")[int(i)] for i in src.train_items]
+    groups = [item_groups(src, "group")[int(i)] for i in src.train_items]
     n = {g: groups.count(g) for g in set(groups)}
     assert n.get("small", 0) >= 1 and n.get("big", 0) > n.get("small", 0), n  # the split left both groups in train
     p, shares = D.balanced_probs(src, "group", 1.0)
