@@ -1,8 +1,9 @@
 """Checking a generation request before it is queued: every setting against its range, each error naming it.
 
-The page and the API send the same eleven values (``PARAMS``). ``check_request`` returns a ready ``Request`` or, for
-each bad setting, a message that names it, its range and the value ("temperature must be between 0 and 2, got
-100"), so the page can mark the field and an API client reads the same words. Ranges that depend on the
+The page and the API send the same eleven values (``params``; music a twelfth, ``key_lock``). ``check_request``
+returns a ready ``Request`` or, for each bad setting, a message that names it, its range and the value
+("temperature must be between 0 and 2, got 100"), so the page can mark the field and an API client reads the same
+words. Ranges that depend on the
 checkpoint (image sizes, length, latents, the prompt's room in the context) come from its ``Capabilities``.
 """
 
@@ -32,9 +33,12 @@ RANGES = {
 }
 
 
+AUDIO_PARAMS = ("key_lock",)  # music only: chords from the key the prompt names
+
+
 def params(modality: str) -> tuple[str, ...]:
     """The request's parameter names, in the API's order."""
-    return ("prompt", "checkpoint", SIZE_PARAM[modality], *SAMPLING_PARAMS)
+    return ("prompt", "checkpoint", SIZE_PARAM[modality], *SAMPLING_PARAMS, *(AUDIO_PARAMS if modality == "audio" else ()))
 
 
 @dataclass
@@ -127,6 +131,14 @@ def check_request(catalogue: Catalogue, modality: str, values: dict, count_promp
             got[name] = number(name, -1 if name == "seed" and value in (None, "") else value, lo, hi, whole, note)
         except ValueError as e:
             errors[name] = str(e)
+    if modality == "audio":
+        value = values.get("key_lock")
+        if value in (None, ""):  # left out: the checkpoint's default
+            got["key_lock"] = None
+        elif isinstance(value, bool):
+            got["key_lock"] = value
+        else:
+            errors["key_lock"] = f"key_lock must be true or false, got {value!r}"
     caps = size = None
     try:
         caps = _checkpoint(catalogue, modality, values.get("checkpoint"))

@@ -143,9 +143,13 @@ class Service:
             return method(req.prompt, **req.size, sampling=req.sampling, on_progress=on_progress, stop_event=stop,
                           **extra)  # fmt: skip
 
+        notes = {}
+        if req.modality == "audio" and req.sampling.key_lock:  # which key the chords keep to (None: no key named)
+            notes["locked_key"] = pipe.locked_key(req.prompt)
         record = generation_record(
             prompt=req.prompt, modality=req.modality, checkpoint=req.checkpoint, sampling=req.sampling, size=req.size,
             generator="perceiverar-app", untrained_demo=self.catalogue.entries[req.checkpoint].demo,
+            **notes,
         )  # fmt: skip
         log.info("generating %s with %s (seed %s)", MEDIUM[req.modality], req.checkpoint, req.sampling.seed)
         for kind, value in self.runner.run(call, session):

@@ -28,8 +28,11 @@ candidates)
     it was made; status = a Markdown line.
 
 ``/generate_music`` (prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-n_latents, candidates)
+n_latents, candidates, key_lock)
     seconds (float): length of the audio, from 0.5 s up to what the checkpoint's context holds.
+    key_lock (bool): with a checkpoint that plans chord labels, only the diatonic chords of the key the prompt names
+        ("... in G minor"), opening on its tonic triad; no effect when the prompt names no key. Default: the
+        checkpoint's.
     Returns (audio, files, status): audio = the first sample as a WAV path; files = a WAV (16-bit PCM) and a
     sidecar JSON (prompt, settings, sample rate) per sample; status = Markdown.
 
@@ -97,8 +100,9 @@ def _status(kind: str, t0: float, modality: str, fraction: float = 0.0, record: 
     if r.get("stopped"):
         return f"■ **Stopped** after {dt:.1f} s: partial result · seed **{r['seed']}**{demo}"
     best = f" · best of {r['candidates']}" if (r.get("candidates") or 1) > 1 else ""
+    key = f" · key lock: {r.get('locked_key') or 'no key named in the prompt'}" if r.get("key_lock") else ""
     return (f"✓ **Done**: {n} {WHAT[modality]}{'s' if n != 1 else ''} in {dt:.1f} s · seed **{r['seed']}**{size}{best}"
-            f"{demo}")
+            f"{key}{demo}")
 
 
 def _join_texts(texts) -> str:
@@ -137,6 +141,7 @@ def _latents_info(caps: Capabilities | None) -> str:
 
 
 def _sampling_widgets(caps: Capabilities | None, slug: str) -> dict:
+    """The sampling settings of a tab (slug: image, music, text); music also gets the key lock."""
     d = caps.defaults if caps else {}
     c = {}
     with gr.Row():
@@ -157,11 +162,20 @@ def _sampling_widgets(caps: Capabilities | None, slug: str) -> dict:
                                 info=_latents_info(caps), elem_id=f"{slug}-latents")  # fmt: skip
         c["candidates"] = slider(1, MAX_CANDIDATES, value=int(d.get("candidates") or 1), step=1, label="Best of",
                                  info=CANDIDATES_INFO, elem_id=f"{slug}-candidates")  # fmt: skip
+    if slug == "music":
+        c["key_lock"] = gr.Checkbox(value=bool(d.get("key_lock")), label="Key lock", info=KEY_LOCK_INFO,
+                                    elem_id="music-key-lock")  # fmt: skip
     return c
 
 
+KEY_LOCK_INFO = "Chords only from the key the prompt names (e.g. 'in G minor'), opening on its tonic"
 CANDIDATES_INFO = "Draw this many per result, keep the likeliest given the prompt; 1 = off (k× the time)"
 CHECKPOINT_CONTROLS = ("temperature", "top_k", "top_p", "cfg_scale", "n_latents", "candidates")
+
+
+def checkpoint_controls(modality: str) -> tuple[str, ...]:
+    """The sampling controls a checkpoint change resets to its defaults: CHECKPOINT_CONTROLS, and for music the key lock."""
+    return CHECKPOINT_CONTROLS + (("key_lock",) if modality == "audio" else ())
 
 
 def checkpoint_updates(service: Service, modality: str, name: str) -> list:
@@ -174,7 +188,7 @@ def checkpoint_updates(service: Service, modality: str, name: str) -> list:
     except CheckpointUnavailable as e:
         log.info("%s", e)
         return [gr.update(value=f"⚠ {e}", visible=True), "", gr.update(), gr.update(interactive=False),
-                *(gr.update() for _ in CHECKPOINT_CONTROLS)]  # fmt: skip
+                *(gr.update() for _ in checkpoint_controls(modality))]  # fmt: skip
     note, d = service.notice(name, modality), c.defaults
     if modality == "image":
         sizes = [size_label(*s) for s in c.image_sizes]
@@ -190,6 +204,7 @@ def checkpoint_updates(service: Service, modality: str, name: str) -> list:
         gr.update(value=float(d.get("top_p") or 1.0)), gr.update(value=float(d.get("cfg_scale", 1.0))),
         gr.update(maximum=max(c.max_latents, 1), value=0, info=_latents_info(c)),
         gr.update(value=int(d.get("candidates") or 1)),
+        *([gr.update(value=bool(d.get("key_lock")))] if modality == "audio" else []),
     ]  # fmt: skip
 
 
@@ -260,7 +275,7 @@ def _tab(modality: str, service: Service, gen: dict) -> None:
           trigger_mode="always_last", **private)  # fmt: skip
 
     ckpt.change(lambda name: checkpoint_updates(service, modality, name), ckpt,
-                [notice, info, size, go, *(ctl[k] for k in CHECKPOINT_CONTROLS)], queue=False, **private)
+                [notice, info, size, go, *(ctl[k] for k in checkpoint_controls(modality))], queue=False, **private)
 
     inputs = [prompt, ckpt, size, *(ctl[k] for k in params(modality)[3:])]
     outputs = [out, files, status]
@@ -312,14 +327,14 @@ def _tab(modality: str, service: Service, gen: dict) -> None:
                              n_latents, candidates])
     elif modality == "audio":
         def fn(prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
-               candidates, request: gr.Request):  # fmt: skip
+               candidates, key_lock, request: gr.Request):  # fmt: skip
             yield from run([prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                            n_latents, candidates], request)
+                            n_latents, candidates, key_lock], request)
 
         def check(prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
-                  candidates):  # fmt: skip
+                  candidates, key_lock):  # fmt: skip
             return validate([prompt, checkpoint, seconds, num_samples, seed, temperature, top_k, top_p, cfg_scale,
-                             n_latents, candidates])
+                             n_latents, candidates, key_lock])
     else:
         def fn(prompt, checkpoint, max_new_bytes, num_samples, seed, temperature, top_k, top_p, cfg_scale, n_latents,
                candidates, request: gr.Request):  # fmt: skip

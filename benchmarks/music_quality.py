@@ -277,6 +277,8 @@ def main(argv=None) -> dict:
                     help="guidance of the codes after chord labels, the labels keeping --cfg-scale (checkpoint default)")
     ap.add_argument("--candidates", type=int, default=None,
                     help="clips drawn per caption, the likeliest given it kept (1: off; checkpoint default)")
+    ap.add_argument("--key-lock", choices=("on", "off"), default=None,
+                    help="chord labels only from the caption's key (diatonic triads; checkpoint default)")
     ap.add_argument("--tag", default="", help="name part of the result files, e.g. bach-before")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
     ap.add_argument("--model-card", action="store_true", help="write music_quality.json and .png into the "
@@ -287,6 +289,7 @@ def main(argv=None) -> dict:
     from perceiverar import Pipeline  # noqa: PLC0415
 
     t_start = time.time()
+    key_lock = None if args.key_lock is None else args.key_lock == "on"
     rows = val_chorales(args.data, max(args.items, args.eval_items))
     items = rows[: args.items]
     pipe = Pipeline.load(args.checkpoint, device="cpu")
@@ -306,7 +309,7 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             g = pipe.generate_audio(r["text"], seconds=args.seconds, seed=args.seed + i, temperature=args.temperature,
                                     top_p=args.top_p, cfg_scale=args.cfg_scale, cfg_scale_codes=args.cfg_scale_codes,
-                                    candidates=args.candidates,
+                                    candidates=args.candidates, key_lock=key_lock,
                                     partial_audio=False)[0]  # fmt: skip
         gen_seconds += time.time() - t
         sets["generated"].append(g)
@@ -334,7 +337,7 @@ def main(argv=None) -> dict:
     png = spectrogram_png(sets, [f"{r['file']} ({key_name(k)})" for r, k in zip(items, keys)][: args.figure_rows],
                           out.with_suffix(".png"))  # fmt: skip
     overrides = {"temperature": args.temperature, "top_p": args.top_p, "cfg_scale": args.cfg_scale,
-                 "cfg_scale_codes": args.cfg_scale_codes, "candidates": args.candidates}
+                 "cfg_scale_codes": args.cfg_scale_codes, "candidates": args.candidates, "key_lock": key_lock}
     fields = {
         "checkpoint": str(args.checkpoint), "data": str(args.data), "items": args.items, "seconds": args.seconds,
         "seed": args.seed, "sampling": {k: v for k, v in pipe.defaults.items() if k in (*overrides, "top_k")}

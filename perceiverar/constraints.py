@@ -46,8 +46,14 @@ class ModalityConstraint:
         content_range: tuple[int, int] | None = None,
         image_mode: str = "subpixel",
         audio_mode: str = "codes",
+        chord_labels: list[int] | None = None,
+        first_chord: int | None = None,
     ):
-        """content_range narrows the content ids (e.g. an audio codebook smaller than the vocabulary's room)."""
+        """content_range narrows the content ids (e.g. an audio codebook smaller than the vocabulary's room);
+        chord_labels (labels 0..24, ``tokenizers_mm.chords``) narrows a chords section's labels, e.g. to the
+        diatonic triads of the key the prompt names (``tokenizers_mm.chords.key_chords``); first_chord (a label)
+        is the only one the section's first slot may take (a chorale opens on its tonic triad), when the section
+        starts in the generated part."""
         if modality not in ("image", "audio", "text"):
             raise ValueError(f"unknown modality {modality!r}; expected image, audio or text")
         self.modality = modality
@@ -72,6 +78,20 @@ class ModalityConstraint:
             self.header = []
             self.n_content = None if max_bytes is None else int(max_bytes)
         self.chord_block = chord_block(audio_mode) if modality == "audio" else 0
+        clo, chi = allowed_range("chord")
+        self.chord_ids = list(range(clo, chi))
+        if chord_labels is not None:
+            if not self.chord_block:
+                raise ValueError(f"chord_labels need an audio section in the chords layout, not {modality} ({audio_mode})")
+            ids = sorted({clo + int(c) for c in chord_labels})
+            if not ids or not all(clo <= t < chi for t in ids):
+                raise ValueError(f"chord_labels must be a non-empty subset of 0..{chi - clo - 1}, got {chord_labels}")
+            self.chord_ids = ids
+        self.first_chord = None
+        if first_chord is not None:
+            if not self.chord_block or not clo <= clo + int(first_chord) < chi:
+                raise ValueError(f"first_chord must be a label 0..{chi - clo - 1} of a chords layout, got {first_chord}")
+            self.first_chord = clo + int(first_chord)
         self.lo, self.hi = allowed_range(modality)
         if content_range is not None:
             lo, hi = (int(v) for v in content_range)
@@ -161,12 +181,13 @@ class ModalityConstraint:
 
     def _table(self, vocab_size: int, device) -> torch.Tensor:
         """(stages, V) bool: one mask per plan stage: each missing header id, the content, each end id, PAD, and
-        for a chords section a last row, its chord labels."""
+        for a chords section two last rows, its chord labels and its first chord label."""
         key = (vocab_size, str(device))
         if key not in self._tables:
             stages = [*([t] for t in self.pre), None, *([t] for t in self.end), [PAD]]
             if self.chord_block:
-                stages.append(list(range(*allowed_range("chord"))))
+                stages.append(self.chord_ids)
+                stages.append([self.first_chord] if self.first_chord is not None else self.chord_ids)
             table = torch.zeros(len(stages), vocab_size, dtype=torch.bool)
             for r, ids in enumerate(stages):
                 if ids is None:
@@ -188,7 +209,8 @@ class ModalityConstraint:
         ending = n_pre + 1 + (step - n_pre - n_left).clamp(max=n_end)  # end ids, then the PAD row
         if self.chord_block:  # a chord label's slot: the table's last row
             chord = ((step - n_pre + self._done_before) % (self.chord_block + 1) == 0) & (step >= n_pre)
-            content_or_pre = torch.where(chord, n_pre + n_end + 2, content_or_pre)
+            first = chord & (step - n_pre + self._done_before == 0)
+            content_or_pre = torch.where(chord, n_pre + n_end + 2 + first.long(), content_or_pre)
         return torch.where(step < n_pre + n_left, content_or_pre, ending)
 
     def allowed(self, vocab_size: int, device=None) -> torch.Tensor:

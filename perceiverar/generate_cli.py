@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--candidates", type=int, default=None,
                     help="draw this many and keep the one the model finds likeliest given the prompt (1 = off; k "
                          "times the work); default: checkpoint's")  # fmt: skip
+    ap.add_argument("--key-lock", choices=("on", "off"), default=None,
+                    help="music with chord labels: chords only from the key the prompt names ('... in G minor'), "
+                         "opening on its tonic; default: checkpoint's")  # fmt: skip
     ap.add_argument("--height", type=int, default=None, help="image height in pixels (default: checkpoint's)")
     ap.add_argument("--width", type=int, default=None, help="image width in pixels (default: checkpoint's)")
     ap.add_argument("--seconds", type=float, default=None, help="audio length in seconds (default: checkpoint's)")
@@ -103,7 +106,8 @@ def check_out(out: Path, modality: str) -> None:
 def sampling_options(args) -> SamplingOptions:
     return SamplingOptions(seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            cfg_scale=args.cfg_scale, cfg_scale_codes=args.cfg_scale_codes, n_latents=args.n_latents,
-                           candidates=args.candidates)  # fmt: skip
+                           candidates=args.candidates,
+                           key_lock=None if args.key_lock is None else args.key_lock == "on")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print("perceiverar-generate: interrupted; nothing written", file=sys.stderr)
         return 130
     checkpoint = f"random-init {args.preset}" if args.random_init else str(args.checkpoint)
+    notes = {"locked_key": pipe.locked_key(prompt)} if args.modality == "audio" and options.key_lock else {}
     record = generation_record(prompt=prompt, modality=args.modality, checkpoint=checkpoint, sampling=options,
-                               size=size, generator="perceiverar-generate")  # fmt: skip
+                               size=size, generator="perceiverar-generate", **notes)  # fmt: skip
     written = save_result(args.modality, args.out, result, record)
     print(f"wrote {', '.join(str(p) for p in written)} (seed {options.seed})", file=sys.stderr)
     return 0

@@ -33,15 +33,17 @@ from perceiverar.decode_step import default_dtype
 from perceiverar.generation import generate
 from perceiverar.model import PerceiverAR
 from perceiverar.sampling_options import SamplingOptions
+from tokenizers_mm.chords import key_chords
 from tokenizers_mm.image import ImageTokenizer
+from tokenizers_mm.midi_transpose import find_key, key_name
 from tokenizers_mm.text import TextTokenizer
 from tokenizers_mm.vocab import (
-    AUDIO_OFFSET, PIXEL_OFFSET, TEXT_END, Vocabulary, audio_tokens, build_sequence, check_audio_mode,
+    AUDIO_OFFSET, PIXEL_OFFSET, TEXT_END, Vocabulary, audio_tokens, build_sequence, check_audio_mode, chord_block,
 )  # fmt: skip
 
 MODALITIES = ("image", "audio", "text")
 DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": 0.95, "cfg_scale": 1.0, "cfg_scale_codes": None, "n_latents": None,
-            "candidates": 1}
+            "candidates": 1, "key_lock": False}
 _END_TOKENS = 2  # the section's end marker, then EOS
 
 Progress = Callable[[float, list], None]
@@ -334,9 +336,9 @@ class Pipeline:
         n_content = audio_tokens(n, mode)  # the codes, and in "chords" mode their chord labels
         at = self.audio_tokenizer
         hi = AUDIO_OFFSET + at.codebook_size
-        constraint = ModalityConstraint("audio", n_audio_tokens=n, content_range=(AUDIO_OFFSET, hi), audio_mode=mode)
-        every = max(1, n_content // 10)
         opts = self.sampling(SamplingOptions.of(sampling, **options))
+        constraint = self.audio_constraint(prompt, n, key_lock=opts.key_lock)
+        every = max(1, n_content // 10)
         cands = self.candidates(opts)
         min_codes = getattr(at.config, "n_fft", 0) // getattr(at.config, "hop_length", 1) + 1
         steps: list[torch.Tensor] = []
@@ -358,6 +360,28 @@ class Pipeline:
         out = self._run("audio", ids, n_new, kw, constraint, opts, cands, overflow=overflow, stop_event=stop_event,
                         on_token=on_token)  # fmt: skip
         return audio(cands.best(out))
+
+    def audio_constraint(self, prompt: str, n_audio_tokens: int, *, key_lock: bool = False) -> ModalityConstraint:
+        """The constraint of an audio section of ``n_audio_tokens`` codes: this checkpoint's codebook, its layout,
+        and with ``key_lock`` the chord labels of the key the prompt names (:meth:`key_lock_chords`)."""
+        hi = AUDIO_OFFSET + self.audio_tokenizer.codebook_size
+        return ModalityConstraint("audio", n_audio_tokens=n_audio_tokens, content_range=(AUDIO_OFFSET, hi),
+                                  audio_mode=self.audio_mode, **(self.key_lock(prompt) if key_lock else {}))  # fmt: skip
+
+    def locked_key(self, prompt: str) -> str | None:
+        """The key a key lock keeps ``prompt``'s chords to ("G minor"), or None when there is nothing to lock."""
+        key = find_key(self._prompt_bytes(prompt).decode("utf-8", "replace"))
+        return key_name(*key) if key is not None and self.key_lock(prompt) else None
+
+    def key_lock(self, prompt: str) -> dict:
+        """The chord labels a key lock allows for ``prompt`` (ModalityConstraint keyword arguments): the diatonic
+        triads of the first key it names ("... in G major"), opening on the tonic triad; {} (no lock) when it names
+        none or the checkpoint's audio has no chord labels."""
+        key = find_key(self._prompt_bytes(prompt).decode("utf-8", "replace"))
+        if key is None or "audio" not in self.modalities or not chord_block(self.audio_mode):
+            return {}
+        tonic, mode = key
+        return {"chord_labels": key_chords(tonic, mode), "first_chord": tonic + (12 if mode == "minor" else 0)}
 
     def generate_text(
         self,

@@ -58,6 +58,7 @@ class SamplingOptions:
     cfg_scale_codes: float | None = None  # audio with chord labels: guidance of the codes (labels: cfg_scale)
     n_latents: int | None = None  # latents per window at inference: fewer is faster and coarser
     candidates: int | None = None  # drawn per result, the likeliest given the prompt kept (1 = off; k x the work)
+    key_lock: bool | None = None  # audio with chord labels: only the diatonic chords of the key the prompt names
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the types once, here
@@ -78,6 +79,8 @@ class SamplingOptions:
             set_(self, "n_latents", _integer("n_latents", self.n_latents, 1))
         if self.candidates is not None:
             set_(self, "candidates", _integer("candidates", self.candidates, 1, MAX_CANDIDATES, note=" (1 = off)"))
+        if self.key_lock is not None and not isinstance(self.key_lock, bool):
+            raise ValueError(f"key_lock must be True or False, got {self.key_lock!r}")
 
     @classmethod
     def of(cls, options: SamplingOptions | None = None, **overrides) -> SamplingOptions:
@@ -106,11 +109,13 @@ class SamplingOptions:
             cfg_scale_codes=self.cfg_scale_codes if self.cfg_scale_codes is not None else d.get("cfg_scale_codes"),
             n_latents=self.n_latents if self.n_latents is not None else (d.get("n_latents") or trained_latents),
             candidates=self.candidates if self.candidates is not None else int(d.get("candidates") or 1),
+            key_lock=self.key_lock if self.key_lock is not None else bool(d.get("key_lock", False)),
         )
 
     def generate_kwargs(self) -> dict:
         """The keyword arguments of ``perceiverar.generation.generate`` (off switches as None). Resolve first.
-        ``candidates`` is not among them: the caller draws num_samples x candidates rows (``perceiverar.candidates``)."""
+        ``candidates`` is not among them: the caller draws num_samples x candidates rows (``perceiverar.candidates``);
+        nor is ``key_lock``: the pipeline turns it into the audio constraint's chord labels."""
         return dict(
             num_samples=self.num_samples,
             seed=self.seed,

@@ -57,6 +57,22 @@ def chord_name(label: int) -> str:
     return PITCH_CLASSES[c % 12] + ("m" if c >= 12 else "")
 
 
+# The diatonic triads of a key as (semitones above the tonic, minor?): major I IV V, ii iii vi; minor i iv v,
+# III VI VII and the harmonic minor's major V (the dominant of a Bach cadence in minor).
+_DIATONIC = {
+    "major": ((0, False), (5, False), (7, False), (2, True), (4, True), (9, True)),
+    "minor": ((0, True), (5, True), (7, True), (3, False), (8, False), (10, False), (7, False)),
+}
+
+
+def key_chords(tonic: int, mode: str) -> list[int]:
+    """The labels (0..24) a "key lock" allows: the diatonic triads of the key (tonic pitch class 0..11,
+    'major'|'minor') and "no chord". G major -> G, C, D, Am, Bm, Em, N."""
+    if mode not in _DIATONIC:
+        raise TokenizerError(f"unknown mode {mode!r}; expected 'major' or 'minor'")
+    return sorted({(int(tonic) + step) % 12 + (12 if minor else 0) for step, minor in _DIATONIC[mode]} | {NO_CHORD})
+
+
 def block_chroma(
     waveform: np.ndarray, sample_rate: int, n_codes: int, hop: int, block: int = CHORD_BLOCK
 ) -> np.ndarray:

@@ -32,6 +32,12 @@ def parse_key(name: str) -> tuple[int, str]:
     return (_LETTER[letter] + shift) % 12, mode
 
 
+def find_key(text: str) -> tuple[int, str] | None:
+    """The first key named anywhere in ``text`` ("bach chorale in B- major" -> (10, 'major')), or None."""
+    m = KEY_RE.search(text)
+    return None if m is None else parse_key(m.group(0))
+
+
 def key_name(tonic: int, mode: str) -> str:
     names = MAJOR_NAMES if mode == "major" else MINOR_NAMES
     return f"{names[tonic % 12]} {mode}"

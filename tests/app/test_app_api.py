@@ -59,6 +59,10 @@ def test_each_endpoint_uses_its_own_default_checkpoint(client):
     meta = json.loads(open([f for f in files if f.endswith(".json")][0], encoding="utf-8").read())
     assert (meta["checkpoint"], meta["seconds"], meta["seed"], meta["sample_rate"]) == ("bach", 0.5, 7, 22050)
     assert meta["n_latents"] == 1024  # bach's own trained number, not the image model's
+    audio, files, status = client.predict(prompt="bach chorale in E- minor", seconds=0.5, seed=7, key_lock=True,
+                                          api_name="/generate_music")  # fmt: skip
+    meta = json.loads(open([f for f in files if f.endswith(".json")][0], encoding="utf-8").read())
+    assert meta["key_lock"] is True and meta["locked_key"] == "E- minor" and "key lock: E- minor" in status
 
     gallery, files, status = client.predict(prompt="red apple; food & drink", seed=3, n_latents=32, candidates=2,
                                             api_name="/generate_image")  # fmt: skip

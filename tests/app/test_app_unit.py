@@ -117,10 +117,34 @@ def test_request_checks_name_each_bad_setting(mixed):
     svc.close()
 
 
+def test_music_requests_take_a_key_lock_switch(bundled):
+    """/generate_music's twelfth value: left out, the checkpoint's default (bach's config); true/false as sent;
+    anything else named. Which key it locks to is the prompt's."""
+    from app.requests import params
+    from app.service import Service
+    from perceiverar import Pipeline
+
+    assert params("audio")[-1] == "key_lock" and "key_lock" not in params("text")
+    svc = Service([bundled], device="cpu", demo=False)
+    base = dict(prompt="bach chorale in B- major", checkpoint="bach", seconds=1, num_samples=1, seed=1, temperature=1.0,
+                top_k=0, top_p=1.0, cfg_scale=1.0, n_latents=0, candidates=1)  # fmt: skip
+    default = bool(Pipeline.load(bundled / "bach", device="cpu").defaults.get("key_lock"))
+    req, errors = svc.check("audio", base)
+    assert not errors and req.sampling.key_lock is default
+    for value in (True, False):
+        req, errors = svc.check("audio", {**base, "key_lock": value})
+        assert not errors and req.sampling.key_lock is value
+    _, errors = svc.check("audio", {**base, "key_lock": "maybe"})
+    assert errors == {"key_lock": "key_lock must be true or false, got 'maybe'"}
+    pipe = svc.catalogue.pipeline("bach")
+    assert pipe.locked_key(base["prompt"]) == "B- major" and pipe.locked_key("a chorale") is None
+    svc.close()
+
+
 def test_slider_ranges_follow_each_checkpoint(bundled, mixed):
     """Every widget and every checkpoint-change update is one Gradio accepts (minimum < maximum)."""
     from app.service import Service
-    from app.ui import CHECKPOINT_CONTROLS, _sampling_widgets, _size_widget, checkpoint_updates
+    from app.ui import _sampling_widgets, _size_widget, checkpoint_controls, checkpoint_updates
 
     svc = Service([bundled, mixed], device="cpu", demo=True)
     with gr.Blocks():  # one Blocks: each costs ~0.4 s to close
@@ -128,9 +152,11 @@ def test_slider_ranges_follow_each_checkpoint(bundled, mixed):
             for name in svc.names(modality):
                 caps = svc.capabilities(name)
                 size = _size_widget(modality, caps)
-                ctl = _sampling_widgets(caps, modality)
-                targets = [None, None, size, None, *(ctl[k] for k in CHECKPOINT_CONTROLS)]
-                for widget, update in zip(targets, checkpoint_updates(svc, modality, name)):
+                ctl = _sampling_widgets(caps, {"audio": "music"}.get(modality, modality))
+                targets = [None, None, size, None, *(ctl[k] for k in checkpoint_controls(modality))]
+                updates = checkpoint_updates(svc, modality, name)
+                assert len(updates) == len(targets)
+                for widget, update in zip(targets, updates):
                     if widget is not None:  # what Gradio does with an update: a widget from the merged arguments
                         args = {**widget.constructor_args, **{k: v for k, v in update.items() if k != "__type__"}}
                         type(widget)(**args)  # raises if Gradio refuses it

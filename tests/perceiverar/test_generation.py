@@ -242,6 +242,40 @@ def test_chords_audio_constraint_puts_a_label_before_every_block(debug_model):
         ModalityConstraint("audio", n_audio_tokens=n, audio_mode="chords").begin(prompt + [512], 1)
 
 
+def test_chord_labels_narrow_the_labels_a_chords_section_may_take(debug_model):
+    """chord_labels (a key lock): at temperature 3 a random model draws labels from the whole 25 without it and
+    only the given ones with it; codes are untouched. Refused for a section without chord labels."""
+    from tokenizers_mm.vocab import CHORD_BLOCK, CHORD_OFFSET
+
+    model = debug_model()
+    n = 8 * CHORD_BLOCK  # eight blocks
+    prompt = build_sequence("drums", "audio", n_audio_tokens=n, complete=False, audio_mode="chords")
+    slots = list(range(0, n + 8, CHORD_BLOCK + 1))
+    keep = [0, 5, 7, 24]
+    drawn = {}
+    for lock in (None, keep):
+        con = ModalityConstraint("audio", n_audio_tokens=n, content_range=(512, 528), audio_mode="chords", chord_labels=lock)
+        out = generate(model, prompt, n + 10, constraint=con, seed=0, num_samples=4, temperature=3.0)
+        drawn[lock is None] = {out[r, i].item() - CHORD_OFFSET for r in range(4) for i in slots}
+        assert all(512 <= t < 528 for r in out.tolist() for i, t in enumerate(r[: n + 8]) if i not in slots)
+    assert drawn[False] <= set(keep) and len(drawn[False]) > 1
+    assert drawn[True] - set(keep)  # unlocked, the same draws leave the set
+    # first_chord: the section's first label is that one; a prompt that already opened the section is not touched
+    con = ModalityConstraint("audio", n_audio_tokens=n, content_range=(512, 528), audio_mode="chords", chord_labels=keep,
+                             first_chord=5)  # fmt: skip
+    out = generate(model, prompt, n + 10, constraint=con, seed=1, num_samples=4, temperature=3.0)
+    assert out[:, 0].tolist() == [CHORD_OFFSET + 5] * 4
+    assert {out[r, i].item() - CHORD_OFFSET for r in range(4) for i in slots[1:]} <= set(keep)
+    con.begin(prompt + [CHORD_OFFSET + 7, 512], 1)
+    assert con.allowed(model.cfg.vocab_size)[0, 512] and not con.allowed(model.cfg.vocab_size)[0, CHORD_OFFSET:].any()
+    with pytest.raises(ValueError, match="first_chord"):
+        ModalityConstraint("audio", n_audio_tokens=n, first_chord=5)
+    with pytest.raises(ValueError, match="chords layout"):
+        ModalityConstraint("audio", n_audio_tokens=n, chord_labels=keep)
+    with pytest.raises(ValueError, match="subset"):
+        ModalityConstraint("audio", n_audio_tokens=n, audio_mode="chords", chord_labels=[25])
+
+
 # ---------------------------------------------------------------------------------- streaming, cancel
 
 

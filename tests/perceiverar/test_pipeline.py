@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,3 +203,40 @@ def test_cli_random_init(tmp_path, capsys):
     assert rc == 0 and out.is_file()
     assert "random" in capsys.readouterr().err
     assert not list(tmp_path.glob(".s.txt*"))  # the temp file was renamed into place
+
+
+BACH = Path(__file__).resolve().parents[2] / "checkpoints" / "bach"
+
+
+@pytest.mark.skipif(not (BACH / "model.safetensors").is_file(), reason="the bundled bach checkpoint is missing")
+def test_key_lock_keeps_the_bundled_bach_checkpoints_chords_in_the_prompts_key():
+    """The real chords-layout checkpoint: generate_audio's constraint with key_lock allows only the diatonic triads
+    of the key the prompt names, opening on the tonic triad (all 25 labels without it, or when no key is named), and
+    sampling through it at a high temperature draws only those labels, where the unlocked constraint leaves them."""
+    from perceiverar.generation import generate
+    from tokenizers_mm.chords import chord_name
+    from tokenizers_mm.vocab import CHORD_BLOCK, CHORD_OFFSET, N_CHORDS, build_sequence
+
+    pipe = Pipeline.load(BACH, device="cpu")
+    prompt = "bach chorale in E- minor, 4/4 time"
+    n = 6 * CHORD_BLOCK
+    locked = pipe.audio_constraint(prompt, n, key_lock=True)
+    assert {chord_name(t - CHORD_OFFSET) for t in locked.chord_ids} == {"Ebm", "Abm", "Bbm", "F#", "B", "C#", "Bb", "N"}
+    assert chord_name(locked.first_chord - CHORD_OFFSET) == "Ebm"  # the tonic triad opens
+    assert len(pipe.audio_constraint(prompt, n).chord_ids) == N_CHORDS
+    assert len(pipe.audio_constraint("a chorale", n, key_lock=True).chord_ids) == N_CHORDS
+    assert pipe.sampling().key_lock is False and pipe.sampling(key_lock=True).key_lock is True
+
+    ids = build_sequence(prompt, "audio", n_audio_tokens=n, complete=False, audio_mode=pipe.audio_mode)
+    slots = list(range(0, n + 6, CHORD_BLOCK + 1))
+    drawn = {}
+    for lock in (False, True):
+        out = generate(pipe.model, ids, n + 8, constraint=pipe.audio_constraint(prompt, n, key_lock=lock), seed=0,
+                       num_samples=3, temperature=4.0)  # fmt: skip
+        drawn[lock] = {out[r, i].item() for r in range(3) for i in slots}
+        if lock:
+            assert out[:, 0].tolist() == [locked.first_chord] * 3
+    assert drawn[True] <= set(locked.chord_ids)
+    assert drawn[False] - set(locked.chord_ids)
+    with pytest.raises(ValueError, match="key_lock"):
+        pipe.sampling(key_lock="yes")

@@ -61,6 +61,11 @@ def test_resolved_fills_the_checkpoint_defaults():
     r = SamplingOptions().resolved({**d, "cfg_scale_codes": 1.0, "candidates": 2}, 64)
     assert (r.cfg_scale_codes, r.candidates) == (1.0, 2) and r.generate_kwargs()["cfg_scale_codes"] == 1.0
     assert SamplingOptions(cfg_scale_codes=2).resolved({**d, "cfg_scale_codes": 1.0}, 64).cfg_scale_codes == 2.0
+    assert r.key_lock is False and "key_lock" not in r.generate_kwargs()  # off unless a checkpoint says so
+    assert SamplingOptions().resolved({**d, "key_lock": True}, 64).key_lock is True
+    assert SamplingOptions(key_lock=False).resolved({**d, "key_lock": True}, 64).key_lock is False
+    with pytest.raises(ValueError, match="key_lock must be True or False, got 1"):
+        SamplingOptions(key_lock=1)
 
 
 def test_generate_refuses_an_infinite_temperature():

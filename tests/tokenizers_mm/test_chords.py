@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tokenizers_mm.chords import (
-    NO_CHORD, PITCH_CLASSES, audio_chord_ids, block_chroma, chord_labels, chord_name, interleave, split_chords,
+    NO_CHORD, PITCH_CLASSES, TEMPLATES, audio_chord_ids, block_chroma, chord_labels, chord_name, interleave, key_chords,
+    split_chords,
 )  # fmt: skip
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.vocab import (
@@ -97,3 +98,28 @@ def test_chords_sequence_layout_features_parse_and_range_checks():
         build_sequence("x", "audio", [CHORD_OFFSET, *codes[:3]])  # a label in a codes section
     prefix = build_sequence("x", "audio", content[:5], complete=False, n_audio_tokens=45, audio_mode="chords")
     assert prefix[-8:-5] == [CHORDS_BEGIN, seq[i + 1], seq[i + 2]]
+
+
+@pytest.mark.parametrize("tonic,mode,names", [
+    (0, "major", {"C", "F", "G", "Dm", "Em", "Am"}),
+    (7, "major", {"G", "C", "D", "Am", "Bm", "Em"}),
+    (9, "minor", {"Am", "Dm", "Em", "C", "F", "G", "E"}),  # natural minor and the harmonic minor's major V
+    (3, "minor", {"Ebm", "Abm", "Bbm", "F#", "B", "C#", "Bb"}),
+])  # fmt: skip
+def test_key_chords_are_the_diatonic_triads_and_no_chord(tonic, mode, names):
+    labels = key_chords(tonic, mode)
+    assert {chord_name(c) for c in labels} == names | {"N"}
+    assert labels == sorted(labels) and NO_CHORD in labels
+
+
+def test_every_key_lock_holds_only_triads_built_from_its_scale():
+    """Every allowed triad's three notes lie in the key's scale (harmonic minor for minor keys): 12 x 2 keys."""
+    for mode, steps in (("major", (0, 2, 4, 5, 7, 9, 11)), ("minor", (0, 2, 3, 5, 7, 8, 10, 11))):
+        for tonic in range(12):
+            scale = {(tonic + s) % 12 for s in steps}
+            triads = [c for c in key_chords(tonic, mode) if c != NO_CHORD]
+            assert len(triads) == (6 if mode == "major" else 7)
+            assert all(set(np.flatnonzero(TEMPLATES[c])) <= scale for c in triads)
+            assert tonic + (12 if mode == "minor" else 0) in triads  # the tonic triad
+    with pytest.raises(TokenizerError, match="mode"):
+        key_chords(0, "dorian")

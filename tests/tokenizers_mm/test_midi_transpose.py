@@ -6,7 +6,7 @@ import mido
 import pytest
 
 from tokenizers_mm.midi_transpose import (
-    key_name, parse_key, transpose_caption, transpose_key, transpose_midi,
+    find_key, key_name, parse_key, transpose_caption, transpose_key, transpose_midi,
 )  # fmt: skip
 
 
@@ -41,6 +41,13 @@ def test_parse_key_rejects_non_keys():
         parse_key("H major")
     with pytest.raises(ValueError):
         parse_key("F dorian")
+
+
+def test_find_key_reads_the_first_key_a_text_names():
+    assert find_key("bach chorale bwv1.6 in B- major, 4/4 time") == (10, "major")
+    assert find_key("a chorale in F# minor, then in G major") == (6, "minor")
+    assert find_key("a chorale in a major key") is None
+    assert find_key("") is None
 
 
 def test_transpose_caption_rewrites_only_the_key():
