@@ -225,7 +225,7 @@ def test_key_lock_keeps_the_bundled_bach_checkpoints_chords_in_the_prompts_key()
     assert chord_name(locked.first_chord - CHORD_OFFSET) == "Ebm"  # the tonic triad opens
     assert len(pipe.audio_constraint(prompt, n).chord_ids) == N_CHORDS
     assert len(pipe.audio_constraint("a chorale", n, key_lock=True).chord_ids) == N_CHORDS
-    assert pipe.sampling().key_lock is False and pipe.sampling(key_lock=True).key_lock is True
+    assert pipe.sampling().key_lock is True and pipe.sampling(key_lock=False).key_lock is False  # on by default
 
     ids = build_sequence(prompt, "audio", n_audio_tokens=n, complete=False, audio_mode=pipe.audio_mode)
     slots = list(range(0, n + 6, CHORD_BLOCK + 1))
