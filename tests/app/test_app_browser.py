@@ -91,6 +91,9 @@ def test_every_tab_generates_with_the_bundled_checkpoints(page, artifacts):
     _generate(page, "music", "bach chorale in G major, 4/4 time")
     page.locator("#music-files").get_by_text("perceiverar-music-seed").first.wait_for()
     assert "0.5 s" in page.locator("#music-status").inner_text()
+    assert "key lock: G major" in page.locator("#music-status").inner_text()  # bach's default, the prompt's key
+    page.locator("#music-sampling").click()
+    assert page.locator("#music-key-lock input[type=checkbox]").is_checked()
     page.screenshot(path=str(artifacts / "browser-music.png"), full_page=True)
 
     _tab(page, "Image")
