@@ -179,7 +179,7 @@ def checkpoint_controls(modality: str) -> tuple[str, ...]:
 
 
 def checkpoint_updates(service: Service, modality: str, name: str) -> list:
-    """Updates when a tab's checkpoint changes: notice, summary, length control, Generate, CHECKPOINT_CONTROLS.
+    """Updates when a tab's checkpoint changes: notice, summary, length control, Generate, checkpoint_controls().
 
     Every slider keeps minimum < maximum (Gradio refuses an update otherwise, and the whole update is lost).
     """

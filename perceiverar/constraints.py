@@ -89,7 +89,7 @@ class ModalityConstraint:
             self.chord_ids = ids
         self.first_chord = None
         if first_chord is not None:
-            if not self.chord_block or not clo <= clo + int(first_chord) < chi:
+            if not self.chord_block or not 0 <= int(first_chord) < chi - clo:
                 raise ValueError(f"first_chord must be a label 0..{chi - clo - 1} of a chords layout, got {first_chord}")
             self.first_chord = clo + int(first_chord)
         self.lo, self.hi = allowed_range(modality)
@@ -207,7 +207,7 @@ class ModalityConstraint:
         step = self._step
         content_or_pre = torch.where(step < n_pre, step, n_pre)
         ending = n_pre + 1 + (step - n_pre - n_left).clamp(max=n_end)  # end ids, then the PAD row
-        if self.chord_block:  # a chord label's slot: the table's last row
+        if self.chord_block:  # a chord label's slot: the table's second-last row, the section's first one its last
             chord = ((step - n_pre + self._done_before) % (self.chord_block + 1) == 0) & (step >= n_pre)
             first = chord & (step - n_pre + self._done_before == 0)
             content_or_pre = torch.where(chord, n_pre + n_end + 2 + first.long(), content_or_pre)

@@ -363,22 +363,28 @@ class Pipeline:
 
     def audio_constraint(self, prompt: str, n_audio_tokens: int, *, key_lock: bool = False) -> ModalityConstraint:
         """The constraint of an audio section of ``n_audio_tokens`` codes: this checkpoint's codebook, its layout,
-        and with ``key_lock`` the chord labels of the key the prompt names (:meth:`key_lock_chords`)."""
+        and with ``key_lock`` the chord labels of the key the prompt names (:meth:`key_lock`)."""
         hi = AUDIO_OFFSET + self.audio_tokenizer.codebook_size
         return ModalityConstraint("audio", n_audio_tokens=n_audio_tokens, content_range=(AUDIO_OFFSET, hi),
                                   audio_mode=self.audio_mode, **(self.key_lock(prompt) if key_lock else {}))  # fmt: skip
 
+    def _lockable_key(self, prompt: str) -> tuple[int, str] | None:
+        """(tonic, mode) of the first key ``prompt`` names, when this checkpoint's audio has chord labels to lock."""
+        if "audio" not in self.modalities or not chord_block(self.audio_mode):
+            return None
+        return find_key(self._prompt_bytes(prompt).decode("utf-8", "replace"))
+
     def locked_key(self, prompt: str) -> str | None:
         """The key a key lock keeps ``prompt``'s chords to ("G minor"), or None when there is nothing to lock."""
-        key = find_key(self._prompt_bytes(prompt).decode("utf-8", "replace"))
-        return key_name(*key) if key is not None and self.key_lock(prompt) else None
+        key = self._lockable_key(prompt)
+        return None if key is None else key_name(*key)
 
     def key_lock(self, prompt: str) -> dict:
         """The chord labels a key lock allows for ``prompt`` (ModalityConstraint keyword arguments): the diatonic
         triads of the first key it names ("... in G major"), opening on the tonic triad; {} (no lock) when it names
         none or the checkpoint's audio has no chord labels."""
-        key = find_key(self._prompt_bytes(prompt).decode("utf-8", "replace"))
-        if key is None or "audio" not in self.modalities or not chord_block(self.audio_mode):
+        key = self._lockable_key(prompt)
+        if key is None:
             return {}
         tonic, mode = key
         return {"chord_labels": key_chords(tonic, mode), "first_chord": tonic + (12 if mode == "minor" else 0)}
