@@ -45,6 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait in the queue (default 64)")
     p.add_argument("--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--max-upload-kb", type=int, default=512, help="largest prompt file accepted, in KB (default 512)")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="compile each model's decode step with torch.compile: auto (default) on a GPU only; on also on "
+                        "the CPU: the first request of each checkpoint waits 15-50 s for it, later ones run ~1.5x "
+                        "faster (a 16x16 emoji 0.7 s instead of 1.2 s, text ~400 instead of ~250 bytes/s)")
     p.add_argument("--quiet", action="store_true", help="less logging")
     args = p.parse_args(argv)  # fmt: skip
     if args.concurrency is not None and args.concurrency < 1:
@@ -104,6 +108,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")  # fmt: skip
+    from perceiverar import set_compile_default  # noqa: PLC0415
     from perceiverar.pipeline import resolve_device  # noqa: PLC0415
 
     try:
@@ -111,6 +116,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"perceiverar-app: error: --device: {e}", file=sys.stderr)
         return 2
+    set_compile_default(args.compile)
     bundled = [BUNDLED_CHECKPOINTS, Path.cwd() / "checkpoints"]  # the repository's, and the one beside the user
     folders = args.checkpoint_dir + ([] if args.no_bundled else [p for p in bundled if p.is_dir()])
     service = Service(folders, device=args.device, max_upload_kb=args.max_upload_kb, demo=True if args.demo else "auto")

@@ -275,8 +275,11 @@ def bench_n_latents(model, P: int, values: list[int], n_tokens: int, device, eva
 # ------------------------------------------------------------------------ targets: today's path vs the new one
 
 # "Today's path": the code before the static-shape decode step (issue 21), exported from git and measured by the
-# same worker (benchmarks/decode_speed.py) in its own process, beside this tree's variants.
-BASELINE_REV = "c212e05710d0ef87e9756b0333961188bad5101f"
+# same worker (benchmarks/decode_speed.py) in its own process, beside this tree's variants. It is the parent of the
+# commit that added perceiverar/decode_step.py. (Until 2026-12-01 this was c212e05, whose pipeline.py imports
+# perceiverar/constraints.py, committed a minute later: that tree only ran where the installed package lent it the
+# missing module, and in a fresh editable install it lends today's, which no longer fits the old vocab.)
+BASELINE_REV = "ff03c90a1468501590ae93342211716ef535de44"
 TARGETS = {"image_wall_s": 5.0, "text_bytes_per_s": 200.0, "cached_vs_uncached_per_token": 50.0}
 VARIANTS = {  # name -> (tree: "baseline" | "this", worker flags)
     "today": ("baseline", []),

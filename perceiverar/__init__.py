@@ -2,6 +2,7 @@
 
 from perceiverar.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from perceiverar.config import PRESETS, PerceiverARConfig
+from perceiverar.decode_step import set_compile_default
 from perceiverar.generation import generate
 from perceiverar.model import PerceiverAR
 from perceiverar.pipeline import Pipeline
@@ -16,4 +17,5 @@ __all__ = [
     "generate",
     "load_checkpoint",
     "save_checkpoint",
+    "set_compile_default",
 ]

@@ -16,6 +16,9 @@ def test_cli_defaults_are_local_and_private():
     assert b.checkpoint_dir == ["a", "b"] and b.concurrency == 2 and b.max_upload_kb == 64
     with pytest.raises(SystemExit):
         parse_args(["--concurrency", "0"])
+    assert a.compile == "auto" and parse_args(["--compile", "on"]).compile == "on"
+    with pytest.raises(SystemExit):
+        parse_args(["--compile", "yes"])
 
 
 def test_discovery_lists_checkpoints_by_name_only(tmp_path):

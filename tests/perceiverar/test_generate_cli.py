@@ -32,6 +32,7 @@ def _usage_error(argv, capsys) -> str:
         (["--n-latents", "0"], "n_latents must be at least 1"),
         (["--candidates", "65"], "candidates must be between 1 and 64"),
         (["--threads", "0"], "--threads must be at least 1"),
+        (["--compile", "yes"], "argument --compile: invalid choice"),
     ],
 )  # fmt: skip
 def test_bad_sampling_settings_are_usage_errors(tmp_path, capsys, extra, message):
@@ -86,3 +87,19 @@ def test_results_record_the_settings_like_the_app(tmp_path, capsys):
     img = Image.open(png)
     params = json.loads(img.text["parameters"])
     assert img.text["prompt"] == "sun" and params["seed"] == 2**40 and (params["height"], params["width"]) == img.size
+
+
+@pytest.mark.slow  # torch.compile of the step: about a minute on a 2-core CPU
+def test_compile_on_draws_the_same_image(tmp_path):
+    """--compile on (the compiled decode step on the CPU) gives the same image, byte for byte, as --compile off."""
+    from perceiverar.decode_step import _COMPILED, set_compile_default
+
+    base = [*RANDOM, "--prompt", "red circle", "--modality", "image", "--seed", "7"]
+    try:
+        assert main([*base, "--out", str(tmp_path / "off.png"), "--compile", "off"]) == 0
+        assert main([*base, "--out", str(tmp_path / "on.png"), "--compile", "on"]) == 0
+        assert not _COMPILED[None].failed, "the step fell back to eager"
+    finally:
+        set_compile_default(None)
+    a, b = Image.open(tmp_path / "off.png"), Image.open(tmp_path / "on.png")
+    assert a.tobytes() == b.tobytes() and a.size == b.size

@@ -474,6 +474,30 @@ def test_compiled_step_exact_across_slides(debug_model):
     assert not _COMPILED[None].failed
 
 
+def test_compile_default_picks_the_decode_step():
+    """``set_compile_default`` (perceiverar-app / perceiverar-generate ``--compile``) decides what generate(compile=None)
+    runs; a call's own ``compile`` still wins."""
+    from perceiverar.decode_step import COMPILE_ON_CPU, _Compiled, decode_one_token, set_compile_default, step_function
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    try:
+        set_compile_default("off")
+        assert step_function(cpu) is decode_one_token and step_function(cuda) is decode_one_token
+        set_compile_default("on")
+        assert isinstance(step_function(cpu), _Compiled) and step_function(cpu).mode is None
+        assert step_function(cpu, compile=False) is decode_one_token
+        set_compile_default("auto")
+        assert isinstance(step_function(cuda), _Compiled) and step_function(cuda).mode == "reduce-overhead"
+        assert (step_function(cpu) is decode_one_token) != COMPILE_ON_CPU
+        set_compile_default(True)
+        assert isinstance(step_function(cpu), _Compiled)
+        for bad in ("yes", 1):
+            with pytest.raises(ValueError, match="compile must be"):
+                set_compile_default(bad)
+    finally:
+        set_compile_default(None)
+
+
 def test_cache_pool_reuses_caches_of_a_size(debug_model):
     from perceiverar.cache import CachePool
 
