@@ -10,7 +10,10 @@ On the CPU the eager step is the default (``COMPILE_ON_CPU``). Measured on this 
 seconds of one thread (``benchmarks/generate.py --targets``, results/generate-targets-cpu-2026-11-29.json), the
 compiled step is cheaper per token (text: 254 bytes per CPU second against 195 eager; a 16x16 palette image: 1.30
 against 1.64 CPU s; at a 16K context: 6.3-6.8 against 7.7-7.9 ms per token), but compiling it took 40-55 s of wall
-time per process (and again for new shapes), ten times the image itself; a long-running process can turn it on.
+time per process (and again for new shapes), ten times the image itself; a long-running process can turn it on
+(``set_compile_default``; ``perceiverar-app --compile on``). Re-measured on 2026-12-01 (an Intel Xeon, one thread,
+results/generate-targets-xeon-cpu-2026-12-01.json): compiled 0.71-0.76 s per emoji against 1.22-1.26 s, text
+390-398 against 238-247 bytes/s, 3.9-4.1 against 5.8-6.2 ms per token at a 16K context.
 """
 
 from __future__ import annotations
