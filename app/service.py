@@ -111,6 +111,7 @@ class Service:
         try:
             caps = self.capabilities(name)
             n, budget = self.count_prompt(name, modality, prompt, check_size(caps, modality, size))
+            note = self.catalogue.pipeline(name).prompt_note(prompt or "")
         except (CheckpointUnavailable, ValueError, KeyError) as e:
             return f"⚠ {e}"
         if budget <= 0:
@@ -118,7 +119,8 @@ class Service:
         if n > budget:
             return (f"⚠ **{n:,} / {budget:,}** prompt tokens: **{n - budget:,} over** the context budget. "
                     "Shorten the prompt or reduce the output size.")  # fmt: skip
-        return f"**{n:,} / {budget:,}** prompt tokens ({100 * n / budget:.1f}% of the context budget)"
+        line = f"**{n:,} / {budget:,}** prompt tokens ({100 * n / budget:.1f}% of the context budget)"
+        return line + (f" · ⚠ {note}" if note else "")
 
     # ---- generation ----
 

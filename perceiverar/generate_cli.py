@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             pipe = random_pipeline(args.preset, device=device, image_size=(side, side))
         else:
             pipe = Pipeline.load(args.checkpoint, device=device)
+        note = pipe.prompt_note(prompt)
+        if note:
+            print(f"notice: {note}", file=sys.stderr)
         options = pipe.sampling(options, pick_seed=True)  # the values used, recorded with the result
         if args.modality == "image":  # record the size made, not None for "the checkpoint's"
             tok = pipe.image_tokenizer(args.height, args.width)

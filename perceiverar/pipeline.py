@@ -216,6 +216,24 @@ class Pipeline:
             n_new = n_bytes + _END_TOKENS
         return build_sequence(data, modality, complete=False, **kw), n_new, kw
 
+    @property
+    def trained_prompt_tokens(self) -> int | None:
+        """The longest prompt, in tokens, the checkpoint was trained with (``trained_prompt_tokens`` in its
+        config.json: its longest caption, or its context when captions were buried in long text); None when not
+        recorded (a text checkpoint, whose prompts are any text up to its context). A longer prompt still runs, but
+        it is outside what the model learnt: the bundled emoji model reads a caption four times less well behind 400
+        tokens of other text and not at all behind 60,000 (``benchmarks/long_prompt.py``)."""
+        v = self.config.get("trained_prompt_tokens")
+        return int(v) if v else None
+
+    def prompt_note(self, prompt: str) -> str | None:
+        """A warning when ``prompt`` is longer than any the checkpoint was trained with, else None."""
+        n, limit = len(self._prompt_bytes(prompt)), self.trained_prompt_tokens
+        if limit is None or n <= limit:
+            return None
+        return (f"the prompt is {n:,} tokens, longer than any this checkpoint was trained with ({limit:,}): "
+                "it may follow it poorly; a short caption works best")
+
     def count_prompt_tokens(self, prompt: str, modality: str, **size) -> int:
         """Tokens of the generation prefix (markers + prompt bytes + header) for this prompt."""
         ids, _, _ = self._layout(prompt, modality, **size)

@@ -24,8 +24,10 @@ from pathlib import Path
 import torch
 
 from perceiverar import load_checkpoint, save_checkpoint
+from perceiverar.data import longest_caption
 from perceiverar.evaluate import METRIC
 from perceiverar.evaluate import run as evaluate  # run returns the result; main, the console script, an exit code
+from tokenizers_mm.colours import COLOUR_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 25 * 2**20
@@ -75,6 +77,20 @@ def _stages(run: Path) -> list[dict]:
     return stages[::-1]
 
 
+def trained_prompt_tokens(ck, stages: list[dict], data: Path) -> int | None:
+    """The longest prompt the checkpoint's training gave it, in tokens: the context of a stage that buried captions
+    in long text (``--filler``), else the data's longest caption under the checkpoint's caption template, plus room
+    for a colour tag in front of an image's name ("orange red apple"); None for a text checkpoint."""
+    media = [m for m in ck.tokenizer.get("modalities", []) if m in ("image", "audio")]
+    if not media:
+        return None
+    buried = [st["context_len"] or ck.config.context_len for st in stages if st.get("filler")]
+    if buried:
+        return max(buried)
+    longest = longest_caption(data, media[0], ck.tokenizer.get("caption_template", "{text}"))
+    return longest + (max(map(len, COLOUR_NAMES)) + 1 if media[0] == "image" else 0)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="training run directory (its best/ is exported)")
@@ -99,6 +115,9 @@ def main(argv=None) -> None:
                             "--max-items", str(a.eval_items), "--device", "cpu"]
                            + (["--max-windows", str(a.eval_max_windows)] if a.eval_max_windows else []))
     stages = _stages(a.run)
+    trained = trained_prompt_tokens(ck, stages, Path(a.data))
+    if trained:
+        ck.tokenizer["trained_prompt_tokens"] = trained  # Pipeline.prompt_note warns above it
     stats = {k: sum(st[k] for st in stages) for k in ("steps", "train_seconds", "tokens_seen")}
     stats["train_seconds"] = round(stats["train_seconds"], 1)
     training = {

@@ -25,7 +25,7 @@ from perceiverar.data.mirror import Mirror
 from perceiverar.data.palette import fit_source_palette
 from perceiverar.data.sources import (
     AUDIO_EXTS, CACHE_FORMAT, CAPTIONS, IMAGE_EXTS, TEXT_EXTS, VAL_PERMILLE, DatasetError, Entry, SourceSpec,
-    TokenizerSettings, caption_from, detect_modality, is_val, list_entries, parse_data_arg,
+    TokenizerSettings, caption_from, detect_modality, is_val, list_entries, longest_caption, parse_data_arg,
 )  # fmt: skip
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "AudioCodec", "fit_audio_codec", "load_audio_codec", "CAPTION_SEP", "Filler", "bury_caption", "prompted_sequence",
     "fit_source_palette", "ColourAugment", "Mirror", "balanced_probs", "parse_balance",
     "AUDIO_EXTS", "CACHE_FORMAT", "CAPTIONS", "IMAGE_EXTS", "TEXT_EXTS", "VAL_PERMILLE", "DatasetError", "Entry",
-    "SourceSpec", "TokenizerSettings", "caption_from", "detect_modality", "is_val", "list_entries", "parse_data_arg",
+    "SourceSpec", "TokenizerSettings", "caption_from", "detect_modality", "is_val", "list_entries", "longest_caption",
+    "parse_data_arg",
 ]  # fmt: skip

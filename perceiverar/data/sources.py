@@ -106,6 +106,13 @@ def caption_from(obj: dict, template: str) -> str:
         raise KeyError(f"the caption template {template!r} is not a valid format string ({e})") from None
 
 
+def longest_caption(folder: Path, modality: str, caption_template: str = "{text}") -> int:
+    """Prompt tokens of the folder's longest caption as training writes it (one token per UTF-8 byte); 0 for a
+    folder of text documents, which have no captions."""
+    entries, _ = list_entries(Path(folder), modality, caption_template)
+    return max((len(e.text.encode("utf-8")) for e in entries if e.text), default=0)
+
+
 def list_entries(folder: Path, modality: str, caption_template: str = "{text}") -> tuple[list[Entry], list[dict]]:
     """The folder's items and the files skipped while listing (missing, uncaptioned, bad captions lines).
 

@@ -213,3 +213,8 @@ def test_live_token_count(app_server):
     assert ok.startswith("**5 / ") and "prompt tokens" in ok
     assert "over" in service.token_count("text", "x" * 70_000, "shakespeare", 16)
     assert "Unknown checkpoint" in service.token_count("text", "hi", "/etc/passwd", 16)
+    limit = service.catalogue.pipeline("emoji").trained_prompt_tokens  # the bundled emoji's longest caption
+    assert limit and "longer than any" not in service.token_count("image", "red apple", "emoji", "16x16")
+    long = service.token_count("image", "a" * (limit + 1), "emoji", "16x16")
+    assert f"the prompt is {limit + 1:,} tokens, longer than any this checkpoint was trained with ({limit:,})" in long
+    assert "longer than any" not in service.token_count("text", "x" * 5_000, "shakespeare", 16)  # any text, any length

@@ -770,3 +770,17 @@ def test_balance_draws_groups_by_size(folders):
         with pytest.raises(ValueError, match="--balance"):
             D.parse_balance(bad)
     assert D.parse_balance("category") == ("category", 0.5)
+
+
+def test_longest_caption_counts_utf8_bytes_under_the_template(tmp_path):
+    from PIL import Image
+
+    from perceiverar.data import longest_caption
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4), "red").save(tmp_path / name)
+    rows = [{"file": "a.png", "text": "red", "style": "a long style"}, {"file": "b.png", "text": "café au lait", "style": "x"}]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    assert longest_caption(tmp_path, "image") == len("café au lait".encode())  # 13: the é is two bytes
+    assert longest_caption(tmp_path, "image", "{text}; {style} style") == len("red; a long style style")  # 23 > 22
+    assert longest_caption(tmp_path / "nothing", "image") == 0

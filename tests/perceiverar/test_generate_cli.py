@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +104,20 @@ def test_compile_on_draws_the_same_image(tmp_path):
         set_compile_default(None)
     a, b = Image.open(tmp_path / "off.png"), Image.open(tmp_path / "on.png")
     assert a.tobytes() == b.tobytes() and a.size == b.size
+
+
+EMOJI = Path(__file__).resolve().parents[2] / "checkpoints" / "emoji"
+
+
+@pytest.mark.skipif(not (EMOJI / "model.safetensors").is_file(), reason="the bundled emoji checkpoint is missing")
+def test_a_prompt_longer_than_any_trained_is_flagged(tmp_path, capsys):
+    """The bundled emoji checkpoint records its longest training caption; a longer prompt still runs, with a notice."""
+    from perceiverar import Pipeline
+
+    limit = Pipeline.load(EMOJI).trained_prompt_tokens
+    base = ["--checkpoint", str(EMOJI), "--modality", "image", "--seed", "1", "--n-latents", "64"]
+    assert main([*base, "--prompt", "red apple", "--out", str(tmp_path / "a.png")]) == 0
+    assert "longer than any" not in capsys.readouterr().err
+    assert main([*base, "--prompt", "red apple " * (limit // 10 + 1), "--out", str(tmp_path / "b.png")]) == 0
+    assert f"longer than any this checkpoint was trained with ({limit:,})" in capsys.readouterr().err
+    assert Image.open(tmp_path / "b.png").size == Image.open(tmp_path / "a.png").size

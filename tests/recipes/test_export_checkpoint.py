@@ -49,6 +49,10 @@ def test_export_two_stage_run(shared_data, tmp_path):
     card = (tmp_path / "ckpts" / "tiny" / "README.md").read_text()
     assert "3 + 2 steps in 2 stages" in card and "`{text}; {style} style`" in card
     assert next(ck.model.parameters()).dtype == torch.float32  # loaded back from the bf16 file as float32
+    assert ck.tokenizer["trained_prompt_tokens"] == 1024  # stage 2 buried its captions in up to a context of text
+    one = E.trained_prompt_tokens(load_checkpoint(tmp_path / "stage1" / "best"), E._stages(tmp_path / "stage1"), img)
+    longest = max(len(json.loads(x)["text"].encode()) for x in (img / "captions.jsonl").read_text().splitlines())
+    assert one == longest + len("purple ")  # the first stage's template is "{text}": the caption, and a colour tag
     with pytest.raises(SystemExit, match="train first"):
         E.main(["--run", str(tmp_path / "nothing"), "--name", "x", "--data", str(img), "--recipe", "r",
                 "--out-root", str(tmp_path / "ckpts")])  # fmt: skip
