@@ -224,7 +224,8 @@ class Pipeline:
         it is outside what the model learnt: the bundled emoji model reads a caption four times less well behind 400
         tokens of other text and not at all behind 60,000 (``benchmarks/long_prompt.py``)."""
         v = self.config.get("trained_prompt_tokens")
-        return int(v) if v else None
+        ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
+        return v if ok else None  # an advisory hint: a malformed value counts as none
 
     def prompt_note(self, prompt: str) -> str | None:
         """A warning when ``prompt`` is longer than any the checkpoint was trained with, else None."""

@@ -779,7 +779,8 @@ def test_longest_caption_counts_utf8_bytes_under_the_template(tmp_path):
 
     for name in ("a.png", "b.png"):
         Image.new("RGB", (4, 4), "red").save(tmp_path / name)
-    rows = [{"file": "a.png", "text": "red", "style": "a long style"}, {"file": "b.png", "text": "café au lait", "style": "x"}]
+    rows = [{"file": "a.png", "text": "red", "style": "a long style"},
+            {"file": "b.png", "text": "café au lait", "style": "x"}]
     (tmp_path / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
     assert longest_caption(tmp_path, "image") == len("café au lait".encode())  # 13: the é is two bytes
     assert longest_caption(tmp_path, "image", "{text}; {style} style") == len("red; a long style style")  # 23 > 22
