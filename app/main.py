@@ -18,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from app.catalogue import BUNDLED_CHECKPOINTS  # noqa: E402
+from perceiverar.decode_step import COMPILE_CHOICES  # noqa: E402
 from app.service import Service  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=64, help="requests that may wait in the queue (default 64)")
     p.add_argument("--device", default="auto", help="'auto' (GPU when there is one), 'cpu', 'cuda', 'cuda:1', ...")
     p.add_argument("--max-upload-kb", type=int, default=512, help="largest prompt file accepted, in KB (default 512)")
-    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--compile", choices=tuple(COMPILE_CHOICES), default="auto",
                    help="compile each model's decode step with torch.compile: auto (default) on a GPU only; on also on "
                         "the CPU: the first request of each checkpoint waits 15-50 s for it, later ones run ~1.5x "
                         "faster (on a 2-core Xeon a guided 16x16 emoji took 1.5-1.7 s instead of 2.3 s)")
