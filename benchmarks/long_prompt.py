@@ -36,7 +36,8 @@ the same bytes for the three long prompts of an item. A model that uses its whol
 
 A target too long to fit after the longest prompt (a long chorale) is scored on its first tokens only, the
 same ones in every condition. ``--context-len`` evaluates a checkpoint trained with a shorter context at a
-longer one (rotary positions extrapolate in form, if not in quality): the "before fine-tuning" baseline. Writes
+longer one (rotary positions extrapolate in form, if not in quality): the "before fine-tuning" baseline;
+``--query-len-scale N0`` runs the weights with length-scaled cross-attention queries (0: without). Writes
 benchmarks/results/long_prompt-<name>-<device>-<date>.json.
 """
 
@@ -162,11 +163,12 @@ def item_sequence(prompt: np.ndarray, rest: np.ndarray, n_target: int | None = N
     return ids, feats, (a, a + n)
 
 
-def with_context(model: PerceiverAR, context_len: int) -> PerceiverAR:
-    """The same weights under a longer (or shorter) context length."""
-    if context_len == model.cfg.context_len:
+def with_context(model: PerceiverAR, context_len: int, query_len_scale: int | None = None) -> PerceiverAR:
+    """The same weights under a longer (or shorter) context length, and a ``query_len_scale`` if given."""
+    qls = model.cfg.query_len_scale if query_len_scale is None else query_len_scale
+    if context_len == model.cfg.context_len and qls == model.cfg.query_len_scale:
         return model
-    out = PerceiverAR(dataclasses.replace(model.cfg, context_len=context_len))
+    out = PerceiverAR(dataclasses.replace(model.cfg, context_len=context_len, query_len_scale=qls))
     out.load_state_dict(model.state_dict())
     return out.eval()
 
@@ -265,6 +267,9 @@ def main(argv=None) -> dict:
                    help="the wrong caption is the item's own with OLD swapped for NEW (repeatable; the first that "
                         "fits is used; only items with one are scored)")  # fmt: skip
     p.add_argument("--context-len", type=int, default=None, help="run the weights at this context length")
+    p.add_argument("--query-len-scale", type=int, default=None, metavar="N0",
+                   help="run the weights with this length-scaled cross-attention (perceiverar.config; 0: off; "
+                        "default: the checkpoint's)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tag", default=None, help="result file tag (default: the checkpoint folder's name)")
@@ -282,7 +287,10 @@ def main(argv=None) -> dict:
         filler = Filler(text, split="val" if len(text.val_items) else "train")
     except (DatasetError, ValueError, RuntimeError) as e:
         raise SystemExit(f"long_prompt: error: {e}") from None
-    model = with_context(ckpt.model.float(), args.context_len or ckpt.config.context_len).to(args.device)
+    if args.query_len_scale is not None and args.query_len_scale < 0:
+        raise SystemExit(f"long_prompt: error: --query-len-scale must be >= 0 (0: off), got {args.query_len_scale}")
+    model = with_context(ckpt.model.float(), args.context_len or ckpt.config.context_len,
+                         args.query_len_scale).to(args.device)
     try:
         res = run(model, source, filler, items=args.items, prompt_tokens=args.prompt_tokens, split=args.split,
                   device=args.device, swaps=args.swap)  # fmt: skip
@@ -303,7 +311,8 @@ def main(argv=None) -> dict:
         print(f"  {k:30s} {d['mean']:+.4f} +- {d['stderr']:.4f}   {b['mean']:+8.2f} +- {b['stderr']:.2f} bits/item"
               f"   (first tokens: {o['mean']:+.4f} +- {o['stderr']:.4f})")
     fields = {"checkpoint": str(args.checkpoint), "trained_context_len": ckpt.config.context_len,
-              "context_len": model.cfg.context_len, "n_latents": model.cfg.n_latents, "data": args.data,
+              "context_len": model.cfg.context_len, "n_latents": model.cfg.n_latents,
+              "query_len_scale": model.cfg.query_len_scale, "data": args.data,
               "filler": args.filler, "prompt_tokens": args.prompt_tokens, "items": args.items, "split": args.split,
               "swaps": [f"{o}={n}" for o, n in args.swap or []], **res}  # fmt: skip
     tag = args.tag or Path(args.checkpoint).resolve().name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -54,6 +56,20 @@ class CrossAttentionBlock(nn.Module):
         are already in the preallocated caches (B, H, S, D); see ``cached_attention`` for ``length``."""
         q = self._queries(x, rope)
         return self._out(x, cached_attention(q, k_cache, v_cache, length))
+
+    def query_rope(self, rope: Rope, n_keys: torch.Tensor) -> Rope:
+        """The queries' rotary angles with the length scale folded in (rotation is linear, so scaling cos and sin
+        scales the rotated query): ``rope`` (M, D/2) or (R, 1, 1, D/2), ``n_keys`` (M,) or (R,) the positions each
+        query sees. With ``query_len_scale`` n0 > 1, a query that sees n > n0 positions is scaled by log n / log n0,
+        so that its softmax over a long prompt is about as sharp as over the n0 keys a short-item model was
+        trained on (log-n attention scaling); up to n0 nothing changes. The factor depends only on the query's own
+        position in the window, so cached and full passes agree. Off (n0 = 0): ``rope`` itself."""
+        n0 = self.cfg.query_len_scale
+        if n0 <= 1:
+            return rope
+        s = (n_keys.float().clamp_min(1.0).log() / math.log(n0)).clamp_min(1.0)  # n_keys' shape
+        s = s.reshape(*s.shape, *[1] * (rope[0].dim() - s.dim()))  # broadcast over the angles' trailing dims
+        return rope[0] * s, rope[1] * s
 
     def _queries(self, x: torch.Tensor, rope: Rope) -> torch.Tensor:
         q = rearrange(self.wq(self.q_norm(x)), "b m (h d) -> b h m d", h=self.cfg.n_heads)

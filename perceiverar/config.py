@@ -50,6 +50,12 @@ class PerceiverARConfig:
     # Width of the short causal depthwise convolution over the token embeddings before the cross-attention
     # (perceiverar.layers.ShortConv); 0 disables it (checkpoints trained before it existed).
     conv_kernel: int = 0
+    # Length-scaled cross-attention (0: off). A latent that sees n > this many keys gets its query scaled by
+    # log(n) / log(this), so that softmax over 60K keys is as sharp as over the few hundred a short-item model
+    # was trained on (the dilution of "scalable softmax" / log-n attention scaling); at or below it the model is
+    # unchanged. It depends only on a query's own position, so the exact cache stays exact. See
+    # ``CrossAttentionBlock.query_rope``.
+    query_len_scale: int = 0
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -126,6 +132,7 @@ MAX_PARAMS = 20e9  # ~80 GB of fp32 weights: beyond it a config is a typo, not a
 _INT_BOUNDS = {
     "vocab_size": (1, 1 << 20), "width": (1, 1 << 16), "n_heads": (1, 1024), "head_dim": (2, 1024),
     "n_layers": (1, 1024), "context_len": (1, 1 << 24), "n_latents": (1, 1 << 24), "conv_kernel": (0, 64),
+    "query_len_scale": (0, 1 << 24),
 }  # fmt: skip
 _REAL_BOUNDS = {
     "mlp_ratio": (0.0, 64.0), "dropout": (0.0, 1.0), "context_dropout": (0.0, 1.0), "rope_base": (1.0, 1e12),

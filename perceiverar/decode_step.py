@@ -87,7 +87,8 @@ def decode_one_token(
     k, v = model.cross.kv(x, rope_p)  # (R, H, 1, D)
     write_cache(cross_k, k, context_pos)
     write_cache(cross_v, v, context_pos)
-    h = model.cross.forward_cached(x, rope_p, cross_k, cross_v, context_pos + 1)  # (R, 1, C)
+    q_rope = model.cross.query_rope(rope_p, context_pos + 1)  # the query sees context_pos + 1 positions
+    h = model.cross.forward_cached(x, q_rope, cross_k, cross_v, context_pos + 1)  # (R, 1, C)
     cross_out[torch.arange(h.shape[0], device=h.device), latent_pos] = h[:, 0]
     logits = model.latent_stack(h, rope_p, caches=layers, pos=latent_pos, last_only=True)  # (R, 1, V)
     return logits[:, -1].float()

@@ -138,7 +138,8 @@ def cross_latents(model: PerceiverAR, stream: Stream, s: int, lo: int, hi: int) 
     """Cross-attention outputs (B, hi - lo, C) of positions [lo, hi); the context must hold [s, hi)."""
     c = stream.cache
     x = _embed(model, stream, lo, hi, s)
-    return model.cross.forward_cached(x, _rope(c, lo - s, hi - s), c.cross_k, c.cross_v, hi - s)
+    q_rope = model.cross.query_rope(_rope(c, lo - s, hi - s), torch.arange(lo - s + 1, hi - s + 1, device=x.device))
+    return model.cross.forward_cached(x, q_rope, c.cross_k, c.cross_v, hi - s)
 
 
 def prefill(model: PerceiverAR, stream: Stream, prev: Window | None, window: Window) -> torch.Tensor:

@@ -133,14 +133,15 @@ class PerceiverAR(nn.Module):
             keep = torch.cat([keep.sort().values, torch.arange(n_prefix, T, device=tokens.device)])
             ctx, ctx_pos = x[:, keep], pos[keep]
         q_rope = self.rope(pos[T - n :])
+        cross_rope = self.cross.query_rope(q_rope, pos[T - n :] + 1)  # latent i sees T - n + i + 1 positions
         if self.cfg.activation_checkpointing and self.training:
             # The cross-attention over the whole context holds the largest activations
             # (keys/values of all T positions): recompute them in the backward pass.
             h = checkpoint(
-                self.cross, x[:, T - n :], q_rope, context=ctx, context_rope=self.rope(ctx_pos), use_reentrant=False
+                self.cross, x[:, T - n :], cross_rope, context=ctx, context_rope=self.rope(ctx_pos), use_reentrant=False
             )
         else:
-            h = self.cross(x[:, T - n :], q_rope, context=ctx, context_rope=self.rope(ctx_pos))  # (B, n, C)
+            h = self.cross(x[:, T - n :], cross_rope, context=ctx, context_rope=self.rope(ctx_pos))  # (B, n, C)
         return self.latent_stack(h, q_rope)
 
     def token_nll(

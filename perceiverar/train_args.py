@@ -161,6 +161,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     g.add_argument("--conv-kernel", type=int, default=None,
                    help="override the preset's short causal convolution before the cross-attention (0: none)")
+    g.add_argument("--query-len-scale", type=int, default=None, metavar="N0",
+                   help="length-scaled cross-attention: a latent seeing n > N0 keys has its query scaled by "
+                        "log n / log N0, so a long prompt does not dilute what a short-item model attends to "
+                        "(0: off; the config's query_len_scale)")
     g.add_argument("--word-features", action="store_true",
                    help="with --init-from a checkpoint trained before the word feature slot (tokenizers_mm.features): "
                         "add the slot, its embedding zero-initialised so the model starts as the checkpoint (new "
@@ -223,6 +227,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--palette-colours must be in 1..256, got {args.palette_colours}")
     if args.conv_kernel is not None and not 0 <= args.conv_kernel <= 64:
         p.error(f"--conv-kernel must be in 0..64, got {args.conv_kernel}")
+    if args.query_len_scale is not None and args.query_len_scale < 0:
+        p.error(f"--query-len-scale must be >= 0 (0: off), got {args.query_len_scale}")
     if len(args.image_size) > 2:
         p.error("--image-size takes H or H W")
     if args.balance is not None:

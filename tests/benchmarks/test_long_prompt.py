@@ -115,3 +115,18 @@ def test_scores_match_the_evaluator(shared_data, tmp_path):
         assert "purple cow" in str(e)
     else:
         raise AssertionError("a --swap phrase no caption holds was accepted")
+
+
+@torch.no_grad()
+def test_with_context_sets_the_length_scaled_queries():
+    torch.manual_seed(0)
+    model = PerceiverAR(PerceiverARConfig.preset("debug", context_len=256, n_latents=16)).eval()
+    for p in model.parameters():
+        p.normal_(0, 0.05)
+    assert LP.with_context(model, 256) is model
+    scaled = LP.with_context(model, 512, 32)
+    assert (scaled.cfg.context_len, scaled.cfg.query_len_scale) == (512, 32)
+    tokens = torch.randint(0, 256, (1, 100))
+    torch.testing.assert_close(scaled(tokens[:, :32]), model(tokens[:, :32]))  # no query sees more than 32 keys
+    assert not torch.allclose(scaled(tokens), model(tokens))
+    assert LP.with_context(scaled, 512, 0).cfg.query_len_scale == 0

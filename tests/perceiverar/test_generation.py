@@ -61,6 +61,10 @@ CASES = [
     # restart it at the new window's start, as a training crop does.
     pytest.param(dict(conv_kernel=4), 300, 60, None, None, id="conv-context-slides"),
     pytest.param(dict(conv_kernel=3, context_len=48, n_latents=16), 30, 80, None, 5, id="conv-small-context"),
+    # Length-scaled queries: each query's factor follows its own key count, in prefill chunks, decode steps and
+    # after slides of the context window alike.
+    pytest.param(dict(conv_kernel=4, query_len_scale=16), 300, 60, None, None, id="len-scaled-queries-slides"),
+    pytest.param(dict(query_len_scale=8, context_len=48, n_latents=16), 30, 80, None, 5, id="len-scaled-small-context"),
 ]
 
 
@@ -459,7 +463,7 @@ def test_compiled_step_exact_across_slides(debug_model):
     passes, across slides of the latents and of the context, with the short convolution and with guidance."""
     from perceiverar.decode_step import _COMPILED
 
-    model = debug_model(conv_kernel=4, context_len=64, n_latents=16)
+    model = debug_model(conv_kernel=4, context_len=64, n_latents=16, query_len_scale=16)
     prompt = image_prompt(50, side=8)
     kw = dict(top_k=1, num_samples=2, overflow="truncate")
     with pytest.warns(UserWarning, match="dropped"):

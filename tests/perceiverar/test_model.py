@@ -56,6 +56,11 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
     cfg = model.cfg
     H, D, base, eps = cfg.n_heads, cfg.head_dim, cfg.rope_base, cfg.norm_eps
     (T,) = tokens.shape
+    n0 = cfg.query_len_scale  # a cross-attention query seeing m > n0 keys is scaled by log m / log n0
+
+    def q_scale(m):
+        return max(1.0, math.log(m) / math.log(n0)) if n0 > 1 else 1.0
+
     x = model.embed.tokens.weight[tokens].clone()
     for slot, emb in enumerate(model.embed.features):
         x = x + emb.weight[features[:, slot]]
@@ -69,7 +74,7 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
         sl = slice(h * D, (h + 1) * D)
         ks = [_rot(kv_in[j] @ wk[sl].T + bk[sl], j, base) for j in range(T)]
         vs = [kv_in[j] @ wv[sl].T + bv[sl] for j in range(T)]
-        qs = [_rot(q_in[i] @ c.wq.weight[sl].T + c.wq.bias[sl], T - n + i, base) for i in range(n)]
+        qs = [_rot(q_in[i] @ c.wq.weight[sl].T + c.wq.bias[sl], T - n + i, base) * q_scale(T - n + i + 1) for i in range(n)]
         heads.append(_attend(qs, ks, vs, lambda i, j: j <= T - n + i))
     att = torch.stack([torch.cat([heads[h][i] for h in range(H)]) for i in range(n)])
     lat = x[T - n :] + att @ c.wo.weight.T
@@ -92,8 +97,9 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
 
 
 @torch.no_grad()
-def test_matches_independent_loop_reference(debug_model):
-    model = debug_model(bias_std=0.1, n_latents=6, n_layers=2)
+@pytest.mark.parametrize("query_len_scale", [0, 4])  # 4: the 6 latents see 9..14 keys, scaled by 1.58..1.90
+def test_matches_independent_loop_reference(debug_model, query_len_scale):
+    model = debug_model(bias_std=0.1, n_latents=6, n_layers=2, query_len_scale=query_len_scale)
     T = 14
     tokens = torch.randint(0, model.cfg.vocab_size, (1, T))
     feats = random_features(1, T, model.cfg)
@@ -101,6 +107,27 @@ def test_matches_independent_loop_reference(debug_model):
     want = loop_reference(model, tokens[0], feats[0], 6)
     assert got.shape == want.shape == (6, model.cfg.vocab_size)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_query_len_scale_leaves_short_contexts_alone(debug_model):
+    """Queries that see at most query_len_scale keys are unchanged (the weights of a short-item model keep their
+    meaning); past it the logits change, and a query seeing n keys is scaled by log n / log n0."""
+    torch.manual_seed(0)
+    base = debug_model(bias_std=0.1, n_latents=16)
+    scaled = PerceiverAR(PerceiverARConfig(**{**base.cfg.to_dict(), "query_len_scale": 40}))
+    scaled.load_state_dict(base.state_dict())
+    tokens = torch.randint(0, base.cfg.vocab_size, (2, 64))
+    feats = random_features(2, 64, base.cfg)
+    a, b = base(tokens, feats), scaled(tokens, feats)  # latents at positions 48..63 see 49..64 keys
+    torch.testing.assert_close(base(tokens[:, :40], feats[:, :40]), scaled(tokens[:, :40], feats[:, :40]))
+    assert not torch.allclose(a, b)
+    cos, sin = scaled.cross.query_rope((torch.ones(4, 1), torch.zeros(4, 1)), torch.tensor([1, 40, 41, 1600]))
+    torch.testing.assert_close(cos[:, 0], torch.tensor([1.0, 1.0, math.log(41) / math.log(40), 2.0]))
+    rope = (torch.ones(1, 1), torch.zeros(1, 1))
+    assert base.cross.query_rope(rope, torch.tensor([1600])) is rope
+    with pytest.raises(ValueError, match="query_len_scale"):
+        PerceiverARConfig(query_len_scale=-1)
 
 
 @torch.no_grad()
