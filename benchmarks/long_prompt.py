@@ -285,12 +285,11 @@ def main(argv=None) -> dict:
             raise DatasetError(f"{args.data} holds text documents; long_prompt needs a captioned image or audio folder")
         text = prepare_source(parse_data_arg(args.filler, "text"), settings, cache, progress=False, log=log)
         filler = Filler(text, split="val" if len(text.val_items) else "train")
+        # the config checks --context-len and --query-len-scale (e.g. "query_len_scale must be in [0, ...]")
+        model = with_context(ckpt.model.float(), args.context_len or ckpt.config.context_len,
+                             args.query_len_scale).to(args.device)
     except (DatasetError, ValueError, RuntimeError) as e:
         raise SystemExit(f"long_prompt: error: {e}") from None
-    if args.query_len_scale is not None and args.query_len_scale < 0:
-        raise SystemExit(f"long_prompt: error: --query-len-scale must be >= 0 (0: off), got {args.query_len_scale}")
-    model = with_context(ckpt.model.float(), args.context_len or ckpt.config.context_len,
-                         args.query_len_scale).to(args.device)
     try:
         res = run(model, source, filler, items=args.items, prompt_tokens=args.prompt_tokens, split=args.split,
                   device=args.device, swaps=args.swap)  # fmt: skip
