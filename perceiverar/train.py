@@ -52,6 +52,7 @@ from perceiverar.config import PerceiverARConfig
 from perceiverar.data import AUDIO_TOKENIZER_DIR, ColourAugment, DatasetError, Mirror, Mixture, parse_balance
 from perceiverar.distributed import Dist, full_state, load_optimizer_state, setup_dist, wrap_model
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
+from perceiverar.grow import grow_state
 from perceiverar.model import PerceiverAR
 from perceiverar.optim import lr_at, make_optimizer, rng_state, set_rng_state
 from perceiverar.rundir import (
@@ -76,6 +77,8 @@ def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) ->
         have = list(init_cfg.get("feature_sizes", FEATURE_SIZES))
         if args.word_features and len(have) <= WORD_SLOT:
             over["feature_sizes"] = [*have, *FEATURE_SIZES[len(have) :]]
+        if args.add_layers:
+            over["n_layers"] = init_cfg["n_layers"] + args.add_layers
         return PerceiverARConfig.from_dict({**init_cfg, **over})
     return PerceiverARConfig.preset(args.preset, **over)
 
@@ -126,10 +129,14 @@ class Trainer:
                 added = range(len(init_cfg.feature_sizes), len(self.cfg.feature_sizes))  # --word-features
                 for slot in added:
                     state[f"embed.features.{slot}.weight"] = torch.zeros_like(model.embed.features[slot].weight)
+                state = grow_state(state, init_cfg.n_layers, self.cfg.n_layers - init_cfg.n_layers)  # --add-layers
                 model.load_state_dict(state)
             except (CheckpointError, OSError, RuntimeError, ValueError) as e:  # missing, truncated, another model's
                 raise UsageError(f"--init-from: cannot load the weights {weights}: {e}") from None
             self.log(f"weights from {init_dir} (step {init_meta.get('training', {}).get('step', '?')})")
+            if self.cfg.n_layers != init_cfg.n_layers:
+                self.log(f"latent layers {init_cfg.n_layers} -> {self.cfg.n_layers} (each new one a copy of the one "
+                         "before it, its output projections zeroed)")
             if added:
                 self.log(f"feature slots {list(init_cfg.feature_sizes)} -> {list(self.cfg.feature_sizes)} "
                          "(the new ones zero-initialised)")

@@ -169,6 +169,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --init-from a checkpoint trained before the word feature slot (tokenizers_mm.features): "
                         "add the slot, its embedding zero-initialised so the model starts as the checkpoint (new "
                         "models have it already)")
+    g.add_argument("--add-layers", type=int, default=0, metavar="K",
+                   help="with --init-from: K more latent self-attention blocks, each a copy of the block it follows "
+                        "with its output projections zeroed, so the model starts as the checkpoint "
+                        "(perceiverar.grow)")
     g.add_argument("--activation-checkpointing", action="store_true", help="recompute latent blocks in backward")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--cpu-bf16", action="store_true",
@@ -229,6 +233,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--conv-kernel must be in 0..64, got {args.conv_kernel}")
     if args.query_len_scale is not None and args.query_len_scale < 0:
         p.error(f"--query-len-scale must be >= 0 (0: off), got {args.query_len_scale}")
+    if args.add_layers < 0:
+        p.error(f"--add-layers must be >= 0, got {args.add_layers}")
+    if args.add_layers and not args.init_from:
+        p.error("--add-layers grows a trained model: give the checkpoint with --init-from")
     if len(args.image_size) > 2:
         p.error("--image-size takes H or H W")
     if args.balance is not None:

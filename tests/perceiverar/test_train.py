@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from perceiverar import load_checkpoint
 from perceiverar import rundir
 from perceiverar import train as T
+from perceiverar.grow import grown_layer_sources
 from test_data import make_image_folder, make_text_folder, make_triad_folder
 from tokenizers_mm.vocab import Vocabulary
 
@@ -313,6 +314,38 @@ def test_word_features_added_to_an_older_checkpoint(data, tmp_path, capsys):
     assert emb.abs().sum() > 0, "the word embedding should have trained"
     assert "feature slots [257, 257, 17] -> [257, 257, 17, 8192]" in (runs["words"] / "train.log").read_text()
     assert Pipeline.load(words).generate_image("a red heart", seed=0)[0].size == (8, 8)
+
+
+def test_add_layers_grows_a_checkpoint_from_the_same_function(data, tmp_path, capsys):
+    """``--init-from CKPT --add-layers 2``: the grown model's first validation loss is exactly the checkpoint's (the
+    new blocks start as zero updates), their output projections then train, and the checkpoint it writes has
+    two more layers and generates. Without --init-from, or below zero, the flag is refused."""
+    from perceiverar import Pipeline
+
+    over = {"max-steps": 2, "val-every": 2, "save-every": 2}
+    base = tmp_path / "base"
+    train_in_process(["--out", str(base), *common(data, **over)])
+    src = T.list_checkpoints(base)[-1]
+    runs = {}
+    for name, extra in (("kept", []), ("deeper", ["--add-layers", "2"])):
+        runs[name] = tmp_path / name
+        train_in_process(["--out", str(runs[name]), *common(data, **over), "--init-from", str(src), *extra])
+    n = load_checkpoint(src).config.n_layers
+    deeper = T.list_checkpoints(runs["deeper"])[-1]
+    assert load_checkpoint(deeper).config.n_layers == n + 2
+    assert losses(runs["kept"], "val")[0] == losses(runs["deeper"], "val")[0]  # step 0: the same function
+    assert losses(runs["kept"], "train")[0] == losses(runs["deeper"], "train")[0]
+    w = load_file(str(deeper / "model.safetensors"))
+    new = [k for k, (_, fresh) in enumerate(grown_layer_sources(n, 2)) if fresh]
+    assert all(w[f"blocks.{k}.wo.weight"].abs().sum() > 0 for k in new), "the new blocks' projections should train"
+    assert f"latent layers {n} -> {n + 2}" in (runs["deeper"] / "train.log").read_text()
+    assert Pipeline.load(deeper).generate_image("a red heart", seed=0)[0].size == (8, 8)
+    for bad, why in ((["--add-layers", "2"], "give the checkpoint with --init-from"),
+                     (["--add-layers", "-1", "--init-from", str(src)], "--add-layers must be >= 0")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            T.main(["--out", str(tmp_path / "bad"), *common(data, **over), *bad])
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_a_codes_model_goes_on_in_chords_mode(tmp_path):
