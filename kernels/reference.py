@@ -50,8 +50,27 @@ def causal_cross_attention_ref(
     if N == 1:  # the one query is the last position: it sees every key, so no mask (1.7x faster at 65K keys on CPU)
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     if N * T <= _CHUNK_SCORES:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(N, T), scale=scale)
-    # Chunk the queries: chunk rows [i0, i1) see keys [0, T - N + i1), bottom-right aligned again.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_lower_right(N, T, q.device), scale=scale)
+    return _chunked_cross_attention(q, k, v, scale)
+
+
+def _lower_right(N: int, T: int, device: torch.device):
+    """The bottom-right causal mask: ``causal_lower_right`` eagerly; inside torch.compile an (N, T) bool tensor
+    (j <= T - N + i), because constructing that tensor subclass breaks the graph (torch 2.11), and the frames after
+    the break carry sizes with no traceable source: once the lengths vary (``--filler``), building their guards
+    failed ("sources must not be empty for symbol ...")."""
+    if torch.compiler.is_compiling():
+        return torch.ones(N, T, dtype=torch.bool, device=device).tril(T - N)
+    return causal_lower_right(N, T)
+
+
+# Eager even inside a compiled model: the loop over a symbolic length's chunks would be unrolled per length, and
+# the chunks are SDPA calls, no faster compiled.
+@torch.compiler.disable
+def _chunked_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """causal_cross_attention_ref above _CHUNK_SCORES: chunk rows [i0, i1) see keys [0, T - N + i1), bottom-right
+    aligned again, so a 65,536-token context never materialises its whole N x T score matrix."""
+    N, T = q.shape[2], k.shape[2]
     rows = max(1, _CHUNK_SCORES // T)
     out = torch.empty_like(q)
     for i0 in range(0, N, rows):

@@ -282,3 +282,33 @@ def test_short_conv_matches_conv1d_and_history():
     # With one position of history, the second output row still sees zero padding two steps back.
     torch.testing.assert_close(conv(x[:, 3:], history=1), (x[:, 3:] + F.conv1d(F.pad(x[:, 3:].transpose(1, 2), (2, 0)), w, groups=8).transpose(1, 2))[:, 1:])
 
+
+
+def test_compiled_loss_over_varying_long_contexts_is_one_graph(debug_model, monkeypatch):
+    """torch.compile of the training loss over contexts longer than the latents, of varying length (the
+    buried-caption batches of ``--filler``), traces without a graph break and matches eager. The bottom-right mask
+    is a plain bool tensor under compile: constructing ``causal_lower_right``'s tensor subclass broke the graph, and
+    once lengths varied the frames after the break failed to build their guards. The chunked path (long contexts)
+    runs eagerly inside the compiled loss and matches too."""
+    from torch._dynamo.utils import counters
+
+    from kernels import reference
+
+    model = debug_model()
+    n = model.cfg.n_latents
+    torch._dynamo.reset()
+    counters.clear()
+    loss = torch.compile(model.loss)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for T in (n + 8, n + 25, 3 * n, 4 * n + 3):
+            x = torch.randint(0, model.cfg.vocab_size, (2, T + 1))
+            torch.testing.assert_close(loss(x), model.loss(x), atol=1e-5, rtol=1e-5)
+        assert not counters["graph_break"], dict(counters["graph_break"])
+        monkeypatch.setattr(reference, "_CHUNK_SCORES", n * 2 * n)  # contexts over 2n keys go in query chunks
+        torch._dynamo.reset()
+        loss = torch.compile(model.loss)
+        for T in (3 * n, 4 * n + 3):
+            x = torch.randint(0, model.cfg.vocab_size, (2, T + 1))
+            torch.testing.assert_close(loss(x), model.loss(x), atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
