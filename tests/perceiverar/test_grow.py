@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceiverar import PerceiverAR
+from perceiverar import PerceiverAR, PerceiverARConfig
 from perceiverar.generation import generate
 from perceiverar.grow import grow_state, grown_layer_sources
 
@@ -29,7 +29,7 @@ def test_grown_model_computes_what_the_checkpoint_did(debug_model, one_thread):
     old = debug_model()
     n = old.cfg.n_layers
     state = grow_state(old.state_dict(), n, 2)
-    grown = PerceiverAR(old.cfg.__class__.from_dict({**old.cfg.to_dict(), "n_layers": n + 2})).eval()
+    grown = PerceiverAR(PerceiverARConfig.from_dict({**old.cfg.to_dict(), "n_layers": n + 2})).eval()
     grown.load_state_dict(state)  # strict: every new block's weights are there
     layout = grown_layer_sources(n, 2)
     for k, (src, new) in enumerate(layout):
@@ -51,8 +51,8 @@ def test_grown_model_computes_what_the_checkpoint_did(debug_model, one_thread):
 
 
 def test_grow_refuses_weights_that_do_not_match_their_config(debug_model):
-    state = debug_model().state_dict()
-    n = max(int(k.split(".")[1]) for k in state if k.startswith("blocks.")) + 1
+    model = debug_model()
+    state, n = model.state_dict(), model.cfg.n_layers
     with pytest.raises(ValueError, match="not the"):
         grow_state(state, n + 1, 2)
     assert grow_state(state, n, 0).keys() == state.keys()

@@ -283,7 +283,6 @@ def test_short_conv_matches_conv1d_and_history():
     torch.testing.assert_close(conv(x[:, 3:], history=1), (x[:, 3:] + F.conv1d(F.pad(x[:, 3:].transpose(1, 2), (2, 0)), w, groups=8).transpose(1, 2))[:, 1:])
 
 
-
 def test_compiled_loss_over_varying_long_contexts_is_one_graph(debug_model, monkeypatch):
     """torch.compile of the training loss over contexts longer than the latents, of varying length (the
     buried-caption batches of ``--filler``), traces without a graph break and matches eager. The bottom-right mask
