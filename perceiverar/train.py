@@ -49,7 +49,9 @@ from tqdm.auto import tqdm
 
 from perceiverar.checkpoint import WEIGHTS, CheckpointError, check_weights, read_checkpoint_config
 from perceiverar.config import PerceiverARConfig
-from perceiverar.data import AUDIO_TOKENIZER_DIR, ColourAugment, DatasetError, Mirror, Mixture, parse_balance
+from perceiverar.data import (
+    AUDIO_TOKENIZER_DIR, ColourAugment, DatasetError, Mirror, Mixture, Rerender, parse_balance,
+)  # fmt: skip
 from perceiverar.distributed import Dist, full_state, load_optimizer_state, setup_dist, wrap_model
 from perceiverar.evaluate import METRIC, bits, evaluate_sources
 from perceiverar.grow import grow_state
@@ -151,7 +153,9 @@ class Trainer:
                                filler=self.filler, whole_items=not a.no_whole_items,
                                caption_part_dropout=a.caption_part_dropout,
                                colour_augment=self._colour_augment(a),
-                               mirror=Mirror(a.mirror) if a.mirror > 0 else None, opening_weight=a.opening_weight[0],
+                               mirror=Mirror(a.mirror) if a.mirror > 0 else None,
+                               rerender=Rerender(a.rerender[0], self.data.rerenders) if a.rerender[0] > 0 else None,
+                               opening_weight=a.opening_weight[0],
                                opening_tokens=a.opening_weight[1], chord_weight=a.chord_weight,
                                opening_clips=self._opening_clips(a), row_multiple=dd.world,
                                balance=parse_balance(a.balance) if a.balance else None)  # fmt: skip

@@ -33,6 +33,18 @@ def _clips(text: str) -> tuple[float, float]:
     return p, sec
 
 
+def _rerender(text: str) -> tuple[float, int]:
+    """'0.5:8' -> (0.5, 8); '0.5' -> (0.5, 8): --rerender."""
+    try:
+        p, _, k = text.partition(":")
+        out = float(p), int(k) if k else 8
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PROB[:VARIANTS] (e.g. 0.5:8), got {text!r}") from None
+    if not (0.0 <= out[0] <= 1.0 and 1 <= out[1] <= 64):
+        raise argparse.ArgumentTypeError(f"PROB must be in [0, 1] and VARIANTS in 1..64, got {text!r}")
+    return out
+
+
 def _opening(text: str) -> tuple[float, int]:
     """'8:86' -> (8.0, 86): --opening-weight."""
     try:
@@ -140,6 +152,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="images trained whole: flip a captioned image left-right with this probability unless its "
                         "caption names a direction, a flag, a clock or letters (perceiverar/data/mirror.py); "
                         "twice the pictures per caption against overfitting (e.g. 0.5)")
+    g.add_argument("--rerender", type=_rerender, default=(0.0, 8), metavar="PROB[:VARIANTS]",
+                   help="images trained whole: with this probability a captioned image is one of VARIANTS (default 8) "
+                        "re-renders of its source file, moved by up to half a pixel and scaled by up to 10%% before "
+                        "resizing, tokenized once into the cache (perceiverar/data/rerender.py); new true pictures "
+                        "of every caption against overfitting (e.g. 0.5)")
     g.add_argument("--opening-clips", type=_clips, default=(0.0, 0.0), metavar="PROB:SECONDS",
                    help="audio: with this probability a batch trains the first SECONDS of each clip, whole, as a clip "
                         "of that length (its header says so), the length generation asks for: several times more "

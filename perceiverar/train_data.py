@@ -17,8 +17,8 @@ from perceiverar.checkpoint import read_checkpoint_config
 from perceiverar.config import PerceiverARConfig
 from perceiverar.data import (
     AUDIO_TOKENIZER_DIR, AudioCodec, DatasetError, Filler, PreparedSource, SourceSpec, TokenizerSettings,
-    default_cache_dir, detect_modality, fit_source_palette, load_audio_codec, parse_data_arg, prepare_source,
-    prepare_sources,
+    RerenderSpec, default_cache_dir, detect_modality, fit_source_palette, load_audio_codec, parse_data_arg,
+    prepare_rerenders, prepare_source, prepare_sources,
 )  # fmt: skip
 from perceiverar.distributed import Dist
 from perceiverar.train_args import audio_options
@@ -33,6 +33,7 @@ class TrainingData:
     sources: list[PreparedSource]
     codec: AudioCodec | None
     filler: Filler | None
+    rerenders: list  # per source: its re-renders (--rerender) or None
 
 
 def prepare_data(args, dd: Dist, log) -> TrainingData:
@@ -62,7 +63,7 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
         if kind != "text":
             raise DatasetError(f"--filler {a.filler}: needs a folder of .txt documents, but it holds {kind} files")
         filler_spec = SourceSpec(filler_spec.path, 1.0, "text")
-    err, sources, codec_used, filler = None, [], None, None
+    err, sources, codec_used, filler, rerenders = None, [], None, None, []
     for rank_turn in (True, False):  # rank 0 tokenizes; the others then find the cache
         if dd.main == rank_turn:
             try:
@@ -72,6 +73,11 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
                 if filler_spec is not None:
                     src = prepare_source(filler_spec, settings, cache, progress=False, log=log)
                     filler = Filler(src, filler_prob, lengths=a.filler_lengths, max_tokens=a.filler_tokens)
+                if a.rerender[0] > 0:
+                    spec = RerenderSpec(variants=a.rerender[1])
+                    rerenders = [prepare_rerenders(s, spec, cache, progress=not a.no_progress and rank_turn,
+                                                   log=log if rank_turn else lambda m: None)
+                                 if s.modality == "image" else None for s in sources]  # fmt: skip
             except DatasetError as e:
                 err = e
         if rank_turn:
@@ -82,7 +88,10 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
         log(f"data {s.manifest['folder']} ({s.modality}, weight {s.weight:g}): {s.manifest['n_train']} train / "
             f"{s.manifest['n_val']} val items, {s.manifest['n_tokens']:,} tokens, {s.manifest['n_skipped']} skipped; "
             f"cache {s.dir}")  # fmt: skip
-    return TrainingData(settings, sources, codec_used, filler)
+    for s, r in zip(sources, rerenders):
+        if r is not None:
+            log(f"--rerender {a.rerender[0]:g}:{r.variants}: {s.name}: {r.variants} re-renders per image, cache {r.dir}")
+    return TrainingData(settings, sources, codec_used, filler, rerenders)
 
 
 def _image_layout(a, specs: list[SourceSpec], settings: TokenizerSettings, cache: Path, log) -> None:

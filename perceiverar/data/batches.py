@@ -36,6 +36,10 @@ is then a float weight). At the opening of a clip or image only the caption can 
 chorale's key is evident from its own audio a second in, so a model can lower its loss almost everywhere
 without reading the key); the weight puts the gradient where the caption matters.
 
+Re-renders (``rerender``, image items trained whole): a captioned image's pixels are, with some probability, one
+of its re-renders from the source file, shifted and scaled by a fraction of a pixel (:mod:`perceiverar.data.rerender`),
+before the mirror and the colour augmentation.
+
 Colour words (``colour_augment``, palette-mode image items trained whole): a colour tag in front of the name and
 hue-rotated images with captions that say their new colour (:mod:`perceiverar.data.colour_augment`), applied
 before the caption parts are thinned.
@@ -72,6 +76,7 @@ from perceiverar.data.cache import PreparedSource
 from perceiverar.data.colour_augment import SEPARATOR, ColourAugment
 from perceiverar.data.filler import Filler, prompted_sequence
 from perceiverar.data.mirror import Mirror
+from perceiverar.data.rerender import Rerender
 from perceiverar.data.sources import DatasetError
 from tokenizers_mm.vocab import (
     AUDIO_END, AUDIO_MODE_OF_BEGIN, EOS, N_FEATURES, PAD, allowed_range, audio_header, audio_tokens,
@@ -109,6 +114,7 @@ class Mixture:
     caption_part_dropout: float = 0.0  # drop each ";" part of a caption after the first (module docstring)
     colour_augment: ColourAugment | None = None  # colour tags / hue rotation of palette images (whole items)
     mirror: Mirror | None = None  # left-right flips of captioned images (whole items; perceiverar/data/mirror.py)
+    rerender: Rerender | None = None  # re-rendered captioned images (whole items; perceiverar/data/rerender.py)
     opening_weight: float = 1.0  # loss weight of each item's first ``opening_tokens`` targets (module docstring)
     opening_tokens: int = 0
     chord_weight: float = 1.0  # loss weight of each chord label (module docstring)
@@ -185,6 +191,8 @@ class Mixture:
         src = self.sources[s]
         full = int(src.index[i, 2])
         ids, plen = src.item(i, drop), 0 if drop else full
+        if self.rerender is not None and src.modality == "image":
+            ids = self.rerender.apply(rng, s, i, ids, plen, src.target_range(i)[0])
         if self.mirror is not None and src.modality == "image":
             ids = self.mirror.apply(rng, ids, plen)
         if self.colour_augment is not None and src.modality == "image":

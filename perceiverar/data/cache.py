@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -183,9 +184,7 @@ def prepare_source(
         return src
 
     image_tok = image_tokenizer(settings) if modality == "image" else None
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with writing_dir(final) as tmp:
         rows, files, offset = [], [], 0
         with open(tmp / "ids.bin", "wb") as fh:
             for e in tqdm(entries, desc=f"tokenizing {folder.name} ({modality})", unit="file", disable=not progress):
@@ -216,6 +215,22 @@ def prepare_source(
         }
         np.save(tmp / "index.npy", index)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if skipped:
+        log(f"{folder}: skipped {len(skipped)} file(s) (listed in {final / 'manifest.json'}), e.g. "
+            f"{skipped[0]['file']}: {skipped[0]['reason']}")
+    src = PreparedSource(final, spec.weight)
+    _check_usable(src, folder)
+    return src
+
+
+@contextmanager
+def writing_dir(final: Path):
+    """A temp directory beside ``final`` to write a cache entry into, renamed to ``final`` when the block ends (or
+    dropped if a concurrent writer finished first), removed if the block raises: no half-written entry is left."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
         if final.exists():  # a concurrent preparer finished first
             shutil.rmtree(tmp, ignore_errors=True)
         else:
@@ -223,12 +238,6 @@ def prepare_source(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if skipped:
-        log(f"{folder}: skipped {len(skipped)} file(s) (listed in {final / 'manifest.json'}), e.g. "
-            f"{skipped[0]['file']}: {skipped[0]['reason']}")
-    src = PreparedSource(final, spec.weight)
-    _check_usable(src, folder)
-    return src
 
 
 def _check_usable(src: PreparedSource, folder: Path) -> None:

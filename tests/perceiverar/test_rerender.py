@@ -1,0 +1,105 @@
+"""Re-rendered images (perceiverar/data/rerender.py): variants are the source picture moved and scaled before the
+resize, cached once, and swapped into captioned training rows only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from perceiverar import data as D
+from perceiverar.data.rerender import rerender, variant_params
+from tokenizers_mm.image import ImageTokenizer
+from tokenizers_mm.vocab import IMAGE_BEGIN, PAD, TEXT_END
+
+from test_data import _assert_row_layout, make_image_folder
+
+
+def square(size: int = 64, lo: int = 16, hi: int = 48) -> Image.Image:
+    """A black square on white: its edges show where a re-render moved it."""
+    a = np.full((size, size, 3), 255, np.uint8)
+    a[lo:hi, lo:hi] = 0
+    return Image.fromarray(a)
+
+
+def test_rerender_moves_and_scales_the_source_picture():
+    tok = ImageTokenizer(16, 16)  # 4 source pixels per target pixel
+    img = square()
+    assert np.array_equal(np.asarray(rerender(img, tok, 0.0, 0.0, 1.0)), np.asarray(img))  # identity
+    # one target pixel right and down = 4 source pixels: the square's edges move by 4
+    moved = np.asarray(rerender(img, tok, 1.0, 1.0, 1.0))
+    dark = np.argwhere(moved[..., 0] < 128)
+    assert dark.min(0).tolist() == [20, 20] and dark.max(0).tolist() == [51, 51]
+    # scaled by 0.5 about the centre (32, 32): 32 px wide -> 16, the rest white
+    small = np.asarray(rerender(img, tok, 0.0, 0.0, 0.5))
+    dark = np.argwhere(small[..., 0] < 128)
+    assert dark.min(0).tolist() == [24, 24] and dark.max(0).tolist() == [39, 39]
+    assert (small[:20] == 255).all()
+    # variants: fixed per (file, k), within the bounds, different across k
+    spec = D.RerenderSpec(variants=8, max_shift=0.5, min_scale=0.9)
+    ps = [variant_params("google/1f600.png", k, spec) for k in range(8)]
+    assert ps == [variant_params("google/1f600.png", k, spec) for k in range(8)] and len(set(ps)) == 8
+    assert all(abs(dx) <= 0.5 and abs(dy) <= 0.5 and 0.9 <= s <= 1.0 for dx, dy, s in ps)
+    with pytest.raises(D.DatasetError, match="variants"):
+        D.RerenderSpec(variants=0)
+
+
+@pytest.mark.parametrize("mode", ["subpixel", "sketch"])
+def test_rerenders_are_cached_tokenizations_of_the_moved_pictures(shared_data, tmp_path, mode):
+    img = make_image_folder(shared_data, tmp_path / "emoji", n=6, corrupt=False)
+    palette = None if mode == "subpixel" else tuple(map(tuple, D.fit_source_palette(
+        [D.SourceSpec(img, 1.0, "image")], D.TokenizerSettings(image_height=8, image_width=8), tmp_path / "c", colours=16,
+        log=lambda m: None)))  # fmt: skip
+    settings = D.TokenizerSettings(image_height=8, image_width=8, image_mode=mode, image_palette=palette)
+    (src,), _ = D.prepare_sources([D.SourceSpec(img, 1.0, "image")], settings, tmp_path / "c", progress=False)
+    spec = D.RerenderSpec(variants=3)
+    rr = D.prepare_rerenders(src, spec, tmp_path / "c", progress=False)
+    assert rr.ids.shape == (len(src), 3, src.target_range(0)[1] - src.target_range(0)[0])
+    tok = ImageTokenizer.from_dict(src.manifest["tokenizer"])
+    for i in range(len(src)):
+        source = Image.open(img / src.file(i))
+        for k in range(3):
+            want = tok.encode(rerender(source, tok, *variant_params(src.file(i), k, spec)))
+            assert rr.content(i, k).tolist() == want
+    a, b = src.target_range(0)
+    assert any(not np.array_equal(rr.content(i, k), src.item(i)[a:b]) for i in range(len(src)) for k in range(3))
+    # a second call reads the cache; other settings make another one
+    assert D.prepare_rerenders(src, spec, tmp_path / "c", progress=False).dir == rr.dir
+    assert D.prepare_rerenders(src, D.RerenderSpec(variants=2), tmp_path / "c", progress=False).dir != rr.dir
+    assert not list((tmp_path / "c").glob(".rerender-*"))  # no temp dir left behind
+
+
+def test_mixture_swaps_rerenders_into_captioned_rows_only(shared_data, tmp_path):
+    img = make_image_folder(shared_data, tmp_path / "emoji", n=8, corrupt=False)
+    settings = D.TokenizerSettings(image_height=4, image_width=4, caption_template="{text}; {style} style")
+    (src,), _ = D.prepare_sources([D.SourceSpec(img, 1.0, "image")], settings, tmp_path / "c", progress=False)
+    rr = D.prepare_rerenders(src, D.RerenderSpec(variants=4), tmp_path / "c", progress=False)
+    by_caption = {bytes(src.item(i)[2 : 2 + int(src.index[i, 2])].tolist()).decode(): i for i in range(len(src))}
+    assert len(by_caption) == len(src) == 8  # one item per caption
+
+    def mixture(prob, dropout=0.0):
+        return D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=dropout, whole_items=True,
+                         rerender=D.Rerender(prob, [rr]))  # fmt: skip
+
+    plain = D.Mixture([src], context_len=256, n_latents=128, prompt_dropout=0.0, whole_items=True)
+    for step in range(4):
+        assert torch.equal(plain.batch(step, 0, 4)[0], mixture(0.0).batch(step, 0, 4)[0])
+    swapped = 0
+    for step in range(6):
+        tokens, feats, st = mixture(1.0).batch(step, 0, 4)
+        for r in range(4):
+            ids = tokens[r][tokens[r] != PAD]
+            cap = bytes(ids[2 : int(torch.nonzero(ids == TEXT_END)[0])].tolist()).decode()
+            i = by_caption[cap]
+            a, b = src.target_range(i)
+            own = src.item(i)
+            assert ids[:a].tolist() == own[:a].tolist() and ids[b:].tolist() == own[b:].tolist()  # caption, header, end
+            assert any(ids[a:b].tolist() == rr.content(i, k).tolist() for k in range(4))
+            swapped += ids[a:b].tolist() != own[a:b].tolist()
+            _assert_row_layout(ids, feats[r], st["loss_mask"][r], IMAGE_BEGIN, 4 * 4 * 3)
+    assert swapped >= 12
+    # rows trained without their caption keep the data's own pictures
+    tokens, _, st = mixture(1.0, dropout=1.0).batch(0, 0, 4)
+    own = {tuple(src.item(i, drop_prompt=True).tolist()) for i in range(len(src))}
+    assert all(tuple(tokens[r][tokens[r] != PAD].tolist()) in own for r in range(4))
