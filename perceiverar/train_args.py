@@ -154,9 +154,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "twice the pictures per caption against overfitting (e.g. 0.5)")
     g.add_argument("--rerender", type=_rerender, default=(0.0, 8), metavar="PROB[:VARIANTS]",
                    help="images trained whole: with this probability a captioned image is one of VARIANTS (default 8) "
-                        "re-renders of its source file, moved by up to half a pixel and scaled by up to 10%% before "
-                        "resizing, tokenized once into the cache (perceiverar/data/rerender.py); new true pictures "
-                        "of every caption against overfitting (e.g. 0.5)")
+                        "re-renders of its source file, moved by up to half a pixel and scaled (--rerender-scale) "
+                        "before resizing, tokenized once into the cache (perceiverar/data/rerender.py); new true "
+                        "pictures of every caption against overfitting (e.g. 0.5)")
+    g.add_argument("--rerender-scale", type=float, default=0.9, metavar="MIN",
+                   help="--rerender: each variant is scaled by a factor in [MIN, 1] (1: moved only; scaling makes the "
+                        "emoji's styles harder to tell apart, see benchmarks/rerender_labels.py)")
     g.add_argument("--opening-clips", type=_clips, default=(0.0, 0.0), metavar="PROB:SECONDS",
                    help="audio: with this probability a batch trains the first SECONDS of each clip, whole, as a clip "
                         "of that length (its header says so), the length generation asks for: several times more "
@@ -242,6 +245,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if not 0 <= args.ema < 1:
         p.error(f"--ema must be in [0, 1) (0: off; 0.998 averages about the last 500 steps), got {args.ema}")
+    if not 0.5 <= args.rerender_scale <= 1:
+        p.error(f"--rerender-scale must be in [0.5, 1], got {args.rerender_scale}")
     if args.ema and args.fsdp:
         p.error("--ema is not supported with --fsdp (the average would need the sharded weights gathered every step)")
     if not 1 <= args.palette_colours <= 256:

@@ -74,7 +74,7 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
                     src = prepare_source(filler_spec, settings, cache, progress=False, log=log)
                     filler = Filler(src, filler_prob, lengths=a.filler_lengths, max_tokens=a.filler_tokens)
                 if a.rerender[0] > 0:
-                    spec = RerenderSpec(variants=a.rerender[1])
+                    spec = RerenderSpec(variants=a.rerender[1], min_scale=a.rerender_scale)
                     rerenders = [prepare_rerenders(s, spec, cache, progress=not a.no_progress and rank_turn,
                                                    log=log if rank_turn else lambda m: None)
                                  if s.modality == "image" else None for s in sources]  # fmt: skip

@@ -97,7 +97,8 @@ def prepare_rerenders(src: PreparedSource, spec: RerenderSpec, cache_root, *, pr
     """Tokenize ``spec.variants`` re-renders of every item of the image source ``src`` once (or reuse them)."""
     if src.modality != "image":
         raise DatasetError(f"re-renders are for image folders; {src.manifest['folder']} holds {src.modality}")
-    relevant = {"format": CACHE_FORMAT, "source": src.manifest["key"], "spec": [spec.variants, spec.max_shift, spec.min_scale]}
+    relevant = {"format": CACHE_FORMAT, "source": src.manifest["key"],
+                "spec": [spec.variants, spec.max_shift, spec.min_scale]}
     key = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
     final = Path(cache_root) / f"rerender-{key}"
     if (final / "manifest.json").is_file():

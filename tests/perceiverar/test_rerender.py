@@ -49,8 +49,8 @@ def test_rerender_moves_and_scales_the_source_picture():
 def test_rerenders_are_cached_tokenizations_of_the_moved_pictures(shared_data, tmp_path, mode):
     img = make_image_folder(shared_data, tmp_path / "emoji", n=6, corrupt=False)
     palette = None if mode == "subpixel" else tuple(map(tuple, D.fit_source_palette(
-        [D.SourceSpec(img, 1.0, "image")], D.TokenizerSettings(image_height=8, image_width=8), tmp_path / "c", colours=16,
-        log=lambda m: None)))  # fmt: skip
+        [D.SourceSpec(img, 1.0, "image")], D.TokenizerSettings(image_height=8, image_width=8), tmp_path / "c",
+        colours=16, log=lambda m: None)))  # fmt: skip
     settings = D.TokenizerSettings(image_height=8, image_width=8, image_mode=mode, image_palette=palette)
     (src,), _ = D.prepare_sources([D.SourceSpec(img, 1.0, "image")], settings, tmp_path / "c", progress=False)
     spec = D.RerenderSpec(variants=3)
