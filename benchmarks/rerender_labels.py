@@ -46,11 +46,11 @@ def main(argv=None) -> int:
     clf, clf_info = IC.fit_or_load(data, records, ImageTokenizer(tok.height, tok.width, tok.resize))
     val = [r for r in records if r["val"]]
     labels = [r["labels"] for r in val]
-    sources = [tok._open(data / r["file"]) for r in val]
+    sources = [tok.open_image(data / r["file"]) for r in val]
     spec = RerenderSpec(variants=max(1, args.variants), max_shift=args.max_shift, min_scale=args.rerender_scale)
 
     def score(moved) -> dict:
-        """Correct labels of the held-out images after ``moved(k_image, record)`` (None: the original)."""
+        """Correct labels of the held-out images, each drawn as ``moved(source image, its record)`` returns it."""
         imgs = np.stack([as_tokenized(tok, np.asarray(tok.preprocess(moved(img, r)), np.uint8))
                          for img, r in zip(sources, val)])  # fmt: skip
         return {k: v["correct"] for k, v in IC.accuracy(clf.predict(imgs), labels).items()}

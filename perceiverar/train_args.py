@@ -7,6 +7,7 @@ import math
 
 from perceiverar.config import PRESETS
 from perceiverar.data.balance import parse_balance
+from perceiverar.data.rerender import RerenderSpec
 
 DESCRIPTION = "Train a Perceiver AR model on folders of captioned images, audio or text: ``perceiverar-train``."
 
@@ -34,10 +35,10 @@ def _clips(text: str) -> tuple[float, float]:
 
 
 def _rerender(text: str) -> tuple[float, int]:
-    """'0.5:8' -> (0.5, 8); '0.5' -> (0.5, 8): --rerender."""
+    """'0.5:8' -> (0.5, 8); '0.5' -> (0.5, RerenderSpec.variants): --rerender."""
     try:
         p, _, k = text.partition(":")
-        out = float(p), int(k) if k else 8
+        out = float(p), int(k) if k else RerenderSpec.variants
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected PROB[:VARIANTS] (e.g. 0.5:8), got {text!r}") from None
     if not (0.0 <= out[0] <= 1.0 and 1 <= out[1] <= 64):
@@ -152,12 +153,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="images trained whole: flip a captioned image left-right with this probability unless its "
                         "caption names a direction, a flag, a clock or letters (perceiverar/data/mirror.py); "
                         "twice the pictures per caption against overfitting (e.g. 0.5)")
-    g.add_argument("--rerender", type=_rerender, default=(0.0, 8), metavar="PROB[:VARIANTS]",
+    g.add_argument("--rerender", type=_rerender, default=(0.0, RerenderSpec.variants), metavar="PROB[:VARIANTS]",
                    help="images trained whole: with this probability a captioned image is one of VARIANTS (default 8) "
                         "re-renders of its source file, moved by up to half a pixel and scaled (--rerender-scale) "
                         "before resizing, tokenized once into the cache (perceiverar/data/rerender.py); new true "
                         "pictures of every caption against overfitting (e.g. 0.5)")
-    g.add_argument("--rerender-scale", type=float, default=0.9, metavar="MIN",
+    g.add_argument("--rerender-scale", type=float, default=RerenderSpec.min_scale, metavar="MIN",
                    help="--rerender: each variant is scaled by a factor in [MIN, 1] (1: moved only; scaling makes the "
                         "emoji's styles harder to tell apart, see benchmarks/rerender_labels.py)")
     g.add_argument("--opening-clips", type=_clips, default=(0.0, 0.0), metavar="PROB:SECONDS",

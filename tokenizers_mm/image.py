@@ -170,7 +170,9 @@ class ImageTokenizer:
 
     # ------------------------------------------------------------------------------------------- encoding
 
-    def _open(self, src) -> Image.Image:
+    def open_image(self, src) -> Image.Image:
+        """A PIL image, file path or uint8 array -> a PIL image as it is (no resize, no colour conversion); an
+        unreadable file raises TokenizerError naming it."""
         if isinstance(src, Image.Image):
             return src
         if isinstance(src, (str, os.PathLike)):
@@ -215,7 +217,7 @@ class ImageTokenizer:
 
     def preprocess(self, src) -> Image.Image:
         """The RGB height x width image that ``encode`` tokenizes (what a lossless round trip returns)."""
-        return self._resize(to_rgb(self._open(src)))
+        return self._resize(to_rgb(self.open_image(src)))
 
     def quantize(self, rgb: np.ndarray) -> np.ndarray:
         """(..., 3) uint8 colours -> (...) int64 index of the nearest palette colour (squared RGB distance)."""

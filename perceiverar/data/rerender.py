@@ -115,7 +115,7 @@ def prepare_rerenders(src: PreparedSource, spec: RerenderSpec, cache_root, *, pr
         rel = src.file(i)
         a, b = src.target_range(i)
         try:
-            img = tok._open(folder / rel)
+            img = tok.open_image(folder / rel)
             for k in range(spec.variants):
                 out[i, k] = tok.encode(rerender(img, tok, *variant_params(rel, k, spec)))
         except (TokenizerError, OSError, ValueError) as err:  # changed since it was cached: keep its pixels
