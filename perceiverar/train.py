@@ -155,10 +155,14 @@ class Trainer:
                                colour_augment=self._colour_augment(a),
                                mirror=Mirror(a.mirror) if a.mirror > 0 else None,
                                rerender=Rerender(a.rerender[0], self.data.rerenders) if a.rerender[0] > 0 else None,
+                               augment_tags=a.augment_tags,
                                opening_weight=a.opening_weight[0],
                                opening_tokens=a.opening_weight[1], chord_weight=a.chord_weight,
                                opening_clips=self._opening_clips(a), row_multiple=dd.world,
                                balance=parse_balance(a.balance) if a.balance else None)  # fmt: skip
+        if a.augment_tags:
+            self.log("--augment-tags: re-rendered and mirrored rows end their captions with '; re-rendered' and "
+                     "'; mirrored'; prompts without them ask for the original pictures")
         for src, shares in zip(self.sources, self.mixture.group_shares):
             if shares:
                 self.log(f"--balance {a.balance}: {src.name}: " + ", ".join(f"{g} {v:.1%}" for g, v in shares.items()))

@@ -161,6 +161,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--rerender-scale", type=float, default=RerenderSpec.min_scale, metavar="MIN",
                    help="--rerender: each variant is scaled by a factor in [MIN, 1] (1: moved only; scaling makes the "
                         "emoji's styles harder to tell apart, see benchmarks/rerender_labels.py)")
+    g.add_argument("--augment-tags", action="store_true",
+                   help="--rerender / --mirror: a re-rendered or mirrored row says so at the end of its caption "
+                        "('; re-rendered', '; mirrored'), so that a prompt without the tag asks for the original "
+                        "pictures only (distribution augmentation; perceiverar/data/batches.py)")
     g.add_argument("--opening-clips", type=_clips, default=(0.0, 0.0), metavar="PROB:SECONDS",
                    help="audio: with this probability a batch trains the first SECONDS of each clip, whole, as a clip "
                         "of that length (its header says so), the length generation asks for: several times more "
@@ -246,6 +250,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{flag.replace('_', '-')} must be in [0, 1], got {getattr(args, flag)}")
     if not 0 <= args.ema < 1:
         p.error(f"--ema must be in [0, 1) (0: off; 0.998 averages about the last 500 steps), got {args.ema}")
+    if args.augment_tags and not (args.rerender[0] > 0 or args.mirror > 0):
+        p.error("--augment-tags names re-rendered and mirrored rows: it needs --rerender or --mirror")
     if not 0.5 <= args.rerender_scale <= 1:
         p.error(f"--rerender-scale must be in [0.5, 1], got {args.rerender_scale}")
     if args.ema and args.fsdp:

@@ -40,6 +40,12 @@ Re-renders (``rerender``, image items trained whole): a captioned image's pixels
 of its re-renders from the source file, shifted and scaled by a fraction of a pixel (:mod:`perceiverar.data.rerender`),
 before the mirror and the colour augmentation.
 
+Augmentation tags (``augment_tags``, with ``rerender`` or ``mirror``): a row whose pixels were re-rendered or
+mirrored says so at the end of its caption ("...; google style; re-rendered; mirrored"), after the parts are
+thinned, so the tags are never dropped. As in distribution augmentation (DistAug, Jun et al. 2020), the model
+learns the augmented pictures as their own distribution, and a prompt without a tag asks for the original
+pictures only; without tags, the samples drift towards what the augmentations make (blurred styles, flipped flags).
+
 Colour words (``colour_augment``, palette-mode image items trained whole): a colour tag in front of the name and
 hue-rotated images with captions that say their new colour (:mod:`perceiverar.data.colour_augment`), applied
 before the caption parts are thinned.
@@ -84,6 +90,16 @@ from tokenizers_mm.vocab import (
 
 
 MAX_PARTS = 8  # caption_part_dropout: parts after the 8th are always kept
+RERENDERED, MIRRORED = "re-rendered", "mirrored"  # augment_tags: the caption parts that name an augmentation
+
+
+def tag_caption(ids: np.ndarray, plen: int, tags: list[str]) -> tuple[np.ndarray, int]:
+    """Row ids [BOS] [TEXT_BEGIN] caption (plen) ... -> the same with "; tag" appended to the caption for each of
+    ``tags``, and the new caption length."""
+    if not tags:
+        return ids, plen
+    extra = np.frombuffer("".join(f"{chr(SEPARATOR)} {t}" for t in tags).encode(), dtype=np.uint8).astype(ids.dtype)
+    return np.concatenate([ids[: 2 + plen], extra, ids[2 + plen :]]), plen + len(extra)
 
 
 def thin_caption(caption: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -115,6 +131,7 @@ class Mixture:
     colour_augment: ColourAugment | None = None  # colour tags / hue rotation of palette images (whole items)
     mirror: Mirror | None = None  # left-right flips of captioned images (whole items; perceiverar/data/mirror.py)
     rerender: Rerender | None = None  # re-rendered captioned images (whole items; perceiverar/data/rerender.py)
+    augment_tags: bool = False  # name re-renders and mirrors at the end of their captions (module docstring)
     opening_weight: float = 1.0  # loss weight of each item's first ``opening_tokens`` targets (module docstring)
     opening_tokens: int = 0
     chord_weight: float = 1.0  # loss weight of each chord label (module docstring)
@@ -191,10 +208,15 @@ class Mixture:
         src = self.sources[s]
         full = int(src.index[i, 2])
         ids, plen = src.item(i, drop), 0 if drop else full
+        tags = []  # augment_tags: apply() returns its input array itself when it leaves the row as it is
         if self.rerender is not None and src.modality == "image":
-            ids = self.rerender.apply(rng, s, i, ids, plen, src.target_range(i)[0])
+            new = self.rerender.apply(rng, s, i, ids, plen, src.target_range(i)[0])
+            tags += [RERENDERED] if new is not ids else []
+            ids = new
         if self.mirror is not None and src.modality == "image":
-            ids = self.mirror.apply(rng, ids, plen)
+            new = self.mirror.apply(rng, ids, plen)
+            tags += [MIRRORED] if new is not ids else []
+            ids = new
         if self.colour_augment is not None and src.modality == "image":
             ids, plen = self.colour_augment.apply(rng, ids, plen)
         if self.caption_part_dropout > 0 and plen:
@@ -202,6 +224,8 @@ class Mixture:
             caption = thin_caption(ids[2 : 2 + plen], keep)
             ids = np.concatenate([ids[:2], caption, ids[2 + plen :]])  # [BOS][TEXT_BEGIN] | caption | ...
             plen = len(caption)
+        if self.augment_tags:
+            ids, plen = tag_caption(ids, plen, tags)
         return ids, src.target_range(i)[0] - (full - plen)
 
     def _whole_batch(self, picks: list, rows_: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, dict]:

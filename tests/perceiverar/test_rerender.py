@@ -3,6 +3,9 @@ resize, cached once, and swapped into captioned training rows only."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +106,65 @@ def test_mixture_swaps_rerenders_into_captioned_rows_only(shared_data, tmp_path)
     tokens, _, st = mixture(1.0, dropout=1.0).batch(0, 0, 4)
     own = {tuple(src.item(i, drop_prompt=True).tolist()) for i in range(len(src))}
     assert all(tuple(tokens[r][tokens[r] != PAD].tolist()) in own for r in range(4))
+
+
+def test_tag_caption_appends_parts_after_the_caption():
+    from perceiverar.data.batches import tag_caption
+
+    cap = b"red heart; google style"
+    ids = np.array([1, 2, *cap, 7, 8, 9], dtype=np.int64)  # [BOS] [TEXT_BEGIN] caption | rest
+    out, plen = tag_caption(ids, len(cap), ["re-rendered", "mirrored"])
+    assert bytes(out[2 : 2 + plen].tolist()) == cap + b"; re-rendered; mirrored"
+    assert out[:2].tolist() == [1, 2] and out[2 + plen :].tolist() == [7, 8, 9] and out.dtype == ids.dtype
+    same, n = tag_caption(ids, len(cap), [])
+    assert same is ids and n == len(cap)
+
+
+def test_augment_tags_name_exactly_the_rows_that_were_augmented(shared_data, tmp_path):
+    from perceiverar.data.mirror import _ORIENTED, Mirror, mirror_image_section
+
+    img = tmp_path / "emoji"  # eight emoji that may be mirrored (the data's first ones are keycaps, never flipped)
+    lines = [json.loads(x) for x in (shared_data / "emoji" / "captions.jsonl").read_text().splitlines()]
+    lines = [r for r in lines if r["category"] == "Smileys & Emotion" and not _ORIENTED.search(r["text"])][:8]
+    for rec in lines:
+        (img / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / "emoji" / rec["file"], img / rec["file"])
+    (img / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    settings = D.TokenizerSettings(image_height=4, image_width=4, caption_template="{text}; {style} style")
+    (src,), _ = D.prepare_sources([D.SourceSpec(img, 1.0, "image")], settings, tmp_path / "c", progress=False)
+    rr = D.prepare_rerenders(src, D.RerenderSpec(variants=4), tmp_path / "c", progress=False)
+    by_caption = {bytes(src.item(i)[2 : 2 + int(src.index[i, 2])].tolist()).decode(): i for i in range(len(src))}
+    assert len(by_caption) == 8
+
+    def mixture(tags, **kw):
+        return D.Mixture([src], context_len=512, n_latents=256, prompt_dropout=0.0, whole_items=True,
+                         rerender=D.Rerender(0.5, [rr]), mirror=Mirror(0.5), augment_tags=tags, **kw)  # fmt: skip
+
+    seen = {(): 0, ("re-rendered",): 0, ("mirrored",): 0, ("re-rendered", "mirrored"): 0}
+    for step in range(12):
+        tokens, feats, st = mixture(True).batch(step, 0, 4)
+        untagged = mixture(False).batch(step, 0, 4)[0]  # the same draws without the tags
+        for r in range(4):
+            ids = tokens[r][tokens[r] != PAD]
+            cap = bytes(ids[2 : int(torch.nonzero(ids == TEXT_END)[0])].tolist()).decode()
+            parts = cap.split("; ")
+            tags = [t for t in parts if t in ("re-rendered", "mirrored")]
+            i = by_caption["; ".join(parts[: len(parts) - len(tags)])]
+            seen[tuple(tags)] += 1
+            a, b = src.target_range(i)
+            k = len(ids) - len(src.item(i))  # the tags' bytes move the pixels right
+            pixels = ids[a + k : b + k].tolist()
+            base = [src.item(i)] if "re-rendered" not in tags else [
+                np.concatenate([src.item(i)[:a], rr.content(i, v), src.item(i)[b:]]) for v in range(4)]
+            if "mirrored" in tags:
+                base = [mirror_image_section(x) for x in base]
+            assert any(pixels == x[a:b].tolist() for x in base), (cap, tags)
+            plain = untagged[r][untagged[r] != PAD]
+            assert ids[a + k : ].tolist() == plain[a:].tolist()  # the same pictures as without tags
+            _assert_row_layout(ids, feats[r], st["loss_mask"][r], IMAGE_BEGIN, 4 * 4 * 3)
+    assert all(n >= 3 for n in seen.values()), seen
+    # the tags come after the caption parts are thinned: never dropped with them
+    tokens, _, _ = mixture(True, caption_part_dropout=0.99).batch(0, 0, 8)
+    caps = [bytes(t[2 : int(torch.nonzero(t == TEXT_END)[0])].tolist()).decode() for t in tokens]
+    assert sum("style" in c for c in caps) <= 2  # the other parts went (each stays with probability 0.01)
+    assert sum(c.endswith(("; re-rendered", "; mirrored")) for c in caps) >= 4  # the tags stayed (3 in 4 rows tagged)

@@ -128,6 +128,9 @@ def test_bad_arguments(data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--rerender-scale", "1.2"])
     assert "--rerender-scale must be in [0.5, 1], got 1.2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--augment-tags"])
+    assert "--augment-tags names re-rendered and mirrored rows: it needs --rerender or --mirror" in capsys.readouterr().err
     for flag, bad in (("--mirror", "1.5"), ("--recolour", "-0.1"), ("--hue-rotate", "2")):
         with pytest.raises(SystemExit):
             T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", flag, bad])
@@ -264,8 +267,9 @@ def test_a_palette_model_goes_on_in_sketch_mode(data, tmp_path, capsys):
     src = T.list_checkpoints(base)[-1]
     sk = tmp_path / "sketch"
     train_in_process(["--out", str(sk), *common(data, **over), "--init-from", str(src), "--image-mode", "sketch",
-                      "--opening-weight", "4:4", "--rerender", "0.5:2", "--rerender-scale", "1"])
-    assert "--rerender 0.5:2: emoji: 2 re-renders per image" in (sk / "train.log").read_text()
+                      "--opening-weight", "4:4", "--rerender", "0.5:2", "--rerender-scale", "1", "--augment-tags"])
+    log = (sk / "train.log").read_text()
+    assert "--rerender 0.5:2: emoji: 2 re-renders per image" in log and "--augment-tags: re-rendered and" in log
     rr = [p for p in cache.glob("rerender-*") if json.loads((p / "manifest.json").read_text())["shape"][1:] == [2, 68]]
     assert len(rr) == 1  # the sketch layout's re-renders (4 sketch + 64 colour ids per image)
     assert json.loads((rr[0] / "manifest.json").read_text())["spec"] == [2, 0.5, 1.0]  # moved only
