@@ -28,13 +28,18 @@
 #   RUN=runs/emoji-bal INIT_FROM=checkpoints/emoji STEPS=1800 LR=2e-4 bash recipes/emoji.sh --image-mode sketch \
 #       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --mirror 0.5 \
 #       --recolour 0.25 --warmup 100 --val-every 300 --ema 0.998 --balance category:0.5
-# The eighth (the bundled checkpoint) gave half of the captioned rows one of 8 re-renders of their source image
+# The eighth gave half of the captioned rows one of 8 re-renders of their source image
 # instead (moved by up to half a pixel and scaled 0.9-1.0 before the resize; perceiverar/data/rerender.py): new
 # true pictures of every caption. Held-out 1.691 -> 1.623 bits per pixel token; stopped at step 2,420 (83 min),
 # the export took step 2,400:
 #   RUN=runs/emoji-rerender INIT_FROM=checkpoints/emoji STEPS=4000 LR=2e-4 bash recipes/emoji.sh --image-mode sketch \
 #       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --mirror 0.5 \
 #       --recolour 0.25 --warmup 100 --val-every 300 --ema 0.998 --balance category:0.5 --rerender 0.5:8
+# The ninth (the bundled checkpoint) named those rows in their captions ("; re-rendered", "; mirrored";
+# --augment-tags), so that a prompt without a tag asks for the original pictures; 42 min on an Intel Xeon:
+#   RUN=runs/emoji-tags INIT_FROM=checkpoints/emoji STEPS=2500 LR=2e-4 bash recipes/emoji.sh --image-mode sketch \
+#       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --mirror 0.5 \
+#       --recolour 0.25 --warmup 100 --val-every 300 --ema 0.998 --balance category:0.5 --rerender 0.5:8 --augment-tags
 # Continue it the same way for more steps (each stage exports over checkpoints/emoji when it finishes).
 # On a GPU: drop --cpu-bf16, raise --batch-size and --max-steps, and try --image-size 32 --n-latents 1536.
 set -euo pipefail
