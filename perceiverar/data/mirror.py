@@ -69,7 +69,8 @@ class Mirror:
 
     def apply(self, rng: np.random.Generator, ids: np.ndarray, plen: int) -> np.ndarray:
         """One training row's item ``ids`` ([BOS] [TEXT_BEGIN] caption (plen) ...) -> ids, maybe mirrored.
-        Draws one number from ``rng`` whatever it does."""
+        Draws one number from ``rng`` whatever it does; ``ids`` itself when it is not flipped (``Mixture.augment_tags``
+        relies on that)."""
         u = rng.random()
         if u >= self.prob or not plen:
             return ids

@@ -139,8 +139,9 @@ class Rerender:
     renders: list
 
     def apply(self, rng: np.random.Generator, s: int, i: int, ids: np.ndarray, plen: int, start: int) -> np.ndarray:
-        """Row ids of item i of source s (its content from ``start``) -> ids, maybe re-rendered (a copy). Draws two
-        numbers from ``rng`` whatever it does."""
+        """Row ids of item i of source s (its content from ``start``) -> ids, maybe re-rendered (a copy; ``ids``
+        itself when it is left as it is, which ``Mixture.augment_tags`` relies on). Draws two numbers from ``rng``
+        whatever it does."""
         u, k = rng.random(), int(rng.integers(1 << 30))
         r = self.renders[s] if s < len(self.renders) else None
         if u >= self.prob or not plen or r is None:
