@@ -35,11 +35,15 @@
 #   RUN=runs/emoji-rerender INIT_FROM=checkpoints/emoji STEPS=4000 LR=2e-4 bash recipes/emoji.sh --image-mode sketch \
 #       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --mirror 0.5 \
 #       --recolour 0.25 --warmup 100 --val-every 300 --ema 0.998 --balance category:0.5 --rerender 0.5:8
-# The ninth (the bundled checkpoint) named those rows in their captions ("; re-rendered", "; mirrored";
+# The ninth named those rows in their captions ("; re-rendered", "; mirrored";
 # --augment-tags), so that a prompt without a tag asks for the original pictures; 42 min on an Intel Xeon:
 #   RUN=runs/emoji-tags INIT_FROM=checkpoints/emoji STEPS=2500 LR=2e-4 bash recipes/emoji.sh --image-mode sketch \
 #       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --mirror 0.5 \
 #       --recolour 0.25 --warmup 100 --val-every 300 --ema 0.998 --balance category:0.5 --rerender 0.5:8 --augment-tags
+# The tenth (the bundled checkpoint) re-rendered three rows in four, 16 variants per image, tags kept:
+#   RUN=runs/emoji-tags16 INIT_FROM=checkpoints/emoji STEPS=2300 LR=2e-4 bash recipes/emoji.sh --image-mode sketch \
+#       --opening-weight 4:16 --caption-part-dropout 0.5 --colour-tags 0.5 --hue-rotate 0.25 --mirror 0.5 \
+#       --recolour 0.25 --warmup 100 --val-every 300 --ema 0.998 --balance category:0.5 --rerender 0.75:16 --augment-tags
 # Continue it the same way for more steps (each stage exports over checkpoints/emoji when it finishes).
 # On a GPU: drop --cpu-bf16, raise --batch-size and --max-steps, and try --image-size 32 --n-latents 1536.
 set -euo pipefail
