@@ -21,10 +21,12 @@ from tokenizers_mm.vocab import BOS, IMAGE_BEGIN, PIXEL_OFFSET, SEP, TEXT_BEGIN,
 N_EMOJI = 8
 
 
-def make_image_folder(shared: Path, dest: Path, n: int = N_EMOJI, corrupt: bool = True) -> Path:
-    """``n`` emoji with their captions.jsonl lines, plus (``corrupt``) a truncated PNG and a non-image .png."""
+def make_image_folder(shared: Path, dest: Path, n: int = N_EMOJI, corrupt: bool = True, keep=None) -> Path:
+    """``n`` emoji with their captions.jsonl lines (the first ones, or the first for which ``keep(record)`` holds),
+    plus (``corrupt``) a truncated PNG and a non-image .png."""
     src = shared / "emoji"
-    lines = [json.loads(x) for x in (src / "captions.jsonl").read_text().splitlines()[:n]]
+    lines = [json.loads(x) for x in (src / "captions.jsonl").read_text().splitlines()]
+    lines = [r for r in lines if keep is None or keep(r)][:n]
     for rec in lines:
         (dest / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / rec["file"], dest / rec["file"])

@@ -3,9 +3,6 @@ resize, cached once, and swapped into captioned training rows only."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -123,13 +120,9 @@ def test_tag_caption_appends_parts_after_the_caption():
 def test_augment_tags_name_exactly_the_rows_that_were_augmented(shared_data, tmp_path):
     from perceiverar.data.mirror import _ORIENTED, Mirror, mirror_image_section
 
-    img = tmp_path / "emoji"  # eight emoji that may be mirrored (the data's first ones are keycaps, never flipped)
-    lines = [json.loads(x) for x in (shared_data / "emoji" / "captions.jsonl").read_text().splitlines()]
-    lines = [r for r in lines if r["category"] == "Smileys & Emotion" and not _ORIENTED.search(r["text"])][:8]
-    for rec in lines:
-        (img / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shared_data / "emoji" / rec["file"], img / rec["file"])
-    (img / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    # eight emoji that may be mirrored (the data's first ones are keycaps, never flipped)
+    img = make_image_folder(shared_data, tmp_path / "emoji", n=8, corrupt=False,
+                            keep=lambda r: r["category"] == "Smileys & Emotion" and not _ORIENTED.search(r["text"]))
     settings = D.TokenizerSettings(image_height=4, image_width=4, caption_template="{text}; {style} style")
     (src,), _ = D.prepare_sources([D.SourceSpec(img, 1.0, "image")], settings, tmp_path / "c", progress=False)
     rr = D.prepare_rerenders(src, D.RerenderSpec(variants=4), tmp_path / "c", progress=False)
@@ -160,7 +153,7 @@ def test_augment_tags_name_exactly_the_rows_that_were_augmented(shared_data, tmp
                 base = [mirror_image_section(x) for x in base]
             assert any(pixels == x[a:b].tolist() for x in base), (cap, tags)
             plain = untagged[r][untagged[r] != PAD]
-            assert ids[a + k : ].tolist() == plain[a:].tolist()  # the same pictures as without tags
+            assert ids[a + k :].tolist() == plain[a:].tolist()  # the same pictures as without tags
             _assert_row_layout(ids, feats[r], st["loss_mask"][r], IMAGE_BEGIN, 4 * 4 * 3)
     assert all(n >= 3 for n in seen.values()), seen
     # the tags come after the caption parts are thinned: never dropped with them

@@ -130,7 +130,8 @@ def test_bad_arguments(data, tmp_path, capsys):
     assert "--rerender-scale must be in [0.5, 1], got 1.2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--augment-tags"])
-    assert "--augment-tags names re-rendered and mirrored rows: it needs --rerender or --mirror" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--augment-tags names re-rendered and mirrored rows: it needs --rerender or --mirror" in err
     for flag, bad in (("--mirror", "1.5"), ("--recolour", "-0.1"), ("--hue-rotate", "2")):
         with pytest.raises(SystemExit):
             T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", flag, bad])
