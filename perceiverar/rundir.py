@@ -137,7 +137,8 @@ RESUMABLE = {
     "val_windows", "sample_every", "save_every", "keep_last", "log_every", "no_progress", "debug_step_sleep",
     "cache_dir", "audio_seconds", "given_options", "ema",
     # augmentation strengths: a later stretch may add or change them (the model and its data stay the same)
-    "colour_tags", "hue_rotate", "recolour", "mirror", "rerender", "rerender_scale", "balance",
+    "colour_tags", "hue_rotate", "recolour", "mirror", "rerender", "rerender_scale", "rerender_shift",
+    "rerender_rotate", "balance",
 }  # fmt: skip
 # Of those, the settings of the machine a launch runs on: they follow the command (named or not), so a resume on
 # another machine can leave out --compile or --cpu-bf16; the rest, left out, are the first launch's.

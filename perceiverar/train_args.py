@@ -155,12 +155,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "twice the pictures per caption against overfitting (e.g. 0.5)")
     g.add_argument("--rerender", type=_rerender, default=(0.0, RerenderSpec.variants), metavar="PROB[:VARIANTS]",
                    help="images trained whole: with this probability a captioned image is one of VARIANTS (default 8) "
-                        "re-renders of its source file, moved by up to half a pixel and scaled (--rerender-scale) "
+                        "re-renders of its source file, moved (--rerender-shift), scaled (--rerender-scale) and turned "
+                        "(--rerender-rotate) "
                         "before resizing, tokenized once into the cache (perceiverar/data/rerender.py); new true "
                         "pictures of every caption against overfitting (e.g. 0.5)")
     g.add_argument("--rerender-scale", type=float, default=RerenderSpec.min_scale, metavar="MIN",
                    help="--rerender: each variant is scaled by a factor in [MIN, 1] (1: moved only; scaling makes the "
                         "emoji's styles harder to tell apart, see benchmarks/rerender_labels.py)")
+    g.add_argument("--rerender-shift", type=float, default=RerenderSpec.max_shift, metavar="PIXELS",
+                   help="--rerender: each variant is moved by up to PIXELS target pixels in x and y (default 0.5)")
+    g.add_argument("--rerender-rotate", type=float, default=RerenderSpec.max_rotate, metavar="DEGREES",
+                   help="--rerender: each variant is turned by up to DEGREES either way about its centre (default 0)")
     g.add_argument("--augment-tags", action="store_true",
                    help="--rerender / --mirror: a re-rendered or mirrored row says so at the end of its caption "
                         "('; re-rendered', '; mirrored'), so that a prompt without the tag asks for the original "
@@ -254,6 +259,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--augment-tags names re-rendered and mirrored rows: it needs --rerender or --mirror")
     if not 0.5 <= args.rerender_scale <= 1:
         p.error(f"--rerender-scale must be in [0.5, 1], got {args.rerender_scale}")
+    if not 0 <= args.rerender_shift <= 4:
+        p.error(f"--rerender-shift must be in [0, 4] target pixels, got {args.rerender_shift}")
+    if not 0 <= args.rerender_rotate <= 45:
+        p.error(f"--rerender-rotate must be in [0, 45] degrees, got {args.rerender_rotate}")
     if args.ema and args.fsdp:
         p.error("--ema is not supported with --fsdp (the average would need the sharded weights gathered every step)")
     if not 1 <= args.palette_colours <= 256:

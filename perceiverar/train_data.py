@@ -74,7 +74,8 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
                     src = prepare_source(filler_spec, settings, cache, progress=False, log=log)
                     filler = Filler(src, filler_prob, lengths=a.filler_lengths, max_tokens=a.filler_tokens)
                 if a.rerender[0] > 0:
-                    spec = RerenderSpec(variants=a.rerender[1], min_scale=a.rerender_scale)
+                    spec = RerenderSpec(variants=a.rerender[1], max_shift=a.rerender_shift,
+                                        min_scale=a.rerender_scale, max_rotate=a.rerender_rotate)
                     rerenders = [prepare_rerenders(s, spec, cache, progress=not a.no_progress and rank_turn,
                                                    log=log if rank_turn else lambda m: None)
                                  if s.modality == "image" else None for s in sources]  # fmt: skip
@@ -90,7 +91,9 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
             f"cache {s.dir}")  # fmt: skip
     for s, r in zip(sources, rerenders):
         if r is not None:
-            log(f"--rerender {a.rerender[0]:g}:{r.variants}: {s.name}: {r.variants} re-renders per image, cache {r.dir}")
+            log(f"--rerender {a.rerender[0]:g}:{r.variants}: {s.name}: {r.variants} re-renders per image (moved up to "
+                f"{a.rerender_shift:g} px, scaled from {a.rerender_scale:g}, turned up to {a.rerender_rotate:g} "
+                f"degrees), cache {r.dir}")
     return TrainingData(settings, sources, codec_used, filler, rerenders)
 
 

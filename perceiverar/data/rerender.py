@@ -5,8 +5,8 @@ images, nearly every caption on two of them; a model trained for hours fits the 
 pixel token) far better than unseen ones (1.70), and a deeper model fits them better still without drawing better
 (``checkpoints/emoji/README.md``). Mirrors (:mod:`perceiverar.data.mirror`) and recolouring add pictures in token
 space; this module adds pictures in pixel space, where token-space edits cannot reach: each source image (64x64
-for the emoji) is moved by a fraction of a *target* pixel and scaled by a few percent about its centre before it is
-resized to the training size (16x16) and tokenized again. Every variant is the same drawing, anti-aliased
+for the emoji) is moved by a fraction of a *target* pixel, scaled by a few percent and (optionally) turned by a few
+degrees about its centre before it is resized to the training size (16x16) and tokenized again. Every variant is the same drawing, anti-aliased
 differently: the outlines fall on other pixels, the quantised colours of the edges change, the sketch's blocks
 hold other majorities. What stays is what the caption describes.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +38,14 @@ from tokenizers_mm.image import WHITE, ImageTokenizer, to_rgb
 
 @dataclass(frozen=True)
 class RerenderSpec:
-    """How variants are drawn: ``variants`` per image, each shifted by up to ``max_shift`` target pixels in x and y
-    and scaled by a factor in ``[min_scale, 1]`` about the image centre (the space uncovered is white)."""
+    """How variants are drawn: ``variants`` per image, each shifted by up to ``max_shift`` target pixels in x and y,
+    scaled by a factor in ``[min_scale, 1]`` and turned by up to ``max_rotate`` degrees either way about the image
+    centre (the space uncovered is white)."""
 
     variants: int = 8
     max_shift: float = 0.5
     min_scale: float = 0.9
+    max_rotate: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.variants <= 64:
@@ -51,26 +54,38 @@ class RerenderSpec:
             raise DatasetError(f"re-render shift must be in 0..4 target pixels, got {self.max_shift}")
         if not 0.5 <= self.min_scale <= 1:
             raise DatasetError(f"re-render scale must be in 0.5..1, got {self.min_scale}")
+        if not 0 <= self.max_rotate <= 45:
+            raise DatasetError(f"re-render rotation must be in 0..45 degrees, got {self.max_rotate}")
+
+    def key(self) -> list:
+        """What the cache key holds of the spec (a spec without rotation keeps the key it had before rotations)."""
+        return [self.variants, self.max_shift, self.min_scale] + ([self.max_rotate] if self.max_rotate else [])
 
 
-def variant_params(rel: str, k: int, spec: RerenderSpec) -> tuple[float, float, float]:
-    """(dx, dy, scale) of variant ``k`` of file ``rel``: shifts in target pixels, a pure function of its arguments."""
+def variant_params(rel: str, k: int, spec: RerenderSpec) -> tuple[float, float, float, float]:
+    """(dx, dy, scale, degrees) of variant ``k`` of file ``rel``: shifts in target pixels, a pure function of its
+    arguments (the first three are those drawn before rotations existed)."""
     seed = int(hashlib.sha1(f"{rel}\0{k}".encode()).hexdigest()[:12], 16)
-    u = np.random.default_rng(seed).random(3)
+    u = np.random.default_rng(seed).random(4)
     return (float((2 * u[0] - 1) * spec.max_shift), float((2 * u[1] - 1) * spec.max_shift),
-            float(spec.min_scale + (1 - spec.min_scale) * u[2]))  # fmt: skip
+            float(spec.min_scale + (1 - spec.min_scale) * u[2]), float((2 * u[3] - 1) * spec.max_rotate))  # fmt: skip
 
 
-def rerender(img: Image.Image, tok: ImageTokenizer, dx: float, dy: float, scale: float) -> Image.Image:
-    """``img`` (any mode, its transparency on white) moved by (dx, dy) *target* pixels and scaled by ``scale`` about
-    its centre, at its own resolution, white where nothing is drawn: what ``tok`` then resizes and tokenizes."""
+def rerender(img: Image.Image, tok: ImageTokenizer, dx: float, dy: float, scale: float,
+             degrees: float = 0.0) -> Image.Image:  # fmt: skip
+    """``img`` (any mode, its transparency on white) moved by (dx, dy) *target* pixels, scaled by ``scale`` and
+    turned by ``degrees`` (counter-clockwise as seen) about its centre, at its own resolution, white where nothing is
+    drawn: what ``tok`` then resizes and tokenizes."""
     rgb = to_rgb(img)
     w0, h0 = rgb.size
     fx, fy = w0 / tok.width, h0 / tok.height  # source pixels per target pixel ('fit' keeps them equal for squares)
     cx, cy = w0 / 2, h0 / 2
     sx, sy = dx * fx, dy * fy
-    # output (x, y) reads input ((x - cx - sx) / s + cx, (y - cy - sy) / s + cy)
-    data = (1 / scale, 0.0, cx - (cx + sx) / scale, 0.0, 1 / scale, cy - (cy + sy) / scale)
+    # output p reads input M (p - c - shift) + c, M = R(-degrees) / scale (y points down, so R(-a) turns by +a as seen)
+    cos, sin = math.cos(math.radians(degrees)) / scale, math.sin(math.radians(degrees)) / scale
+    a, b, d, e = cos, -sin, sin, cos
+    ox, oy = cx + sx, cy + sy
+    data = (a, b, cx - a * ox - b * oy, d, e, cy - d * ox - e * oy)
     return rgb.transform((w0, h0), Image.Transform.AFFINE, data, resample=Image.Resampling.BICUBIC, fillcolor=WHITE)
 
 
@@ -98,7 +113,7 @@ def prepare_rerenders(src: PreparedSource, spec: RerenderSpec, cache_root, *, pr
     if src.modality != "image":
         raise DatasetError(f"re-renders are for image folders; {src.manifest['folder']} holds {src.modality}")
     relevant = {"format": CACHE_FORMAT, "source": src.manifest["key"],
-                "spec": [spec.variants, spec.max_shift, spec.min_scale]}
+                "spec": spec.key()}
     key = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
     final = Path(cache_root) / f"rerender-{key}"
     if (final / "manifest.json").is_file():

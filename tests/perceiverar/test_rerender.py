@@ -40,9 +40,34 @@ def test_rerender_moves_and_scales_the_source_picture():
     spec = D.RerenderSpec(variants=8, max_shift=0.5, min_scale=0.9)
     ps = [variant_params("google/1f600.png", k, spec) for k in range(8)]
     assert ps == [variant_params("google/1f600.png", k, spec) for k in range(8)] and len(set(ps)) == 8
-    assert all(abs(dx) <= 0.5 and abs(dy) <= 0.5 and 0.9 <= s <= 1.0 for dx, dy, s in ps)
+    assert all(abs(dx) <= 0.5 and abs(dy) <= 0.5 and 0.9 <= s <= 1.0 and deg == 0 for dx, dy, s, deg in ps)
     with pytest.raises(D.DatasetError, match="variants"):
         D.RerenderSpec(variants=0)
+
+
+def test_rerender_turns_the_source_picture_about_its_centre():
+    tok = ImageTokenizer(16, 16)
+    a = np.full((64, 64, 3), 255, np.uint8)
+    a[30:34, 50:54] = 0  # a dot right of the centre (32, 32)
+    img = Image.fromarray(a)
+
+    def dot(*params) -> list[float]:
+        """(row, column) of the dark pixels' centre after ``rerender(img, tok, *params)``."""
+        return np.argwhere(np.asarray(rerender(img, tok, *params))[..., 0] < 128).mean(0).round(1).tolist()
+
+    assert dot(0.0, 0.0, 1.0, 0.0) == [31.5, 51.5]
+    assert dot(0.0, 0.0, 1.0, 90.0) == [11.5, 31.5]  # counter-clockwise as seen: right of centre -> above it
+    assert dot(0.0, 0.0, 1.0, -90.0) == [51.5, 31.5]
+    assert dot(1.0, 0.0, 1.0, 90.0) == [11.5, 35.5]  # then moved one target pixel (4 source pixels) right
+    # a spec with turns: within bounds, the first three parameters the same as without (old caches stay valid)
+    turned, plain = D.RerenderSpec(variants=8, max_rotate=10.0), D.RerenderSpec(variants=8)
+    for k in range(8):
+        *moved, deg = variant_params("google/1f600.png", k, turned)
+        assert moved == list(variant_params("google/1f600.png", k, plain)[:3]) and abs(deg) <= 10.0
+    assert len({variant_params("google/1f600.png", k, turned)[3] for k in range(8)}) == 8
+    assert plain.key() == [8, 0.5, 0.9] and turned.key() == [8, 0.5, 0.9, 10.0]
+    with pytest.raises(D.DatasetError, match="rotation"):
+        D.RerenderSpec(max_rotate=60.0)
 
 
 @pytest.mark.parametrize("mode", ["subpixel", "sketch"])
@@ -67,6 +92,12 @@ def test_rerenders_are_cached_tokenizations_of_the_moved_pictures(shared_data, t
     # a second call reads the cache; other settings make another one
     assert D.prepare_rerenders(src, spec, tmp_path / "c", progress=False).dir == rr.dir
     assert D.prepare_rerenders(src, D.RerenderSpec(variants=2), tmp_path / "c", progress=False).dir != rr.dir
+    turned = D.RerenderSpec(variants=3, max_shift=1.0, max_rotate=15.0)
+    rt = D.prepare_rerenders(src, turned, tmp_path / "c", progress=False)
+    assert rt.dir != rr.dir
+    for i in range(len(src)):
+        want = tok.encode(rerender(Image.open(img / src.file(i)), tok, *variant_params(src.file(i), 2, turned)))
+        assert rt.content(i, 2).tolist() == want
     assert not list((tmp_path / "c").glob(".rerender-*"))  # no temp dir left behind
 
 

@@ -128,6 +128,10 @@ def test_bad_arguments(data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--rerender-scale", "1.2"])
     assert "--rerender-scale must be in [0.5, 1], got 1.2" in capsys.readouterr().err
+    for flag, bad, why in (("--rerender-shift", "5", "[0, 4] target pixels"), ("--rerender-rotate", "-1", "[0, 45]")):
+        with pytest.raises(SystemExit):
+            T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", flag, bad])
+        assert f"{flag} must be in {why}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--augment-tags"])
     err = capsys.readouterr().err
@@ -268,12 +272,14 @@ def test_a_palette_model_goes_on_in_sketch_mode(data, tmp_path, capsys):
     src = T.list_checkpoints(base)[-1]
     sk = tmp_path / "sketch"
     train_in_process(["--out", str(sk), *common(data, **over), "--init-from", str(src), "--image-mode", "sketch",
-                      "--opening-weight", "4:4", "--rerender", "0.5:2", "--rerender-scale", "1", "--augment-tags"])
+                      "--opening-weight", "4:4", "--rerender", "0.5:2", "--rerender-scale", "1", "--rerender-shift", "0.75",
+                      "--rerender-rotate", "5", "--augment-tags"])  # fmt: skip
     log = (sk / "train.log").read_text()
-    assert "--rerender 0.5:2: emoji: 2 re-renders per image" in log and "--augment-tags: re-rendered and" in log
+    assert "--rerender 0.5:2: emoji: 2 re-renders per image (moved up to 0.75 px, scaled from 1, turned up to 5 " \
+        "degrees)" in log and "--augment-tags: re-rendered and" in log
     rr = [p for p in cache.glob("rerender-*") if json.loads((p / "manifest.json").read_text())["shape"][1:] == [2, 68]]
     assert len(rr) == 1  # the sketch layout's re-renders (4 sketch + 64 colour ids per image)
-    assert json.loads((rr[0] / "manifest.json").read_text())["spec"] == [2, 0.5, 1.0]  # moved only
+    assert json.loads((rr[0] / "manifest.json").read_text())["spec"] == [2, 0.75, 1.0, 5.0]  # moved and turned
     ck = T.list_checkpoints(sk)[-1]
     before, after = (json.loads((p / "config.json").read_text())["tokenizer"]["image"] for p in (src, ck))
     assert before["mode"] == "palette" and after["mode"] == "sketch" and after["palette"] == before["palette"]
