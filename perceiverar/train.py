@@ -64,7 +64,7 @@ from perceiverar.rundir import (
 from perceiverar.runlog import Logger, append_metrics, plot_losses, save_samples, truncate_metrics
 from perceiverar.train_args import UsageError, parse_args
 from perceiverar.train_data import prepare_data, tokenizer_config
-from tokenizers_mm.ids import FEATURE_SIZES, WORD_SLOT
+from tokenizers_mm.ids import FEATURE_SIZES, PARAGRAPH_SLOT, WORD_SLOT
 
 
 def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) -> PerceiverARConfig:
@@ -77,8 +77,9 @@ def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) ->
             over[key] = val
     if init_cfg is not None:  # fine-tuning: the checkpoint's architecture, with the run-time knobs overridden
         have = list(init_cfg.get("feature_sizes", FEATURE_SIZES))
-        if args.word_features and len(have) <= WORD_SLOT:
-            over["feature_sizes"] = [*have, *FEATURE_SIZES[len(have) :]]
+        want = PARAGRAPH_SLOT + 1 if args.paragraph_features else WORD_SLOT + 1 if args.word_features else 0
+        if len(have) < want:  # the slots up to the asked one, each added zero-initialised
+            over["feature_sizes"] = [*have, *FEATURE_SIZES[len(have) : want]]
         if args.add_layers:
             over["n_layers"] = init_cfg["n_layers"] + args.add_layers
         return PerceiverARConfig.from_dict({**init_cfg, **over})
@@ -128,7 +129,7 @@ class Trainer:
                 init_cfg = PerceiverARConfig.from_dict(init_meta["model"])
                 check_weights(weights, init_cfg)
                 state = load_file(str(weights))
-                added = range(len(init_cfg.feature_sizes), len(self.cfg.feature_sizes))  # --word-features
+                added = range(len(init_cfg.feature_sizes), len(self.cfg.feature_sizes))  # --word/paragraph-features
                 for slot in added:
                     state[f"embed.features.{slot}.weight"] = torch.zeros_like(model.embed.features[slot].weight)
                 state = grow_state(state, init_cfg.n_layers, self.cfg.n_layers - init_cfg.n_layers)  # --add-layers

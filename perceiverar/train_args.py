@@ -199,6 +199,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --init-from a checkpoint trained before the word feature slot (tokenizers_mm.features): "
                         "add the slot, its embedding zero-initialised so the model starts as the checkpoint (new "
                         "models have it already)")
+    g.add_argument("--paragraph-features", action="store_true",
+                   help="with --init-from a checkpoint trained before the paragraph feature slot (each prompt byte's "
+                        "paragraph number, so a long prompt's first paragraph is marked however far back it is; "
+                        "tokenizers_mm.features): add it (and the word slot if missing), zero-initialised (new models "
+                        "have it already)")
     g.add_argument("--add-layers", type=int, default=0, metavar="K",
                    help="with --init-from: K more latent self-attention blocks, each a copy of the block it follows "
                         "with its output projections zeroed, so the model starts as the checkpoint "

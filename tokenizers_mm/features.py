@@ -1,7 +1,7 @@
 """Position features: where each content token sits in its section of the sequence layout (``tokenizers_mm.vocab``),
 and which word a text byte ends.
 
-:func:`position_features` and :class:`FeatureTracker` give four small integer slots per token, value 0 meaning
+:func:`position_features` and :class:`FeatureTracker` give five small integer slots per token, value 0 meaning
 "none", each below ``FEATURE_SIZES``. The first three:
 
     pixel token inside an image section   (row + 1, col + 1, channel + 1)   from the header h, w and the
@@ -25,6 +25,14 @@ a bag of bytes whose short convolution cannot tell "red" from the end of "tired"
 last byte this slot names the whole word, and the convolution carries it to the next position. It depends only
 on the ids at and before a position, back to the word's start, so it is as causal as the others.
 
+The fifth (``PARAGRAPH_SLOT``, :func:`paragraph_features`): a text byte of a text section (the bytes after a
+[TEXT_BEGIN], up to the first id that is not a text byte) gets the number of its paragraph in that section,
+1, 2, ... capped at ``PARAGRAPH_BUCKETS - 1``; a paragraph starts at the first byte that is not a newline after
+a blank line (two or more newline bytes in a row), and the newlines belong to the paragraph before them. Every
+other id, and text bytes with no [TEXT_BEGIN] before them (a crop from inside a document), get 0. A long prompt's
+first paragraph, where a user puts what the picture shows, keeps a mark of its own however far back it lies,
+one a cross-attention query can match by content alone (issue 19).
+
 The features are causal: a token's features depend only on the tokens at or before it (the section header
 comes first), so generation can compute them one token at a time (:class:`FeatureTracker`). A pixel past the
 h*w*3 declared by the header, or a section whose header is malformed, gets (0, 0, 0).
@@ -36,8 +44,8 @@ import numpy as np
 
 from tokenizers_mm.ids import (
     AUDIO_FREQ_BANDS, AUDIO_MODE_OF_BEGIN, IMAGE_MODE_OF_BEGIN, IMAGE_MODES, MAX_IMAGE_SIDE, N_FEATURES, NUM_OFFSET,
-    NUM_VALUES, TEXT_OFFSET, TEXT_SIZE, WORD_BUCKETS, WORD_SLOT, allowed_range, audio_codes, chord_block,
-    is_chord_slot, sketch_block, sketch_shape,
+    NUM_VALUES, PARAGRAPH_BUCKETS, PARAGRAPH_SLOT, TEXT_BEGIN, TEXT_OFFSET, TEXT_SIZE, WORD_BUCKETS, WORD_SLOT,
+    allowed_range, audio_codes, chord_block, is_chord_slot, sketch_block, sketch_shape,
 )  # fmt: skip
 
 PALETTE_CHANNEL = 4  # the channel feature of a colour token (sub-pixels use 1..3)
@@ -75,6 +83,39 @@ def word_features(ids) -> np.ndarray:
     return np.where(inside, 1 + h % (WORD_BUCKETS - 1), 0)
 
 
+NEWLINE = TEXT_OFFSET + 10  # the "\n" byte
+
+
+def paragraph_features(ids, paragraph: int = 0, newlines: int = 0) -> tuple[np.ndarray, int, int]:
+    """(T,) int64 paragraph slot of each id (see the module docstring), continuing from a state: ``paragraph``,
+    the paragraph number at the end of the ids before these (uncapped; 0: not inside a text section), and
+    ``newlines``, how many newline bytes those ended with (0..2). Returns the slot and the state after ``ids``."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    n = len(ids)
+    if n == 0:
+        return np.zeros(0, np.int64), paragraph, newlines
+    pos = np.arange(n)
+    text = (ids >= TEXT_OFFSET) & (ids < TEXT_OFFSET + TEXT_SIZE)  # (T,)
+    nl = ids == NEWLINE
+    prev1 = np.concatenate([[newlines >= 1], nl[:-1]])  # nl[i - 1], the state's run before the first id
+    prev2 = np.concatenate([[newlines >= 2, newlines >= 1], nl[:-2]])[:n]  # nl[i - 2]
+    starts = np.cumsum(text & ~nl & prev1 & prev2)  # (T,) paragraph starts at or before i
+    origin = np.maximum.accumulate(np.where(~text, pos, -1))  # the last id at or before i that is not text
+    at = np.maximum(origin, 0)
+    # inside a section: the last non-text id is a [TEXT_BEGIN] (paragraph 1 from there), or there is none in
+    # these ids and the state was inside one (its paragraph from the start)
+    opened = (origin >= 0) & (ids[at] == TEXT_BEGIN)
+    para = np.where(opened, 1 + starts - starts[at], paragraph + starts)
+    inside = text & (opened | ((origin < 0) & (paragraph > 0)))
+    out = np.where(inside, np.minimum(para, PARAGRAPH_BUCKETS - 1), 0)
+    if not text[-1]:
+        state = 1 if ids[-1] == TEXT_BEGIN else 0
+    else:
+        state = int(para[-1]) if inside[-1] else 0
+    run = 2 if n >= 2 and nl[-1] and nl[-2] else (min(2, 1 + newlines) if n == 1 and nl[0] else int(nl[-1]))
+    return out, state, run
+
+
 class FeatureTracker:
     """Incremental, causal position features for generation: ``extend(prefix)`` then ``push(id)`` per token.
 
@@ -93,6 +134,7 @@ class FeatureTracker:
         self._channels = 3  # tokens per pixel of the open image section
         self._mode = "subpixel"  # the open section's layout (an image or audio mode)
         self._word_tail = np.zeros(0, dtype=np.int64)  # the last ids (< MAX_WORD) if they are a word's bytes
+        self._paragraph, self._newlines = 0, 0  # paragraph_features' state
 
     def _start(self, modality: str, mode: str = "subpixel") -> None:
         self._section, self._header, self._ready, self._index = modality, [], False, 0
@@ -106,10 +148,12 @@ class FeatureTracker:
         return self.extend([token])[0]
 
     def extend(self, ids) -> np.ndarray:
-        """Features (T, 4) int64 of the given ids, continuing from the state left by earlier calls."""
+        """Features (T, 5) int64 of the given ids, continuing from the state left by earlier calls."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        feats = np.zeros((ids.shape[0], N_FEATURES), dtype=np.int64)  # (T, 4)
+        feats = np.zeros((ids.shape[0], N_FEATURES), dtype=np.int64)  # (T, 5)
         feats[:, WORD_SLOT] = self._words(ids)
+        para, self._paragraph, self._newlines = paragraph_features(ids, self._paragraph, self._newlines)
+        feats[:, PARAGRAPH_SLOT] = para
         t, n = 0, ids.shape[0]
         while t < n:
             tok = int(ids[t])
@@ -183,14 +227,16 @@ class FeatureTracker:
 
 
 def position_features(ids) -> np.ndarray:
-    """(T, 4) int64 position features of a whole sequence (see the module docstring); causal."""
+    """(T, 5) int64 position features of a whole sequence (see the module docstring); causal."""
     return FeatureTracker().extend(ids)
 
 
 def text_features(ids) -> np.ndarray:
-    """(T, 4) position features of ids that hold no media section (a text document or a crop of one): only the
-    word slot is set, as :func:`position_features` would set it, without running the tracker's state machine."""
+    """(T, 5) position features of ids that hold no media section (a text document or a crop of one): only the
+    word and paragraph slots are set, as :func:`position_features` would set them, without running the tracker's
+    state machine."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     out = np.zeros((len(ids), N_FEATURES), dtype=np.int64)
     out[:, WORD_SLOT] = word_features(ids)
+    out[:, PARAGRAPH_SLOT] = paragraph_features(ids)[0]
     return out

@@ -48,13 +48,16 @@ CHORD_OFFSET = 5648
 N_CHORDS = 25  # 12 major triads (C..B), 12 minor triads (c..b), "no chord"
 VOCAB_SIZE = 5696  # 5673 used, padded to a multiple of 64 for efficient matmuls
 
-# Position features (tokenizers_mm.features): image row, image column, channel, and the word a text byte ends
-# (a hash bucket of the word so far; WORD_SLOT). Checkpoints trained before the word slot have the first three
-# slots only, and their models read only those (a checkpoint's slots must be a prefix of these).
-N_FEATURES = 4
+# Position features (tokenizers_mm.features): image row, image column, channel, the word a text byte ends
+# (a hash bucket of the word so far; WORD_SLOT) and the paragraph of its text section it sits in (PARAGRAPH_SLOT).
+# Checkpoints trained before a slot was added have the earlier slots only, and their models read only those (a
+# checkpoint's slots must be a prefix of these).
+N_FEATURES = 5
 WORD_SLOT = 3
 WORD_BUCKETS = 8192  # 0 = "not in a word", 1..8191 hash buckets
-FEATURE_SIZES = (257, 257, 17, WORD_BUCKETS)
+PARAGRAPH_SLOT = 4
+PARAGRAPH_BUCKETS = 8  # 0 = "not in a text section", 1..6 = paragraph 1..6, 7 = the seventh or a later one
+FEATURE_SIZES = (257, 257, 17, WORD_BUCKETS, PARAGRAPH_BUCKETS)
 AUDIO_FREQ_BANDS = 1  # audio codes per spectrogram frame (frequency patches); see tokenizers_mm.audio
 
 MAX_IMAGE_SIDE = 256

@@ -37,7 +37,8 @@ from perceiverar.data.sources import (
 )  # fmt: skip
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.image import ImageTokenizer
-from tokenizers_mm.features import position_features, text_features
+from tokenizers_mm.features import paragraph_features, position_features, text_features
+from tokenizers_mm.ids import PARAGRAPH_SLOT
 from tokenizers_mm.vocab import BOS, EOS, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence
 
 assert VOCAB_SIZE < 2**15  # ids fit int16
@@ -88,17 +89,22 @@ class PreparedSource:
         return ids
 
     def features(self, ids: np.ndarray) -> np.ndarray:
-        """(T, 4) position features of a *full* item's ids (text: only the word slot, no need to run the tracker)."""
+        """(T, 5) position features of a *full* item's ids (text: word and paragraph slots only, no tracker)."""
         if self.modality == "text":
             return text_features(ids)
         return position_features(ids)
 
     def crop(self, i: int, start: int, end: int, drop_prompt: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """ids, features of positions [start, end) of item i; features computed on the full item, then cropped."""
+        """ids, features of positions [start, end) of item i; features computed on the full item, then cropped
+        (text: the word slot on the crop alone, the paragraph slot counted from the document's start)."""
         if self.modality == "text":
             off = int(self.index[i, 0])
             ids = np.asarray(self.ids[off + start : off + end], dtype=np.int64)
-            return ids, text_features(ids)
+            feats = text_features(ids)
+            if start:
+                head = np.asarray(self.ids[off : off + end], dtype=np.int64)
+                feats[:, PARAGRAPH_SLOT] = paragraph_features(head)[0][start:]
+            return ids, feats
         full = self.item(i, drop_prompt)
         return full[start:end], self.features(full)[start:end]
 

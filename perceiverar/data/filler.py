@@ -50,10 +50,10 @@ def bury_caption(caption: np.ndarray, filler: np.ndarray, where: float) -> np.nd
 
 
 def prompted_sequence(prompt: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ids (T,) and position features (T, 4) of ``[BOS][TEXT_BEGIN] prompt rest``, ``rest`` starting at [TEXT_END].
+    """ids (T,) and position features (T, 5) of ``[BOS][TEXT_BEGIN] prompt rest``, ``rest`` starting at [TEXT_END].
 
-    Text has only its word slot (vectorised); the media section's restart at its header, inside ``rest``, so a
-    prompt of any length costs little to featurize. Equal to ``position_features(ids)``.
+    Text has only its word and paragraph slots (vectorised); the media section's restart at its header, inside
+    ``rest``, so a prompt of any length costs little to featurize. Equal to ``position_features(ids)``.
     """
     ids = np.concatenate([[BOS, TEXT_BEGIN], prompt, rest]).astype(np.int64)
     head = 2 + len(prompt)

@@ -298,7 +298,8 @@ def test_a_palette_model_goes_on_in_sketch_mode(data, tmp_path, capsys):
 
 
 def three_slot_copy(src: Path, dst: Path) -> Path:
-    """``src`` as a checkpoint trained before the word feature slot: config and weights without the fourth slot."""
+    """``src`` as a checkpoint trained before the word feature slot: config and weights without the slots from the
+    fourth on."""
     from safetensors.torch import save_file
 
     shutil.copytree(src, dst)
@@ -306,15 +307,17 @@ def three_slot_copy(src: Path, dst: Path) -> Path:
     cfg["model"]["feature_sizes"] = cfg["model"]["feature_sizes"][:3]
     (dst / "config.json").write_text(json.dumps(cfg))
     state = load_file(str(dst / "model.safetensors"))
-    del state["embed.features.3.weight"]
+    for slot in range(3, len(cfg["model"]["feature_sizes"]) + 10):
+        state.pop(f"embed.features.{slot}.weight", None)
     save_file(state, str(dst / "model.safetensors"))
     return dst
 
 
 def test_word_features_added_to_an_older_checkpoint(data, tmp_path, capsys):
     """A checkpoint without the word slot loads and generates as it is; ``--init-from`` keeps its three slots, and
-    with ``--word-features`` adds the fourth zero-initialised: the first validation loss is exactly the old
-    model's, the slot then trains, and the new checkpoint has four slots and generates."""
+    with ``--word-features`` adds the fourth zero-initialised (``--paragraph-features``: the fourth and the fifth):
+    the first validation loss is exactly the old model's, the slots then train, and the new checkpoint has four
+    (five) slots and generates."""
     from perceiverar import Pipeline
 
     over = {"max-steps": 2, "val-every": 2, "save-every": 2}
@@ -323,19 +326,25 @@ def test_word_features_added_to_an_older_checkpoint(data, tmp_path, capsys):
     old = three_slot_copy(T.list_checkpoints(base)[-1], tmp_path / "old")
     assert Pipeline.load(old).generate_image("a red heart", seed=0)[0].size == (8, 8)
     runs = {}
-    for name, extra in (("kept", []), ("words", ["--word-features"])):
+    for name, extra in (("kept", []), ("words", ["--word-features"]), ("paragraphs", ["--paragraph-features"])):
         runs[name] = tmp_path / name
         train_in_process(["--out", str(runs[name]), *common(data, **over), "--init-from", str(old), *extra])
-    kept, words = (T.list_checkpoints(runs[k])[-1] for k in ("kept", "words"))
+    kept, words, paras = (T.list_checkpoints(runs[k])[-1] for k in ("kept", "words", "paragraphs"))
     def slots(ck):
         return json.loads((ck / "config.json").read_text())["model"]["feature_sizes"]
 
     assert slots(kept) == [257, 257, 17] and slots(words) == [257, 257, 17, 8192]
-    assert losses(runs["kept"], "val")[0] == losses(runs["words"], "val")[0]  # step 0: the same function
+    assert slots(paras) == [257, 257, 17, 8192, 8]
+    # step 0: the same function
+    assert losses(runs["kept"], "val")[0] == losses(runs["words"], "val")[0] == losses(runs["paragraphs"], "val")[0]
     emb = load_file(str(words / "model.safetensors"))["embed.features.3.weight"]
     assert emb.abs().sum() > 0, "the word embedding should have trained"
+    emb = load_file(str(paras / "model.safetensors"))["embed.features.4.weight"]
+    assert emb[1].abs().sum() > 0, "the first paragraph's embedding should have trained"
     assert "feature slots [257, 257, 17] -> [257, 257, 17, 8192]" in (runs["words"] / "train.log").read_text()
-    assert Pipeline.load(words).generate_image("a red heart", seed=0)[0].size == (8, 8)
+    assert "feature slots [257, 257, 17] -> [257, 257, 17, 8192, 8]" in (runs["paragraphs"] / "train.log").read_text()
+    for ck in (words, paras):
+        assert Pipeline.load(ck).generate_image("a red heart", seed=0)[0].size == (8, 8)
 
 
 def test_add_layers_grows_a_checkpoint_from_the_same_function(data, tmp_path, capsys):

@@ -107,9 +107,10 @@ def test_position_features_image():
     tgt = _pix(2 * 3 * 3)
     seq = build_sequence("hi", "image", tgt, height=2, width=3)
     f = position_features(seq)
-    assert f.shape == (len(seq), 4) and f.dtype == np.int64
+    assert f.shape == (len(seq), 5) and f.dtype == np.int64
     assert (f.max(0) < np.array(V.FEATURE_SIZES)).all()
     assert f[2:4, 3].all() and not f[4:, 3].any()  # "hi": the word slot; nothing else is a word byte
+    assert f[2:4, 4].tolist() == [1, 1] and not f[4:, 4].any()  # the prompt's first paragraph; no text after
     f = f[:, :3]
     start = seq.index(V.IMAGE_BEGIN) + 3
     pix = f[start : start + 18]
@@ -122,10 +123,10 @@ def test_position_features_audio_and_big_image():
     seq = build_sequence("", "audio", [600] * 5)
     f = position_features(seq)
     i = seq.index(V.AUDIO_BEGIN) + 3
-    assert (f[i : i + 5] == [0, 0, 1, 0]).all() and not f[:i].any()
+    assert (f[i : i + 5] == [0, 0, 1, 0, 0]).all() and not f[:i].any()
     seq = build_sequence("", "image", [256] * (256 * 256 * 3), height=256, width=256)
     f = position_features(seq)
-    assert (f.max(0) < np.array(V.FEATURE_SIZES)).all() and tuple(f[-3]) == (256, 256, 3, 0)
+    assert (f.max(0) < np.array(V.FEATURE_SIZES)).all() and tuple(f[-3]) == (256, 256, 3, 0, 0)
 
 
 def _mixed_sequence(rng):
