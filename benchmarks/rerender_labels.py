@@ -6,8 +6,9 @@ re-rendered (``perceiverar/data/rerender.py``), moved and scaled (and turned), m
 A model trained on re-renders learns to draw what they look like; if the classifier of ``benchmarks.image_quality``
 cannot tell a re-render's style (or category, or skin tone) from its pixels as well as the original's, a model
 trained on them will not draw the style as recognisably either. Each held-out image is tokenized as the checkpoint
-sees it (its size, layout and palette) and classified; variants ``0..variants-1`` use the same (dx, dy, scale) as
-training does (``--max-shift``, ``--rerender-scale`` and ``--max-rotate`` set the ranges). Writes JSON (``--tag``) and prints the counts.
+sees it (its size, layout and palette) and classified; variants ``0..variants-1`` use the same (dx, dy, scale,
+degrees) as training does (``--max-shift``, ``--rerender-scale`` and ``--max-rotate`` set the ranges). Writes JSON
+(``--tag``) and prints the counts.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
         print(f"{name:22s} " + "  ".join(f"{k} {v}/{len(val)}" for k, v in row.items()))
     save_result("rerender_labels", "cpu", {
         "checkpoint": str(args.checkpoint), "data": str(data), "held_out_images": len(val),
-        "spec": {"max_shift": spec.max_shift, "min_scale": spec.min_scale, "max_rotate": spec.max_rotate}, "correct": rows,
+        "spec": {"max_shift": spec.max_shift, "min_scale": spec.min_scale, "max_rotate": spec.max_rotate},
+        "correct": rows,
         "classifier": clf_info, "threads": args.threads, "wall_seconds": round(time.perf_counter() - t0, 1),
     }, tag=args.tag)  # fmt: skip
     return 0

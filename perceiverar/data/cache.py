@@ -38,7 +38,7 @@ from perceiverar.data.sources import (
 from tokenizers_mm.errors import TokenizerError
 from tokenizers_mm.image import ImageTokenizer
 from tokenizers_mm.features import paragraph_features, position_features, text_features
-from tokenizers_mm.ids import PARAGRAPH_SLOT
+from tokenizers_mm.ids import PARAGRAPH_BUCKETS, PARAGRAPH_SLOT
 from tokenizers_mm.vocab import BOS, EOS, TEXT_BEGIN, TEXT_END, VOCAB_SIZE, build_sequence
 
 assert VOCAB_SIZE < 2**15  # ids fit int16
@@ -102,11 +102,21 @@ class PreparedSource:
             ids = np.asarray(self.ids[off + start : off + end], dtype=np.int64)
             feats = text_features(ids)
             if start:
-                head = np.asarray(self.ids[off : off + end], dtype=np.int64)
-                feats[:, PARAGRAPH_SLOT] = paragraph_features(head)[0][start:]
+                feats[:, PARAGRAPH_SLOT] = paragraph_features(ids, *self._paragraphs_before(off, start))[0]
             return ids, feats
         full = self.item(i, drop_prompt)
         return full[start:end], self.features(full)[start:end]
+
+    def _paragraphs_before(self, off: int, start: int) -> tuple[int, int]:
+        """``paragraph_features``' state after the first ``start`` ids of the text item at ``off``, read in 4K
+        pieces until ``start`` or until the count is past what the slot shows (the item's ids between its
+        [TEXT_BEGIN] and [TEXT_END] are all text, so nothing later can close the section before ``start``)."""
+        para, newlines, pos = 0, 0, 0
+        while pos < start and para < PARAGRAPH_BUCKETS - 1:
+            piece = np.asarray(self.ids[off + pos : off + min(start, pos + 4096)], dtype=np.int64)
+            _, para, newlines = paragraph_features(piece, para, newlines)
+            pos += len(piece)
+        return para, newlines
 
     def target_range(self, i: int) -> tuple[int, int]:
         return int(self.index[i, 4]), int(self.index[i, 5])

@@ -6,9 +6,9 @@ pixel token) far better than unseen ones (1.70), and a deeper model fits them be
 (``checkpoints/emoji/README.md``). Mirrors (:mod:`perceiverar.data.mirror`) and recolouring add pictures in token
 space; this module adds pictures in pixel space, where token-space edits cannot reach: each source image (64x64
 for the emoji) is moved by a fraction of a *target* pixel, scaled by a few percent and (optionally) turned by a few
-degrees about its centre before it is resized to the training size (16x16) and tokenized again. Every variant is the same drawing, anti-aliased
-differently: the outlines fall on other pixels, the quantised colours of the edges change, the sketch's blocks
-hold other majorities. What stays is what the caption describes.
+degrees about its centre before it is resized to the training size (16x16) and tokenized again. Every variant is
+the same drawing, anti-aliased differently: the outlines fall on other pixels, the quantised colours of the edges
+change, the sketch's blocks hold other majorities. What stays is what the caption describes.
 
 Variants are fixed per (file, k), so they are tokenized once into the token cache beside their source
 (``<cache_root>/rerender-<key>/``: ``ids.bin``, (n_items, K, n_content) int16, and ``manifest.json``) and drawn per
@@ -81,7 +81,7 @@ def rerender(img: Image.Image, tok: ImageTokenizer, dx: float, dy: float, scale:
     fx, fy = w0 / tok.width, h0 / tok.height  # source pixels per target pixel ('fit' keeps them equal for squares)
     cx, cy = w0 / 2, h0 / 2
     sx, sy = dx * fx, dy * fy
-    # output p reads input M (p - c - shift) + c, M = R(-degrees) / scale (y points down, so R(-a) turns by +a as seen)
+    # output p reads input M (p - c - shift) + c, M = R(-degrees) / scale (y points down: R(-a) turns by +a as seen)
     cos, sin = math.cos(math.radians(degrees)) / scale, math.sin(math.radians(degrees)) / scale
     a, b, d, e = cos, -sin, sin, cos
     ox, oy = cx + sx, cy + sy
