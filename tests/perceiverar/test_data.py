@@ -17,7 +17,7 @@ import pytest
 from perceiverar import data as D
 from perceiverar.data.balance import item_groups
 from tokenizers_mm.features import text_features
-from tokenizers_mm.ids import PARAGRAPH_SLOT
+from tokenizers_mm.ids import N_FEATURES, PARAGRAPH_SLOT
 from tokenizers_mm.vocab import BOS, IMAGE_BEGIN, PIXEL_OFFSET, SEP, TEXT_BEGIN, TEXT_END, position_features
 
 N_EMOJI = 8
@@ -185,7 +185,7 @@ def test_mixture_crops(folders):
         tok2, feat2, _ = mix.batch(step, 0, 4)
         assert (tok == tok2).all() and (feat == feat2).all()  # a pure function of (seed, step, micro)
         T = tok.shape[1]
-        assert feat.shape == (4, T, 4) and T == st["seq_len"]
+        assert feat.shape == (4, T, N_FEATURES) and T == st["seq_len"]
         lens.add(T)
         assert T <= L + 1
         dropped += st["dropped_prompts"]
@@ -248,7 +248,7 @@ def test_mixture_buries_captions_in_filler(folders):
             continue
         buried += 1
         T = tok.shape[1]
-        assert T == st["seq_len"] <= L + 1 and feat.shape == (3, T, 4)
+        assert T == st["seq_len"] <= L + 1 and feat.shape == (3, T, N_FEATURES)
         lens_max = max(lens_max, T)
         for row, f in zip(tok.numpy(), feat.numpy()):
             assert list(row[:2]) == [BOS, TEXT_BEGIN]

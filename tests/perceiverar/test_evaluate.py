@@ -38,7 +38,7 @@ def test_score_item_matches_direct_forward():
     m = _model(zero_head=False)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 256, 700)
-    feats = np.zeros((700, 4), dtype=np.int64)
+    feats = np.zeros((700, len(m.cfg.feature_sizes)), dtype=np.int64)
     total, count = E.score_item(m, ids, feats, (2, 700), batch_windows=3)
     ref = 0.0
     with torch.no_grad():

@@ -501,9 +501,15 @@ def test_two_process_gloo_matches_single_process(data, tmp_path, tmp_path_factor
     ck = load_checkpoint(multi / "checkpoints" / "step-0000004")
     ref = load_checkpoint(single / "checkpoints" / "step-0000004")
     # Sharded gradients are summed in another order; Adam divides each update by its gradient's RMS, so a weight
-    # whose gradient is near zero can move by a few 1e-5 more or less (seen: 1.07e-5 on 1 of 16,384 weights).
+    # whose gradient is near zero (a token id seen once, a unit that hardly fired) can take a step of another size:
+    # up to lr (3e-3) per step. Seen: 1.07e-5 on 1 of 16,384 weights; with another initialisation 5.5e-4 on 4 of
+    # 1.46 M token-embedding weights and 6.3e-4 on 18 of 16,384 MLP weights. All but 0.5% of each tensor must
+    # agree to 3e-5 (the losses above agree to 1e-5).
     for k, v in ref.model.state_dict().items():
-        torch.testing.assert_close(ck.model.state_dict()[k], v, atol=3e-5, rtol=1e-4)
+        diff = (ck.model.state_dict()[k] - v).abs()
+        loose = diff > 3e-5 + 1e-4 * v.abs()
+        assert int(loose.sum()) <= max(4, v.numel() // 200), (k, int(loose.sum()), float(diff.max()))
+        assert float(diff.max()) <= 4 * 3e-3, (k, float(diff.max()))
 
 
 # -------------------------------------------------------------------------------------- resuming safely
