@@ -108,11 +108,8 @@ def paragraph_features(ids, paragraph: int = 0, newlines: int = 0) -> tuple[np.n
     para = np.where(opened, 1 + starts - starts[at], paragraph + starts)
     inside = text & (opened | ((origin < 0) & (paragraph > 0)))
     out = np.where(inside, np.minimum(para, PARAGRAPH_BUCKETS - 1), 0)
-    if not text[-1]:
-        state = 1 if ids[-1] == TEXT_BEGIN else 0
-    else:
-        state = int(para[-1]) if inside[-1] else 0
-    run = 2 if n >= 2 and nl[-1] and nl[-2] else (min(2, 1 + newlines) if n == 1 and nl[0] else int(nl[-1]))
+    state = 1 if ids[-1] == TEXT_BEGIN else int(para[-1]) if inside[-1] else 0
+    run = int(nl[-1]) * (1 + int(prev1[-1]))  # trailing newlines, capped at 2
     return out, state, run
 
 

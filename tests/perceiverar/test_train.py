@@ -304,11 +304,12 @@ def three_slot_copy(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "config.json").read_text())
+    slots = len(cfg["model"]["feature_sizes"])
     cfg["model"]["feature_sizes"] = cfg["model"]["feature_sizes"][:3]
     (dst / "config.json").write_text(json.dumps(cfg))
     state = load_file(str(dst / "model.safetensors"))
-    for slot in range(3, len(cfg["model"]["feature_sizes"]) + 10):
-        state.pop(f"embed.features.{slot}.weight", None)
+    for slot in range(3, slots):
+        del state[f"embed.features.{slot}.weight"]
     save_file(state, str(dst / "model.safetensors"))
     return dst
 
