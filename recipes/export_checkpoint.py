@@ -91,7 +91,7 @@ def trained_prompt_tokens(ck, stages: list[dict], data: Path) -> int | None:
     return longest + (max(map(len, COLOUR_NAMES)) + 1 if media[0] == "image" else 0)
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="training run directory (its best/ is exported)")
     p.add_argument("--name", required=True, help="checkpoints/NAME")
@@ -101,7 +101,11 @@ def main(argv=None) -> None:
     p.add_argument("--eval-max-windows", type=int, default=None, help="score at most this many windows per item")
     p.add_argument("--limitations", default="", help="a sentence for the model card")
     p.add_argument("--out-root", type=Path, default=ROOT / "checkpoints")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    a = build_parser().parse_args(argv)
 
     src = a.run / "best"
     if not src.is_dir():

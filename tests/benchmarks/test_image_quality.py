@@ -200,9 +200,11 @@ def test_a_whole_run_on_a_tiny_model(shared_data, tmp_path):
     assert {r["name"] for r in cw["per_prompt"]} <= {"large blue circle", "green book"} and cw["real"]["share"] == 1.0
     lk = res["likelihood"]
     assert lk["unit"].startswith("bits per sub-pixel") and lk["tokens_scored"] == 2 * 4 * 4 * 3 and lk["items"] == 2
-    assert 0 < lk["bits"] < 20 and lk["webp_lossless_bits_per_subpixel"] > 0
+    assert 0 < lk["bits"] < 20
+    assert 0 < lk["webp_lossless_bitstream_bits_per_subpixel"] < lk["webp_lossless_bits_per_subpixel"]
     assert set(res["targets"]) == {"category_generated_over_real", "non_blank_share", "colour_matched_share",
-                                   "bits_per_subpixel_below_webp"}  # fmt: skip
+                                   "bits_per_subpixel_below_webp",
+                                   "bits_per_subpixel_below_webp_bitstream"}  # fmt: skip
     assert all(t["pass"] in (True, False, None) for t in res["targets"].values())
     assert Path(res["grid"]).is_file() and Path(res["grid"]).suffix == ".png"
 
@@ -229,3 +231,17 @@ def test_the_bundled_emoji_checkpoint_end_to_end(shared_data, tmp_path):
     assert res["classifier"]["generated"]["category"]["n"] == 2 and res["likelihood"]["items"] == 1
     assert res["targets"]["colour_matched_share"]["pass"] is None
     print(f"bundled checkpoint, 2 images: {time.perf_counter() - t0:.0f} s")
+
+
+def test_webp_bits_whole_files_and_bitstream():
+    """Whole files are the bitstream plus the 25 bytes of RIFF and VP8L headers, per image; a flat image costs
+    far less than noise; the count is per sub-pixel."""
+    rng = np.random.default_rng(0)
+    flat = np.full((16, 16, 3), 200, np.uint8)
+    noise = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for img in (flat, noise):
+        whole, stream = IQ.webp_bits([img]), IQ.webp_bits([img], header=False)
+        assert whole - stream == pytest.approx(8 * 25 / img.size, abs=8 * 1 / img.size)  # RIFF pads to even sizes
+    assert IQ.webp_bits([flat], header=False) < 0.2 < 7.5 < IQ.webp_bits([noise], header=False)
+    both = IQ.webp_bits([flat, noise], header=False)
+    assert both == pytest.approx((IQ.webp_bits([flat], header=False) + IQ.webp_bits([noise], header=False)) / 2)
