@@ -17,7 +17,7 @@ from benchmarks import image_classifier as IC
 from benchmarks import image_measures as IM
 from benchmarks import image_quality as IQ
 from perceiverar import PerceiverAR, PerceiverARConfig, save_checkpoint
-from perceiverar.data import is_val
+from perceiverar.data import caption_from, is_val
 from perceiverar.pipeline import make_tokenizer_config
 from tokenizers_mm.image import ImageTokenizer
 
@@ -245,3 +245,25 @@ def test_webp_bits_whole_files_and_bitstream():
     assert IQ.webp_bits([flat], header=False) < 0.2 < 7.5 < IQ.webp_bits([noise], header=False)
     both = IQ.webp_bits([flat, noise], header=False)
     assert both == pytest.approx((IQ.webp_bits([flat], header=False) + IQ.webp_bits([noise], header=False)) / 2)
+
+
+LOSSLESS = ROOT / "checkpoints" / "emoji-lossless"
+
+
+@pytest.mark.skipif(not (LOSSLESS / "model.safetensors").is_file(), reason="checkpoints/emoji-lossless is missing")
+def test_the_bundled_lossless_emoji_checkpoint_beats_webp_on_held_out_emoji(shared_data, tmp_path):
+    """The sub-pixel checkpoint: 12 held-out emoji cost fewer bits than lossless WebP's bitstream of the same
+    16x16 images (issue 18's sub-pixel target), and it draws a 16x16 picture that is not blank."""
+    from perceiverar import Pipeline  # noqa: PLC0415
+
+    data = tmp_path / "emoji"
+    keep = small_folder(shared_data / "emoji", data, n_train=2, n_val=12)
+    pipe = Pipeline.load(LOSSLESS, device="cpu")
+    tok = pipe.image_tokenizer()
+    assert tok.mode == "subpixel" and (tok.height, tok.width) == (16, 16)
+    lk = IQ.likelihood(pipe, LOSSLESS, data, 12, tmp_path / "tok", "subpixel", tok)
+    assert lk["items"] == 12 and lk["tokens_scored"] == 12 * 16 * 16 * 3
+    assert lk["bits"] < lk["webp_lossless_bitstream_bits_per_subpixel"] < lk["webp_lossless_bits_per_subpixel"]
+    caption = caption_from(keep[-1], pipe.config["caption_template"])  # a held-out caption
+    (img,) = pipe.generate_image(caption, num_samples=1, seed=0)
+    assert img.size == (16, 16) and not IM.is_blank(np.asarray(img.convert("RGB")))
