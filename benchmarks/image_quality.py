@@ -114,26 +114,23 @@ def generate(pipe, records: list[dict], template: str, *, samples: int, seed: in
     return out
 
 
-def webp_bits(images: list[np.ndarray], header: bool = True) -> float:
-    """Lossless WebP (method 6) bits per sub-pixel of the images, summed over all of them.
-
-    ``header=True``: whole files. ``header=False``: the entropy-coded bitstream only (the VP8L chunk's payload
-    less its 5-byte signature and size header, without the 20-byte RIFF framing), the fairer reference for tiny
-    images, where ~25 bytes of headers are a sizeable share of each file.
+def webp_bits(images: list[np.ndarray]) -> tuple[float, float]:
+    """Lossless WebP (method 6) bits per sub-pixel of the images, summed over all of them, each encoded once:
+    (whole files, the entropy-coded bitstream only). The bitstream is the VP8L chunk's payload less its 5-byte
+    signature and size header, without the 20-byte RIFF framing: the fairer reference for tiny images, where
+    ~25 bytes of headers are a sizeable share of each file.
     """
-    total, dims = 0, 0
+    files, stream, dims = 0, 0, 0
     for a in images:
         buf = io.BytesIO()
         Image.fromarray(a).save(buf, format="WEBP", lossless=True, quality=100, method=6)
         data = buf.getvalue()
-        if header:
-            total += 8 * len(data)
-        else:
-            if data[12:16] != b"VP8L":
-                raise ValueError(f"expected a VP8L chunk in a lossless WebP, got {data[12:16]!r}")
-            total += 8 * (int.from_bytes(data[16:20], "little") - 5)
+        if data[12:16] != b"VP8L":
+            raise ValueError(f"expected a VP8L chunk in a lossless WebP, got {data[12:16]!r}")
+        files += 8 * len(data)
+        stream += 8 * (int.from_bytes(data[16:20], "little") - 5)
         dims += a.size
-    return total / max(dims, 1)
+    return files / max(dims, 1), stream / max(dims, 1)
 
 
 def save_grid(path: Path, prompts: list[str], reals: list[np.ndarray], gens: list[list[np.ndarray]],
@@ -217,11 +214,11 @@ def likelihood(pipe, checkpoint: Path, data: Path, n_items: int, cache_dir, mode
     items = [source.file(int(i)) for i in source.val_items[:n_items]]
     bits = nats / max(count, 1) / math.log(2)
     bits = bits_per_pixel_token(bits, tok.height, tok.width, mode)  # sketch mode: its bits count against the pixels
-    real = [np.asarray(tok.preprocess(data / f), dtype=np.uint8) for f in items]
+    webp, stream = webp_bits([np.asarray(tok.preprocess(data / f), dtype=np.uint8) for f in items])
     out = {"unit": UNITS.get(mode, mode), "bits": round(bits, 4), "tokens_scored": int(count), "items": len(items),
            "seconds": round(time.perf_counter() - t0, 1),
-           "webp_lossless_bits_per_subpixel": round(webp_bits(real), 4),
-           "webp_lossless_bitstream_bits_per_subpixel": round(webp_bits(real, header=False), 4)}  # fmt: skip
+           "webp_lossless_bits_per_subpixel": round(webp, 4),
+           "webp_lossless_bitstream_bits_per_subpixel": round(stream, 4)}  # fmt: skip
     if mode == "subpixel":
         out["webp_lossless_bits_per_subpixel_note"] = ("same images, same size; whole files, and the bitstream "
                                                        "without the ~25 bytes of RIFF and VP8L headers")

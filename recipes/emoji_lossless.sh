@@ -3,7 +3,7 @@
 # lossless counterpart of checkpoints/emoji, for held-out bits/dim against lossless WebP of the same images.
 # From scratch, trained whole: caption + 768 sub-pixels (~850 tokens) fit in the 1,024 latents, so every
 # position is a target in every step and the caption is read by the latent stack. 800 steps of 16 items
-# (~1.9 epochs), about 4.4 s per step on 2 threads of an AMD EPYC (~60 min with --compile's warm-up).
+# (~1.9 epochs), about 4.4 s per step on 2 threads of an AMD EPYC (66 min with --compile's warm-up).
 # Measure: python -m benchmarks.image_quality --checkpoint checkpoints/emoji-lossless --n-captions 8 --samples 2
 # On a GPU: raise STEPS and --batch-size, or train 32x32 (--image-size 32, --n-latents 4096).
 set -euo pipefail

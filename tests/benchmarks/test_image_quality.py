@@ -240,11 +240,11 @@ def test_webp_bits_whole_files_and_bitstream():
     flat = np.full((16, 16, 3), 200, np.uint8)
     noise = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     for img in (flat, noise):
-        whole, stream = IQ.webp_bits([img]), IQ.webp_bits([img], header=False)
+        whole, stream = IQ.webp_bits([img])
         assert whole - stream == pytest.approx(8 * 25 / img.size, abs=8 * 1 / img.size)  # RIFF pads to even sizes
-    assert IQ.webp_bits([flat], header=False) < 0.2 < 7.5 < IQ.webp_bits([noise], header=False)
-    both = IQ.webp_bits([flat, noise], header=False)
-    assert both == pytest.approx((IQ.webp_bits([flat], header=False) + IQ.webp_bits([noise], header=False)) / 2)
+    assert IQ.webp_bits([flat])[1] < 0.2 < 7.5 < IQ.webp_bits([noise])[1]
+    both = IQ.webp_bits([flat, noise])[1]
+    assert both == pytest.approx((IQ.webp_bits([flat])[1] + IQ.webp_bits([noise])[1]) / 2)
 
 
 LOSSLESS = ROOT / "checkpoints" / "emoji-lossless"
