@@ -37,7 +37,8 @@ the same bytes for the three long prompts of an item. A model that uses its whol
 A target too long to fit after the longest prompt (a long chorale) is scored on its first tokens only, the
 same ones in every condition. ``--context-len`` evaluates a checkpoint trained with a shorter context at a
 longer one (rotary positions extrapolate in form, if not in quality): the "before fine-tuning" baseline;
-``--query-len-scale N0`` runs the weights with length-scaled cross-attention queries (0: without). Writes
+``--query-len-scale N0`` runs the weights with length-scaled cross-attention queries (0: without);
+``--pinned-latents P`` with the prompt's first P positions pinned in the latent stack (0: without). Writes
 benchmarks/results/long_prompt-<name>-<device>-<date>.json.
 """
 
@@ -163,12 +164,15 @@ def item_sequence(prompt: np.ndarray, rest: np.ndarray, n_target: int | None = N
     return ids, feats, (a, a + n)
 
 
-def with_context(model: PerceiverAR, context_len: int, query_len_scale: int | None = None) -> PerceiverAR:
-    """The same weights under a longer (or shorter) context length, and a ``query_len_scale`` if given."""
+def with_context(model: PerceiverAR, context_len: int, query_len_scale: int | None = None,
+                 pinned_latents: int | None = None) -> PerceiverAR:
+    """The same weights under a longer (or shorter) context length, and a ``query_len_scale`` and a number of
+    ``pinned_latents`` if given."""
     qls = model.cfg.query_len_scale if query_len_scale is None else query_len_scale
-    if context_len == model.cfg.context_len and qls == model.cfg.query_len_scale:
+    pin = model.cfg.pinned_latents if pinned_latents is None else pinned_latents
+    if context_len == model.cfg.context_len and qls == model.cfg.query_len_scale and pin == model.cfg.pinned_latents:
         return model
-    out = PerceiverAR(dataclasses.replace(model.cfg, context_len=context_len, query_len_scale=qls))
+    out = PerceiverAR(dataclasses.replace(model.cfg, context_len=context_len, query_len_scale=qls, pinned_latents=pin))
     out.load_state_dict(model.state_dict())
     return out.eval()
 
@@ -270,6 +274,9 @@ def main(argv=None) -> dict:
     p.add_argument("--query-len-scale", type=int, default=None, metavar="N0",
                    help="run the weights with this length-scaled cross-attention (perceiverar.config; 0: off; "
                         "default: the checkpoint's)")
+    p.add_argument("--pinned-latents", type=int, default=None, metavar="P",
+                   help="run the weights with the prompt's first P positions pinned in the latent stack "
+                        "(perceiverar.config; 0: off; default: the checkpoint's)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tag", default=None, help="result file tag (default: the checkpoint folder's name)")
@@ -287,7 +294,7 @@ def main(argv=None) -> dict:
         filler = Filler(text, split="val" if len(text.val_items) else "train")
         # the config checks --context-len and --query-len-scale (e.g. "query_len_scale must be in [0, ...]")
         model = with_context(ckpt.model.float(), args.context_len or ckpt.config.context_len,
-                             args.query_len_scale).to(args.device)
+                             args.query_len_scale, args.pinned_latents).to(args.device)
     except (DatasetError, ValueError, RuntimeError) as e:
         raise SystemExit(f"long_prompt: error: {e}") from None
     try:
@@ -311,7 +318,8 @@ def main(argv=None) -> dict:
               f"   (first tokens: {o['mean']:+.4f} +- {o['stderr']:.4f})")
     fields = {"checkpoint": str(args.checkpoint), "trained_context_len": ckpt.config.context_len,
               "context_len": model.cfg.context_len, "n_latents": model.cfg.n_latents,
-              "query_len_scale": model.cfg.query_len_scale, "data": args.data,
+              "query_len_scale": model.cfg.query_len_scale, "pinned_latents": model.cfg.pinned_latents,
+              "data": args.data,
               "filler": args.filler, "prompt_tokens": args.prompt_tokens, "items": args.items, "split": args.split,
               "swaps": [f"{o}={n}" for o, n in args.swap or []], **res}  # fmt: skip
     tag = args.tag or Path(args.checkpoint).resolve().name

@@ -6,12 +6,14 @@ change while the window stays put:
 
     cross_k, cross_v   (R, H, L_cap, D)  keys/values of context positions s.., index pos - s,
                                           rotary position pos - s (as in the crop)
-    cross_out          (R, N_cap, C)     cross-attention outputs of latent positions a.., index pos - a;
+    cross_out          (R, N_cap, C)     cross-attention outputs of latent positions a.., index P + pos - a;
                                           they depend on s but not on a, so a slide of a alone keeps them
-    layers[i]          (R, H, N_cap, D)  self-attention keys/values of latent block i, index pos - a
+                                          (indices [0, P): the window's P pinned positions s.., if the model
+                                          has pinned latents; N_cap then counts them too)
+    layers[i]          (R, H, N_cap, D)  self-attention keys/values of latent block i, the same indices
     rope               (L_cap, D/2) x 2  cos, sin of the rotary angles of window positions 0..L_cap-1, computed
                                           once (in fp64, as ``rope_angles`` does) instead of once per token
-    context_pos,       (R,) int64        p - s and p - a of each row's next position p: the decode step's positions
+    context_pos,       (R,) int64        p - s and P + p - a of each row's next position p: the decode step's positions
     latent_pos                            as tensors, so that one compiled graph serves every token
 
 R counts rows: one prompt's samples, or several prompts' (classifier-free guidance decodes its conditional and
@@ -59,6 +61,7 @@ class DecodeCache:
         self.latent_pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.context_filled = 0  # valid context entries: positions s .. s + context_filled - 1
         self.latents_filled = 0  # valid latent entries (cross_out and every layer): positions a .. a + latents_filled - 1
+        self.pinned_filled = 0  # pinned entries before them (PerceiverARConfig.pinned_latents): positions s .. s + P - 1
 
     def rows(self, lo: int, hi: int) -> DecodeCache:
         """Rows [lo, hi) as a cache of their own: views of the same buffers, with counts of their own."""
@@ -67,12 +70,12 @@ class DecodeCache:
         part.layers = [(k[lo:hi], v[lo:hi]) for k, v in self.layers]
         part.rope = self.rope
         part.context_pos, part.latent_pos = self.context_pos[lo:hi], self.latent_pos[lo:hi]
-        part.context_filled = part.latents_filled = 0
+        part.context_filled = part.latents_filled = part.pinned_filled = 0
         return part
 
     def clear(self) -> None:
         """Forget every entry: the window's context start moved (rotary positions change)."""
-        self.context_filled = self.latents_filled = 0
+        self.context_filled = self.latents_filled = self.pinned_filled = 0
 
     def buffers(self) -> list[torch.Tensor]:
         """Every tensor the decode step reads or writes (what CUDA graphs must find at the same address)."""

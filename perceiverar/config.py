@@ -56,6 +56,13 @@ class PerceiverARConfig:
     # unchanged. It depends only on a query's own position, so the exact cache stays exact. See
     # ``CrossAttentionBlock.query_rope``.
     query_len_scale: int = 0
+    # Pinned latents (0: off): the first P positions of the context (a long prompt's opening: the caption) also
+    # join the latent self-attention stack, as global tokens do in Longformer and BigBird. In the stack they sit
+    # just before the latent window (their rotary positions are moved there), so the stack reads them the same
+    # way at any distance; the cross-attention still sees them where they are. Their own outputs are not
+    # predictions (they see only each other), and the exact cache stays exact: they depend on the window's start
+    # only. See ``PerceiverAR.forward`` and ``perceiverar.generation.prefill``.
+    pinned_latents: int = 0
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -132,7 +139,7 @@ MAX_PARAMS = 20e9  # ~80 GB of fp32 weights: beyond it a config is a typo, not a
 _INT_BOUNDS = {
     "vocab_size": (1, 1 << 20), "width": (1, 1 << 16), "n_heads": (1, 1024), "head_dim": (2, 1024),
     "n_layers": (1, 1024), "context_len": (1, 1 << 24), "n_latents": (1, 1 << 24), "conv_kernel": (0, 64),
-    "query_len_scale": (0, 1 << 24),
+    "query_len_scale": (0, 1 << 24), "pinned_latents": (0, 1 << 16),
 }  # fmt: skip
 _REAL_BOUNDS = {
     "mlp_ratio": (0.0, 64.0), "dropout": (0.0, 1.0), "context_dropout": (0.0, 1.0), "rope_base": (1.0, 1e12),

@@ -75,7 +75,8 @@ def decode_one_token(
     """Every row's newest position p joins its context and becomes one more latent; logits (R, V) fp32.
 
     tokens (R, K), features (R, K, F): ids and position features of positions p - K + 1 .. p (K = the short
-    convolution's width, at least 1); context_pos, latent_pos (R,): p - s and p - a in the row's window (s, a).
+    convolution's width, at least 1); context_pos, latent_pos (R,): p - s and P + p - a in the row's window (s, a)
+    with P pinned latents before the window's (``perceiverar.generation.prefill``).
     The caches are ``DecodeCache``'s buffers (R rows).
     """
     K = tokens.shape[1]

@@ -64,7 +64,7 @@ def new_cache(model: PerceiverAR, rows: int, capacity: int, schedule: Schedule) 
         model.cfg,
         rows,
         context_capacity=min(schedule.context_len, capacity),
-        latent_capacity=min(schedule.n_latents, capacity),
+        latent_capacity=min(schedule.n_latents, capacity) + model.cfg.pinned_latents,
         device=p.device,
         dtype=p.dtype,
     )
@@ -144,27 +144,35 @@ def cross_latents(model: PerceiverAR, stream: Stream, s: int, lo: int, hi: int) 
 
 def prefill(model: PerceiverAR, stream: Stream, prev: Window | None, window: Window) -> torch.Tensor:
     """(Re)fill the caches, which hold entries of window ``prev``, for ``window`` over positions [s, length);
-    logits (B, V) of the last position."""
+    logits (B, V) of the last position.
+
+    The latent entries (``cross_out`` and every layer's) are the window's pinned positions s.. (P of them, see
+    ``PerceiverARConfig.pinned_latents``; usually none) and then its latents a..: position p at index P + p - a.
+    """
     c = stream.cache
     s, a, end = window.start, window.first_latent, stream.length
     if prev is None or prev.start != s:
         c.clear()  # new rotary positions: the context K/V and everything after must be recomputed
     fill_context(model, stream, s, end)
+    P = model.num_pinned(a - s)
     have = a  # cross outputs of positions [a, have) are already in the cache
     if c.latents_filled:  # they depend on s but not on a: keep the ones the new window shares with the old
-        old_a = prev.first_latent
+        old_a, old_P = prev.first_latent, c.pinned_filled
         keep = old_a + c.latents_filled - a
         if keep > 0:
-            if a > old_a:
-                c.cross_out[:, :keep] = c.cross_out[:, a - old_a : a - old_a + keep].clone()
+            if a - old_a + old_P != P:
+                src = old_P + a - old_a
+                c.cross_out[:, P : P + keep] = c.cross_out[:, src : src + keep].clone()
             have = a + keep
     if have < end:
-        c.cross_out[:, have - a : end - a] = cross_latents(model, stream, s, have, end)
-    c.latents_filled = end - a
+        c.cross_out[:, P + have - a : P + end - a] = cross_latents(model, stream, s, have, end)
+    if P:  # they depend on s only, but cost little: recomputed on every slide
+        c.cross_out[:, :P] = cross_latents(model, stream, s, s, s + P)
+    c.latents_filled, c.pinned_filled = end - a, P
     c.context_pos.fill_(end - s)  # the next position, ``end``, in this window
-    c.latent_pos.fill_(end - a)
-    h = c.cross_out[:, : end - a]  # (B, M, C)
-    logits = model.latent_stack(h, _rope(c, a - s, end - s), caches=c.layers, pos=0, last_only=True)
+    c.latent_pos.fill_(P + end - a)
+    h = c.cross_out[:, : P + end - a]  # (B, P + M, C)
+    logits = model.latent_stack(h, _rope(c, a - s - P, end - s), caches=c.layers, pos=0, last_only=True)
     return logits[:, -1].float()  # (B, V)
 
 
@@ -413,7 +421,8 @@ def generate(
             rows, capacity = num_samples * len(prompts), max(len(ids) for ids in prompts) + max_new_tokens
             if uses_cuda_graphs(step):
                 dtype = next(model.parameters()).dtype
-                pooled, cache = _POOL.take(cfg, rows, min(schedule.context_len, capacity), min(schedule.n_latents, capacity),
+                latent_capacity = min(schedule.n_latents, capacity) + cfg.pinned_latents
+                pooled, cache = _POOL.take(cfg, rows, min(schedule.context_len, capacity), latent_capacity,
                                            device=device, dtype=dtype, on_new=_static_addresses)  # fmt: skip
             else:
                 cache = new_cache(model, rows, capacity, schedule)

@@ -3,7 +3,8 @@
 The last N positions of a T-token context are the latents. One causal cross-attention
 lets latent i (position T - N + i) read every input j <= T - N + i; then a stack of causal
 self-attention blocks runs over the N latents only, and each latent predicts the next
-token. Cost: O(N * T) for the cross-attention plus O(N^2) per latent block, instead of
+token. With ``pinned_latents`` P > 0 the context's first P positions join the stack too,
+placed just before the latents (``PerceiverARConfig.pinned_latents``). Cost: O(N * T) for the cross-attention plus O(N^2) per latent block, instead of
 O(T^2) per block for a decoder-only Transformer.
 """
 
@@ -77,8 +78,11 @@ class PerceiverAR(nn.Module):
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rope_angles(positions, self.cfg.head_dim, self.cfg.rope_base, self.cfg.rope_fraction)
 
-    def latent_stack(self, h: torch.Tensor, rope, *, caches=None, pos=0, last_only: bool = False) -> torch.Tensor:
-        """(B, n, C) latents after the cross-attention -> (B, n, vocab) logits ((B, 1, vocab) with ``last_only``).
+    def latent_stack(
+        self, h: torch.Tensor, rope, *, caches=None, pos=0, last_only: bool = False, skip: int = 0
+    ) -> torch.Tensor:
+        """(B, n, C) latents after the cross-attention -> (B, n - skip, vocab) logits ((B, 1, vocab) with
+        ``last_only``); the first ``skip`` rows (pinned latents) take part but predict nothing.
 
         With ``caches`` (one preallocated (k, v) pair (B, H, S, D) per block: generation), the latents are
         positions [pos, pos + n) of the latent window: each block writes its keys/values there and attends
@@ -93,7 +97,19 @@ class PerceiverAR(nn.Module):
                 h = block(h, rope)
         if last_only:
             h = h[:, -1:]  # generation needs the next token's logits only: skip the (n, C) x (C, vocab) head
+        elif skip:
+            h = h[:, skip:]
         return self.head(self.norm(h))
+
+    def num_pinned(self, before: int) -> int:
+        """How many of the ``before`` positions that precede the latent window are pinned latents."""
+        return min(self.cfg.pinned_latents, before)
+
+    def pinned_cross(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Cross-attention outputs (B, P, C) of the pinned positions: embeddings x (B, P, C) of the context's first
+        P positions ``pos`` (P,), each reading the positions up to itself (all of them pinned)."""
+        rope = self.rope(pos)
+        return self.cross(x, self.cross.query_rope(rope, pos + 1), context=x, context_rope=rope)
 
     def _num_latents(self, T: int, n_latents: int | None) -> int:
         n = self.cfg.n_latents if n_latents is None else int(n_latents)
@@ -142,7 +158,11 @@ class PerceiverAR(nn.Module):
             )
         else:
             h = self.cross(x[:, T - n :], cross_rope, context=ctx, context_rope=self.rope(ctx_pos))  # (B, n, C)
-        return self.latent_stack(h, q_rope)
+        P = self.num_pinned(T - n)
+        if P:  # the context's first P positions join the stack, just before the window (their rotary positions)
+            h = torch.cat([self.pinned_cross(x[:, :P], pos[:P]), h], dim=1)  # (B, P + n, C)
+            q_rope = self.rope(torch.arange(T - n - P, T, device=tokens.device))
+        return self.latent_stack(h, q_rope, skip=P)
 
     def token_nll(
         self, tokens: torch.Tensor, features: torch.Tensor | None = None, *, n_latents: int | None = None

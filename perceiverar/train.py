@@ -72,7 +72,8 @@ def build_config(args, resume_cfg: dict | None, init_cfg: dict | None = None) ->
         return PerceiverARConfig.from_dict({**resume_cfg, "activation_checkpointing": args.activation_checkpointing})
     over = {"context_dropout": args.context_dropout, "activation_checkpointing": args.activation_checkpointing}
     for key, val in (("n_latents", args.n_latents), ("context_len", args.context_len), ("dropout", args.dropout),
-                     ("conv_kernel", args.conv_kernel), ("query_len_scale", args.query_len_scale)):
+                     ("conv_kernel", args.conv_kernel), ("query_len_scale", args.query_len_scale),
+                     ("pinned_latents", args.pinned_latents)):
         if val is not None:
             over[key] = val
     if init_cfg is not None:  # fine-tuning: the checkpoint's architecture, with the run-time knobs overridden

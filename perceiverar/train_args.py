@@ -195,6 +195,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="length-scaled cross-attention: a latent seeing n > N0 keys has its query scaled by "
                         "log n / log N0, so a long prompt does not dilute what a short-item model attends to "
                         "(0: off; the config's query_len_scale)")
+    g.add_argument("--pinned-latents", type=int, default=None, metavar="P",
+                   help="the context's first P positions (a long prompt's opening: its caption) also join the latent "
+                        "stack, just before the latents, so they are read alike at any distance "
+                        "(PerceiverARConfig.pinned_latents; 0: off; with --init-from the weights are unchanged)")
     g.add_argument("--word-features", action="store_true",
                    help="with --init-from a checkpoint trained before the word feature slot (tokenizers_mm.features): "
                         "add the slot, its embedding zero-initialised so the model starts as the checkpoint (new "
@@ -274,6 +278,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--palette-colours must be in 1..256, got {args.palette_colours}")
     if args.conv_kernel is not None and not 0 <= args.conv_kernel <= 64:
         p.error(f"--conv-kernel must be in 0..64, got {args.conv_kernel}")
+    if args.pinned_latents is not None and args.pinned_latents < 0:
+        p.error(f"--pinned-latents must be >= 0 (0: off), got {args.pinned_latents}")
     if args.query_len_scale is not None and args.query_len_scale < 0:
         p.error(f"--query-len-scale must be >= 0 (0: off), got {args.query_len_scale}")
     if args.add_layers < 0:

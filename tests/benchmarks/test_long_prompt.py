@@ -6,14 +6,16 @@ import argparse
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks import long_prompt as LP
-from perceiverar import PerceiverAR, PerceiverARConfig
+from perceiverar import PerceiverAR, PerceiverARConfig, load_checkpoint
 from perceiverar import data as D
-from perceiverar.evaluate import evaluate_sources, score_item
+from perceiverar.evaluate import data_settings, evaluate_sources, score_item
 from tokenizers_mm.vocab import BOS, TEXT_BEGIN, position_features
 
 
@@ -130,3 +132,41 @@ def test_with_context_sets_the_length_scaled_queries():
     torch.testing.assert_close(scaled(tokens[:, :32]), model(tokens[:, :32]))  # no query sees more than 32 keys
     assert not torch.allclose(scaled(tokens), model(tokens))
     assert LP.with_context(scaled, 512, 0).cfg.query_len_scale == 0
+    pinned = LP.with_context(model, 256, None, 8)
+    assert (pinned.cfg.pinned_latents, pinned.cfg.query_len_scale) == (8, 0)
+    torch.testing.assert_close(pinned(tokens[:, :16]), model(tokens[:, :16]))  # all in the latents: nothing to pin
+    assert not torch.allclose(pinned(tokens), model(tokens))
+
+
+EMOJI = Path(__file__).resolve().parents[2] / "checkpoints" / "emoji"
+
+
+@pytest.mark.skipif(not (EMOJI / "model.safetensors").is_file(), reason="checkpoints/emoji is missing")
+def test_the_bundled_emoji_checkpoint_reads_a_caption_at_the_far_end_of_a_long_prompt(shared_data, tmp_path):
+    """Issue 19's far-caption measure on the real checkpoint, 10 held-out emoji under 1,500-token prompts: with its
+    pinned latents the caption that opens the prompt is worth many bits against another item's caption (the
+    wrong-caption control); the same weights without them hardly read it."""
+    recs = [json.loads(x) for x in (shared_data / "emoji" / "captions.jsonl").read_text().splitlines()]
+    val = [r for r in recs if D.is_val(r["file"])]
+    keep = [val[i] for i in np.linspace(0, len(val) - 1, 12).astype(int)]
+    img = tmp_path / "emoji"
+    for r in keep:
+        (img / r["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / "emoji" / r["file"], img / r["file"])
+    (img / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    txt = tmp_path / "text"
+    txt.mkdir()
+    shutil.copy(shared_data / "shakespeare" / "lovers_complaint_gut.txt", txt / "a.txt")
+    ckpt = load_checkpoint(EMOJI)
+    assert ckpt.config.pinned_latents >= 128  # the caption and then some
+    settings, codec = data_settings(ckpt.tokenizer or {}, EMOJI)
+    (source,), _ = D.prepare_sources([D.parse_data_arg(str(img))], settings, tmp_path / "c", progress=False)
+    filler = D.Filler(D.prepare_source(D.parse_data_arg(str(txt)), settings, tmp_path / "c", progress=False))
+    # every emoji copied is held out from the checkpoint's training; the small folder calls all but one "train"
+    kw = dict(items=10, prompt_tokens=1500, split="train", log=lambda m: None)
+    with torch.no_grad():
+        pinned = LP.run(ckpt.model.float(), source, filler, **kw)["differences_bits_per_item"]["wrong_far_minus_far"]
+        plain = LP.with_context(ckpt.model.float(), ckpt.config.context_len, None, 0)
+        unpinned = LP.run(plain, source, filler, **kw)["differences_bits_per_item"]["wrong_far_minus_far"]
+    assert pinned["mean"] > max(30.0, 2 * pinned["stderr"]), pinned
+    assert unpinned["mean"] < pinned["mean"] / 3, (unpinned, pinned)

@@ -65,6 +65,12 @@ CASES = [
     # after slides of the context window alike.
     pytest.param(dict(conv_kernel=4, query_len_scale=16), 300, 60, None, None, id="len-scaled-queries-slides"),
     pytest.param(dict(query_len_scale=8, context_len=48, n_latents=16), 30, 80, None, 5, id="len-scaled-small-context"),
+    # Pinned latents: the window's first positions join the stack, their number growing with a until it reaches P
+    # (the first windows have fewer before a), their rotary positions moving with a on every slide.
+    pytest.param(dict(pinned_latents=6, conv_kernel=4), 40, 70, None, None, id="pinned-short-prompt"),
+    pytest.param(dict(pinned_latents=6, conv_kernel=4, query_len_scale=16), 300, 60, None, None, id="pinned-slides"),
+    pytest.param(dict(pinned_latents=12, context_len=48, n_latents=16), 20, 90, None, 5, id="pinned-grows-small-context"),
+    pytest.param(dict(pinned_latents=40), 100, 40, 8, None, id="pinned-more-than-latents"),
 ]
 
 
@@ -99,9 +105,9 @@ def test_cached_logits_equal_full_forward(debug_model, overrides, P, steps, n_la
 
 
 @pytest.mark.parametrize("P", [20, 300])
-@pytest.mark.parametrize("conv_kernel", [0, 4])
-def test_greedy_identical_with_and_without_cache(debug_model, P, conv_kernel):
-    model = debug_model(conv_kernel=conv_kernel)
+@pytest.mark.parametrize("conv_kernel,pinned", [(0, 0), (4, 0), (4, 8)])
+def test_greedy_identical_with_and_without_cache(debug_model, P, conv_kernel, pinned):
+    model = debug_model(conv_kernel=conv_kernel, pinned_latents=pinned)
     prompt = image_prompt(P)
     kw = dict(top_k=1, num_samples=2, overflow="truncate")
     with pytest.warns(UserWarning) if P + 60 > 256 else _nullcontext():
@@ -463,7 +469,7 @@ def test_compiled_step_exact_across_slides(debug_model):
     passes, across slides of the latents and of the context, with the short convolution and with guidance."""
     from perceiverar.decode_step import _COMPILED
 
-    model = debug_model(conv_kernel=4, context_len=64, n_latents=16, query_len_scale=16)
+    model = debug_model(conv_kernel=4, context_len=64, n_latents=16, query_len_scale=16, pinned_latents=4)
     prompt = image_prompt(50, side=8)
     kw = dict(top_k=1, num_samples=2, overflow="truncate")
     with pytest.warns(UserWarning, match="dropped"):

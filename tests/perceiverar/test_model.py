@@ -61,12 +61,15 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
     def q_scale(m):
         return max(1.0, math.log(m) / math.log(n0)) if n0 > 1 else 1.0
 
+    P = min(cfg.pinned_latents, T - n)  # the first P positions join the stack too, just before the latents
+    qpos = list(range(P)) + list(range(T - n, T))  # each query's position in the cross-attention
+    spos = list(range(T - n - P, T))  # ... and in the latent stack (the pinned ones moved next to the latents)
     x = model.embed.tokens.weight[tokens].clone()
     for slot, emb in enumerate(model.embed.features):
         x = x + emb.weight[features[:, slot]]
     c = model.cross
     kv_in = _rms(x, c.kv_norm.weight, eps)
-    q_in = _rms(x[T - n :], c.q_norm.weight, eps)
+    q_in = _rms(x[qpos], c.q_norm.weight, eps)
     wk, wv = c.wkv.weight[: H * D], c.wkv.weight[H * D :]
     bk, bv = c.wkv.bias[: H * D], c.wkv.bias[H * D :]
     heads = []
@@ -74,10 +77,10 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
         sl = slice(h * D, (h + 1) * D)
         ks = [_rot(kv_in[j] @ wk[sl].T + bk[sl], j, base) for j in range(T)]
         vs = [kv_in[j] @ wv[sl].T + bv[sl] for j in range(T)]
-        qs = [_rot(q_in[i] @ c.wq.weight[sl].T + c.wq.bias[sl], T - n + i, base) * q_scale(T - n + i + 1) for i in range(n)]
-        heads.append(_attend(qs, ks, vs, lambda i, j: j <= T - n + i))
-    att = torch.stack([torch.cat([heads[h][i] for h in range(H)]) for i in range(n)])
-    lat = x[T - n :] + att @ c.wo.weight.T
+        qs = [_rot(q_in[i] @ c.wq.weight[sl].T + c.wq.bias[sl], p, base) * q_scale(p + 1) for i, p in enumerate(qpos)]
+        heads.append(_attend(qs, ks, vs, lambda i, j: j <= qpos[i]))
+    att = torch.stack([torch.cat([heads[h][i] for h in range(H)]) for i in range(len(qpos))])
+    lat = x[qpos] + att @ c.wo.weight.T
     lat = lat + _mlp(_rms(lat, c.mlp_norm.weight, eps), c.mlp)
     for blk in model.blocks:
         a_in = _rms(lat, blk.attn_norm.weight, eps)
@@ -86,20 +89,20 @@ def loop_reference(model: PerceiverAR, tokens: torch.Tensor, features: torch.Ten
         heads = []
         for h in range(H):
             sl = slice(h * D, (h + 1) * D)
-            qs = [_rot(a_in[i] @ wq[sl].T + bq[sl], T - n + i, base) for i in range(n)]
-            ks = [_rot(a_in[i] @ wk[sl].T + bk[sl], T - n + i, base) for i in range(n)]
-            vs = [a_in[i] @ wv[sl].T + bv[sl] for i in range(n)]
+            qs = [_rot(a_in[i] @ wq[sl].T + bq[sl], p, base) for i, p in enumerate(spos)]
+            ks = [_rot(a_in[i] @ wk[sl].T + bk[sl], p, base) for i, p in enumerate(spos)]
+            vs = [a_in[i] @ wv[sl].T + bv[sl] for i in range(len(spos))]
             heads.append(_attend(qs, ks, vs, lambda i, j: j <= i))
-        att = torch.stack([torch.cat([heads[h][i] for h in range(H)]) for i in range(n)])
+        att = torch.stack([torch.cat([heads[h][i] for h in range(H)]) for i in range(len(spos))])
         lat = lat + att @ blk.wo.weight.T
         lat = lat + _mlp(_rms(lat, blk.mlp_norm.weight, eps), blk.mlp)
-    return _rms(lat, model.norm.weight, eps) @ model.head.weight.T
+    return _rms(lat[P:], model.norm.weight, eps) @ model.head.weight.T  # the pinned rows predict nothing
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("query_len_scale", [0, 4])  # 4: the 6 latents see 9..14 keys, scaled by 1.58..1.90
-def test_matches_independent_loop_reference(debug_model, query_len_scale):
-    model = debug_model(bias_std=0.1, n_latents=6, n_layers=2, query_len_scale=query_len_scale)
+@pytest.mark.parametrize("query_len_scale,pinned", [(0, 0), (4, 0), (4, 3)])  # 4: the 6 latents see 9..14 keys,
+def test_matches_independent_loop_reference(debug_model, query_len_scale, pinned):  # scaled by 1.58..1.90
+    model = debug_model(bias_std=0.1, n_latents=6, n_layers=2, query_len_scale=query_len_scale, pinned_latents=pinned)
     T = 14
     tokens = torch.randint(0, model.cfg.vocab_size, (1, T))
     feats = random_features(1, T, model.cfg)
@@ -128,6 +131,37 @@ def test_query_len_scale_leaves_short_contexts_alone(debug_model):
     assert base.cross.query_rope(rope, torch.tensor([1600])) is rope
     with pytest.raises(ValueError, match="query_len_scale"):
         PerceiverARConfig(query_len_scale=-1)
+
+
+@torch.no_grad()
+def test_pinned_latents_are_read_alike_at_any_distance(debug_model):
+    """With the cross-attention blinded (its keys and values zeroed, so each latent sees only its own token), what
+    the latents predict depends on the pinned opening and on their own tokens, not on how much lies between: the
+    pinned positions sit just before the latents in the stack at any distance. Unpinned, the opening is not read
+    at all. A sequence that fits in the latents has nothing to pin: the model is unchanged."""
+    torch.manual_seed(0)
+    base = debug_model(bias_std=0.1, n_latents=8, context_len=512)
+    base.cross.wkv.weight.zero_()
+    base.cross.wkv.bias.zero_()
+    pinned = PerceiverAR(PerceiverARConfig(**{**base.cfg.to_dict(), "pinned_latents": 5})).eval()
+    pinned.load_state_dict(base.state_dict())
+    V, F = base.cfg.vocab_size, len(base.cfg.feature_sizes)
+    opening, other = torch.randint(0, V, (2, 1, 5)).unbind(0)
+    window = torch.randint(0, V, (1, 8))
+
+    def logits(model, head, gap):
+        tokens = torch.cat([head, torch.randint(0, V, (1, gap)), window], dim=1)
+        return model(tokens, torch.zeros(1, tokens.shape[1], F, dtype=torch.long))
+
+    near, far = logits(pinned, opening, 3), logits(pinned, opening, 400)
+    torch.testing.assert_close(near, far)  # the same whatever the distance
+    assert (near - logits(pinned, other, 400)).abs().max() > 1e-3  # and the opening is read
+    torch.testing.assert_close(logits(base, opening, 400), logits(base, other, 400))  # unpinned: not read
+    short = torch.randint(0, V, (2, 8))
+    feats = torch.zeros(2, 8, F, dtype=torch.long)
+    torch.testing.assert_close(pinned(short, feats), base(short, feats))
+    with pytest.raises(ValueError, match="pinned_latents"):
+        PerceiverARConfig(pinned_latents=-1)
 
 
 @torch.no_grad()

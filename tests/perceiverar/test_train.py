@@ -150,6 +150,9 @@ def test_bad_arguments(data, tmp_path, capsys):
     with pytest.raises(SystemExit):
         T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--query-len-scale", "-1"])
     assert "--query-len-scale must be >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        T.main(["--data", str(img), "--out", str(tmp_path / "r"), "--max-steps", "1", "--pinned-latents", "-2"])
+    assert "--pinned-latents must be >= 0" in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------- a short run
@@ -428,7 +431,7 @@ def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
     # lr 0 (and so no weight decay): the fine-tuned weights must be exactly the checkpoint's, in a longer context
     tuned = tmp_path / "tuned"
     argv = ["--data", str(img), "--init-from", str(src), "--context-len", "512", "--query-len-scale", "64",
-            "--filler", f"{txt}:0.6",
+            "--pinned-latents", "24", "--filler", f"{txt}:0.6",
             "--filler-lengths", "log", "--filler-tokens", "400",
             *common(data, **{"max-steps": 6, "val-every": 6, "save-every": 6, "lr": 0, "min-lr": 0})[4:]]
     train_in_process(["--out", str(tuned), *argv])
@@ -436,6 +439,7 @@ def test_init_from_fine_tunes_with_buried_captions(data, tmp_path, capsys):
     ck = load_checkpoint(T.list_checkpoints(tuned)[-1])
     before = load_checkpoint(src)
     assert ck.config.query_len_scale == 64 and before.config.query_len_scale == 0
+    assert ck.config.pinned_latents == 24 and before.config.pinned_latents == 0
     assert ck.config.context_len == 512 and ck.config.width == before.config.width and ck.config.n_layers == before.config.n_layers
     for k, v in before.model.state_dict().items():
         torch.testing.assert_close(ck.model.state_dict()[k], v, atol=0, rtol=0)
