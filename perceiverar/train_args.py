@@ -128,6 +128,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--filler-tokens", type=int, default=0, metavar="T",
                    help="cap a buried batch at about T tokens (rows x length) by keeping fewer rows of a long "
                         "one (default 0: every row)")
+    g.add_argument("--filler-places", default="start,end,any", metavar="PLACES",
+                   help="where a buried caption may stand, drawn evenly: start (opening the prompt), end (right "
+                        "before the media), any (anywhere in between); comma-separated, default all three. With "
+                        "--pinned-latents a caption in between is out of reach of the latents: start,end")
     g.add_argument("--prompt-dropout", type=float, default=0.1,
                    help="probability of training an item with the empty prompt (for classifier-free guidance)")
     g.add_argument("--caption-part-dropout", type=float, default=0.0,

@@ -72,7 +72,8 @@ def prepare_data(args, dd: Dist, log) -> TrainingData:
                                                       log=log if rank_turn else lambda m: None)  # fmt: skip
                 if filler_spec is not None:
                     src = prepare_source(filler_spec, settings, cache, progress=False, log=log)
-                    filler = Filler(src, filler_prob, lengths=a.filler_lengths, max_tokens=a.filler_tokens)
+                    filler = Filler(src, filler_prob, lengths=a.filler_lengths, max_tokens=a.filler_tokens,
+                                    places=a.filler_places)
                 if a.rerender[0] > 0:
                     spec = RerenderSpec(variants=a.rerender[1], max_shift=a.rerender_shift,
                                         min_scale=a.rerender_scale, max_rotate=a.rerender_rotate)

@@ -294,7 +294,7 @@ class Mixture:
             # Tokens after the prompt inside the crop: at least N, so the latents (and the loss) sit on the
             # header and target only; the filler is context to look past, not text to learn.
             k = int(rng.integers(min(self.n_latents, len(rest)), len(rest) + 1))
-            where = float(rng.choice([0.0, 1.0, rng.random()]))
+            where = self.filler.where(rng)
             rows.append((caption, rest, k, where))
         need = max(2 + len(c) + k for c, _, k, _ in rows)  # no filler at all
         length = self.filler.length(rng, need, self.context_len)

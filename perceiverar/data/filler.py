@@ -64,8 +64,10 @@ def prompted_sequence(prompt: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray,
 class Filler:
     """Unrelated text to bury captions in: the training documents of a prepared text source, concatenated."""
 
+    PLACES = ("start", "end", "any")
+
     def __init__(self, source: PreparedSource, prob: float = 0.5, split: str = "train", lengths: str = "uniform",
-                 max_tokens: int = 0):
+                 max_tokens: int = 0, places: str | tuple[str, ...] = PLACES):
         if source.modality != "text":
             raise DatasetError(f"--filler needs a folder of .txt documents, got a {source.modality} folder")
         if not 0 < prob <= 1:
@@ -74,6 +76,12 @@ class Filler:
             raise DatasetError(f"--filler-lengths must be 'uniform' or 'log', got {lengths!r}")
         if max_tokens < 0:
             raise DatasetError(f"--filler-tokens must be >= 0 (0: no cap), got {max_tokens}")
+        if isinstance(places, str):
+            places = tuple(p.strip() for p in places.split(",") if p.strip())
+        if not places or any(p not in self.PLACES for p in places) or len(set(places)) != len(places):
+            raise DatasetError(f"--filler-places must be a comma-separated subset of {','.join(self.PLACES)}, got "
+                               f"{','.join(places) or 'nothing'}")
+        self.places = tuple(p for p in self.PLACES if p in places)  # in the canonical order
         docs = []
         for i in source.train_items if split == "train" else source.val_items:  # 'val': unseen text, for evaluation
             off = int(source.index[i, 0])
@@ -99,6 +107,11 @@ class Filler:
             return n_rows
         keep = min(n_rows, self.max_tokens // length) // multiple * multiple
         return max(multiple, keep)
+
+    def where(self, rng: np.random.Generator) -> float:
+        """Where a buried caption stands (``bury_caption``'s fraction): one of the places, drawn evenly."""
+        u = rng.random()  # drawn even when "any" is not a place, so the other draws stay as they were
+        return float(rng.choice([{"start": 0.0, "end": 1.0, "any": u}[p] for p in self.places]))
 
     def window(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` consecutive filler bytes from a random place (wrapping round the end)."""

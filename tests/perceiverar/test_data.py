@@ -227,11 +227,12 @@ def test_bury_caption_places_the_caption():
     assert as_bytes(D.bury_caption(cap, fill[:0], 0.7)) == b"a red apple"
 
 
-def test_mixture_buries_captions_in_filler(folders):
+@pytest.mark.parametrize("places,want", [(None, {"start", "middle", "end"}), ("end, start", {"start", "end"})])
+def test_mixture_buries_captions_in_filler(folders, places, want):
     img, txt, cache = folders
     (src,) , _ = D.prepare_sources([D.parse_data_arg(str(img))], SETTINGS, cache, progress=False)
     text = D.prepare_source(D.parse_data_arg(str(txt), "text"), SETTINGS, cache, progress=False)
-    filler = D.Filler(text, prob=0.5)
+    filler = D.Filler(text, prob=0.5) if places is None else D.Filler(text, prob=0.5, places=places)
     assert filler.text.min() >= 0 and filler.text.max() < 256
     L, N = 4096, 32
     mix = D.Mixture([src], L, N, prompt_dropout=0.2, seed=1, filler=filler)
@@ -271,10 +272,13 @@ def test_mixture_buries_captions_in_filler(folders):
             if pos > 0:
                 assert prompt[pos - 2 : pos] == b"\n\n"
     assert buried > 15 and dropped > 0
-    assert where == {"start", "middle", "end"}
+    assert where == want
     assert lens_max > L // 2  # long filler is drawn: distances up to the context are trained
     with pytest.raises(D.DatasetError, match=".txt documents"):
         D.Filler(src)
+    for bad in ("start,middle", "", "end,end"):
+        with pytest.raises(D.DatasetError, match="filler-places"):
+            D.Filler(text, places=bad)
 
 
 def test_filler_log_lengths_and_token_cap(folders):
