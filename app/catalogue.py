@@ -210,6 +210,24 @@ class Catalogue:
         return [n for n, e in self.entries.items()
                 if modality in e.modalities and (not e.demo or modality in self._demo_tabs)]  # fmt: skip
 
+    def trained_prompt_tokens(self, name: str) -> int | None:
+        """A checkpoint's ``trained_prompt_tokens`` (``Pipeline.trained_prompt_tokens``), read from its config.json
+        without loading its weights; None when not recorded or unreadable."""
+        e = self.entries.get(name)
+        if e is None or e.demo:
+            return None
+        if e.path is None:
+            return self._loaded[name].trained_prompt_tokens
+        try:
+            v = (read_checkpoint_config(e.path).get("tokenizer") or {}).get("trained_prompt_tokens")
+        except CheckpointError:
+            return None
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+    def for_long_prompts(self, modality: str, n: int, *, besides: str | None = None) -> list[str]:
+        """The checkpoints of ``modality`` (other than ``besides``) trained with prompts of at least ``n`` tokens."""
+        return [m for m in self.names(modality) if m != besides and (self.trained_prompt_tokens(m) or 0) >= n]
+
     def default(self, modality: str) -> str | None:
         """The tab's default: its first checkpoint that loads (the demo if none does and demo is not off)."""
         if modality not in self._defaults:

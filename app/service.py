@@ -120,6 +120,10 @@ class Service:
             return (f"⚠ **{n:,} / {budget:,}** prompt tokens: **{n - budget:,} over** the context budget. "
                     "Shorten the prompt or reduce the output size.")  # fmt: skip
         line = f"**{n:,} / {budget:,}** prompt tokens ({100 * n / budget:.1f}% of the context budget)"
+        if note:
+            others = self.catalogue.for_long_prompts(modality, n, besides=name)
+            if others:  # e.g. emoji-long, the bundled emoji after a long-prompt stage
+                note += f"; {' or '.join(f'**{o}**' for o in others)} was trained with prompts this long"
         return line + (f" · ⚠ {note}" if note else "")
 
     # ---- generation ----

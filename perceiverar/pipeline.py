@@ -221,8 +221,9 @@ class Pipeline:
         """The longest prompt, in tokens, the checkpoint was trained with (``trained_prompt_tokens`` in its
         config.json: its longest caption, or its context when captions were buried in long text); None when not
         recorded (a text checkpoint, whose prompts are any text up to its context). A longer prompt still runs, but
-        it is outside what the model learnt: the bundled emoji model reads a caption four times less well behind 400
-        tokens of other text and not at all behind 60,000 (``benchmarks/long_prompt.py``)."""
+        it is outside what the model learnt: the bundled emoji model reads a caption that opens a long prompt (its
+        pinned latents), but hardly one behind thousands of tokens of other text, and its images under a long
+        prompt are noise (``benchmarks/long_prompt.py``; the README's long-context section)."""
         v = self.config.get("trained_prompt_tokens")
         ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
         return v if ok else None  # an advisory hint: a malformed value counts as none
@@ -232,8 +233,9 @@ class Pipeline:
         n, limit = len(self._prompt_bytes(prompt)), self.trained_prompt_tokens
         if limit is None or n <= limit:
             return None
+        first = "; put the caption first" if self.model.cfg.pinned_latents else ""
         return (f"the prompt is {n:,} tokens, longer than any this checkpoint was trained with ({limit:,}): "
-                "it may follow it poorly; a short caption works best")
+                f"it may follow it poorly; a short caption works best{first}")
 
     def count_prompt_tokens(self, prompt: str, modality: str, **size) -> int:
         """Tokens of the generation prefix (markers + prompt bytes + header) for this prompt."""

@@ -213,8 +213,12 @@ def test_live_token_count(app_server):
     assert ok.startswith("**5 / ") and "prompt tokens" in ok
     assert "over" in service.token_count("text", "x" * 70_000, "shakespeare", 16)
     assert "Unknown checkpoint" in service.token_count("text", "hi", "/etc/passwd", 16)
-    limit = service.catalogue.pipeline("emoji").trained_prompt_tokens  # the bundled emoji's longest caption
-    assert limit and "longer than any" not in service.token_count("image", "red apple", "emoji", "16x16")
-    long = service.token_count("image", "a" * (limit + 1), "emoji", "16x16")
+    limit = service.catalogue.pipeline("emoji-lossless").trained_prompt_tokens  # its longest caption
+    assert limit and "longer than any" not in service.token_count("image", "red apple", "emoji-lossless", "16x16")
+    long = service.token_count("image", "a" * (limit + 1), "emoji-lossless", "16x16")
     assert f"the prompt is {limit + 1:,} tokens, longer than any this checkpoint was trained with ({limit:,})" in long
+    assert "put the caption first" not in long  # it has no pinned latents
+    # the bundled emoji was trained with prompts up to its context: no notice there, and the notice names it
+    assert "longer than any" not in service.token_count("image", "a" * (limit + 1), "emoji", "16x16")
+    assert "**emoji** was trained with prompts this long" in long
     assert "longer than any" not in service.token_count("text", "x" * 5_000, "shakespeare", 16)  # any text, any length

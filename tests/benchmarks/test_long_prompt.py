@@ -170,3 +170,21 @@ def test_the_bundled_emoji_checkpoint_reads_a_caption_at_the_far_end_of_a_long_p
         unpinned = LP.run(plain, source, filler, **kw)["differences_bits_per_item"]["wrong_far_minus_far"]
     assert pinned["mean"] > max(30.0, 2 * pinned["stderr"]), pinned
     assert unpinned["mean"] < pinned["mean"] / 3, (unpinned, pinned)
+
+
+@pytest.mark.skipif(not (EMOJI / "model.safetensors").is_file(), reason="checkpoints/emoji is missing")
+def test_long_prompt_images_draws_short_and_long_prompts_side_by_side(shared_data, tmp_path):
+    from benchmarks import long_prompt_images as LPI  # noqa: PLC0415
+
+    text = LPI.filler_text(str(shared_data / "shakespeare"), 300, cache_dir=tmp_path / "c")
+    assert len(text.encode()) >= 290 and text == LPI.filler_text(str(shared_data / "shakespeare"), 300, tmp_path / "c")
+    out = tmp_path / "grid.png"
+    LPI.main(["--checkpoint", str(EMOJI), "--filler", str(shared_data / "shakespeare"), "--prompt-bytes", "300",
+              "--caption", "red heart", "--samples", "1", "--out", str(out)])
+    from PIL import Image  # noqa: PLC0415
+
+    img = np.asarray(Image.open(out).convert("RGB"))
+    W = 16 * LPI.SCALE
+    assert img.shape == (W, 2 * (W + LPI.GAP) + 2 * LPI.GAP, 3)
+    left, right = img[:, :W], img[:, -W:]
+    assert left.std() > 10 and right.std() > 10  # two drawn images, not blank

@@ -106,16 +106,18 @@ def test_compile_on_draws_the_same_image(tmp_path):
     assert a.tobytes() == b.tobytes() and a.size == b.size
 
 
-EMOJI = Path(__file__).resolve().parents[2] / "checkpoints" / "emoji"
+LOSSLESS = Path(__file__).resolve().parents[2] / "checkpoints" / "emoji-lossless"
 
 
-@pytest.mark.skipif(not (EMOJI / "model.safetensors").is_file(), reason="the bundled emoji checkpoint is missing")
+@pytest.mark.skipif(not (LOSSLESS / "model.safetensors").is_file(), reason="the bundled emoji-lossless checkpoint is missing")
 def test_a_prompt_longer_than_any_trained_is_flagged(tmp_path, capsys):
-    """The bundled emoji checkpoint records its longest training caption; a longer prompt still runs, with a notice."""
+    """The bundled emoji-lossless checkpoint records its longest training caption (the emoji checkpoint was trained
+    with long prompts too); a longer prompt still runs, with a notice."""
     from perceiverar import Pipeline
 
-    limit = Pipeline.load(EMOJI).trained_prompt_tokens
-    base = ["--checkpoint", str(EMOJI), "--modality", "image", "--seed", "1", "--n-latents", "64"]
+    limit = Pipeline.load(LOSSLESS).trained_prompt_tokens
+    assert limit < 1000
+    base = ["--checkpoint", str(LOSSLESS), "--modality", "image", "--seed", "1", "--n-latents", "64"]
     assert main([*base, "--prompt", "red apple", "--out", str(tmp_path / "a.png")]) == 0
     assert "longer than any" not in capsys.readouterr().err
     assert main([*base, "--prompt", "red apple " * (limit // 10 + 1), "--out", str(tmp_path / "b.png")]) == 0

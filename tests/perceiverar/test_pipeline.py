@@ -143,6 +143,20 @@ def test_errors_and_budget(image_text_pipe):
         pipe.generate_image(123)
 
 
+@pytest.mark.parametrize("pinned", [0, 8])
+def test_prompt_note_flags_prompts_longer_than_trained(debug_model, pinned):
+    """A prompt longer than the checkpoint's ``trained_prompt_tokens`` gets a notice; a model with pinned latents
+    (which read a long prompt's opening) is told to put the caption first."""
+    cfg = make_tokenizer_config(["image", "text"], height=4, width=5)
+    cfg["trained_prompt_tokens"] = 10
+    pipe = Pipeline(debug_model(pinned_latents=pinned), cfg)
+    assert pipe.prompt_note("a red apple") is not None and pipe.prompt_note("red apple") is None  # 11 and 9 bytes
+    note = pipe.prompt_note("a" * 40)
+    assert "the prompt is 40 tokens, longer than any this checkpoint was trained with (10)" in note
+    assert ("put the caption first" in note) == bool(pinned)
+    pipe.generate_image("a" * 40, seed=0)  # it still runs
+
+
 def test_load_checkpoint_with_audio_and_cli(debug_model, tmp_path):
     at = tiny_audio_tokenizer()
     cfg = make_tokenizer_config(["image", "audio"], height=3, width=3, audio_seconds=0.1)
