@@ -122,7 +122,7 @@ class Service:
         line = f"**{n:,} / {budget:,}** prompt tokens ({100 * n / budget:.1f}% of the context budget)"
         if note:
             others = self.catalogue.for_long_prompts(modality, n, besides=name)
-            if others:  # e.g. emoji-long, the bundled emoji after a long-prompt stage
+            if others:  # e.g. the bundled emoji (trained with prompts up to its context) for emoji-lossless
                 note += f"; {' or '.join(f'**{o}**' for o in others)} was trained with prompts this long"
         return line + (f" · ⚠ {note}" if note else "")
 

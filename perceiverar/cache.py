@@ -61,7 +61,7 @@ class DecodeCache:
         self.latent_pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.context_filled = 0  # valid context entries: positions s .. s + context_filled - 1
         self.latents_filled = 0  # valid latent entries (cross_out and every layer): positions a .. a + latents_filled - 1
-        self.pinned_filled = 0  # pinned entries before them (PerceiverARConfig.pinned_latents): positions s .. s + P - 1
+        self.pinned_filled = 0  # pinned entries before them (config pinned_latents): positions s .. s + P - 1
 
     def rows(self, lo: int, hi: int) -> DecodeCache:
         """Rows [lo, hi) as a cache of their own: views of the same buffers, with counts of their own."""

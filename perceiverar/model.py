@@ -3,9 +3,10 @@
 The last N positions of a T-token context are the latents. One causal cross-attention
 lets latent i (position T - N + i) read every input j <= T - N + i; then a stack of causal
 self-attention blocks runs over the N latents only, and each latent predicts the next
-token. With ``pinned_latents`` P > 0 the context's first P positions join the stack too,
-placed just before the latents (``PerceiverARConfig.pinned_latents``). Cost: O(N * T) for the cross-attention plus O(N^2) per latent block, instead of
-O(T^2) per block for a decoder-only Transformer.
+token. Cost: O(N * T) for the cross-attention plus O(N^2) per latent block, instead of
+O(T^2) per block for a decoder-only Transformer. With ``pinned_latents`` P > 0 the context's
+first P positions join the stack too, placed just before the latents
+(``PerceiverARConfig.pinned_latents``).
 """
 
 from __future__ import annotations

@@ -221,9 +221,9 @@ class Pipeline:
         """The longest prompt, in tokens, the checkpoint was trained with (``trained_prompt_tokens`` in its
         config.json: its longest caption, or its context when captions were buried in long text); None when not
         recorded (a text checkpoint, whose prompts are any text up to its context). A longer prompt still runs, but
-        it is outside what the model learnt: the bundled emoji model reads a caption that opens a long prompt (its
-        pinned latents), but hardly one behind thousands of tokens of other text, and its images under a long
-        prompt are noise (``benchmarks/long_prompt.py``; the README's long-context section)."""
+        it is outside what the model learnt. (The bundled emoji model was trained with prompts up to its context:
+        it reads a caption that opens a long prompt, through its pinned latents, but hardly one behind thousands of
+        tokens of other text; ``benchmarks/long_prompt.py``, the README's long-context section.)"""
         v = self.config.get("trained_prompt_tokens")
         ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
         return v if ok else None  # an advisory hint: a malformed value counts as none

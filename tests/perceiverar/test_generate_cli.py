@@ -109,7 +109,7 @@ def test_compile_on_draws_the_same_image(tmp_path):
 LOSSLESS = Path(__file__).resolve().parents[2] / "checkpoints" / "emoji-lossless"
 
 
-@pytest.mark.skipif(not (LOSSLESS / "model.safetensors").is_file(), reason="the bundled emoji-lossless checkpoint is missing")
+@pytest.mark.skipif(not (LOSSLESS / "model.safetensors").is_file(), reason="checkpoints/emoji-lossless is missing")
 def test_a_prompt_longer_than_any_trained_is_flagged(tmp_path, capsys):
     """The bundled emoji-lossless checkpoint records its longest training caption (the emoji checkpoint was trained
     with long prompts too); a longer prompt still runs, with a notice."""

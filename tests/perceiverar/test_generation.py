@@ -69,7 +69,8 @@ CASES = [
     # (the first windows have fewer before a), their rotary positions moving with a on every slide.
     pytest.param(dict(pinned_latents=6, conv_kernel=4), 40, 70, None, None, id="pinned-short-prompt"),
     pytest.param(dict(pinned_latents=6, conv_kernel=4, query_len_scale=16), 300, 60, None, None, id="pinned-slides"),
-    pytest.param(dict(pinned_latents=12, context_len=48, n_latents=16), 20, 90, None, 5, id="pinned-grows-small-context"),
+    pytest.param(dict(pinned_latents=12, context_len=48, n_latents=16), 20, 90, None, 5,
+                 id="pinned-grows-small-context"),
     pytest.param(dict(pinned_latents=40), 100, 40, 8, None, id="pinned-more-than-latents"),
 ]
 
