@@ -74,6 +74,19 @@ def test_each_endpoint_uses_its_own_default_checkpoint(client):
     assert "best of 2" in status
 
 
+def test_a_long_prompt_with_its_caption_first_makes_an_image(client, shared_data):
+    """A caption opening 3,000 bytes of other text, through the app with the bundled emoji (whose pinned latents
+    read the opening, and whose windows slide over the long prompt): a finished 16x16 image, not blank."""
+    filler = (shared_data / "shakespeare" / "lovers_complaint_gut.txt").read_text(encoding="utf-8")[5000:8000]
+    prompt = "red heart\n\n" + filler
+    gallery, files, status = client.predict(prompt=prompt, seed=1, api_name="/generate_image")
+    img = Image.open(files[0])
+    meta = json.loads(img.text["parameters"])
+    assert "Done" in status and meta["checkpoint"] == "emoji" and img.size == (16, 16) and len(gallery) == 1
+    assert np.asarray(img.convert("RGB")).std() > 10
+    assert img.text["prompt"] == prompt  # the whole prompt is recorded with the image
+
+
 def test_same_seed_same_text_and_two_samples(client):
     kw = dict(prompt="HAMLET.\n", max_new_bytes=16, seed=11, temperature=0.8, top_k=40, top_p=0.9,
               api_name="/generate_text")  # fmt: skip
