@@ -41,10 +41,12 @@ from perceiverar import PerceiverAR, PerceiverARConfig, generate  # noqa: E402
 from tokenizers_mm.vocab import build_sequence, position_features  # noqa: E402
 
 
-def random_model(device: torch.device, context_len: int, n_latents: int, n_layers: int) -> PerceiverAR:
-    """A small random model with native head dim 64 (the Triton kernels' own size, no padding)."""
+def random_model(device: torch.device, context_len: int, n_latents: int, n_layers: int, pinned: int = 0) -> PerceiverAR:
+    """A small random model with native head dim 64 (the Triton kernels' own size, no padding), with ``pinned``
+    pinned latents (as the bundled emoji has)."""
     torch.manual_seed(0)
-    cfg = PerceiverARConfig.preset("small", n_layers=n_layers, context_len=context_len, n_latents=n_latents)
+    cfg = PerceiverARConfig.preset("small", n_layers=n_layers, context_len=context_len, n_latents=n_latents,
+                                   pinned_latents=pinned)
     model = PerceiverAR(cfg).to(device).eval()
     torch.nn.init.normal_(model.head.weight, std=0.5)  # logits of order 1, as in a trained model
     return model
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tie-factor", type=float, default=2.0,
                     help="a bf16 divergence is a near-tie if the fp32 gap <= this x the step's bf16 logit error")
     ap.add_argument("--max-ties", type=int, default=5, help="near-ties tolerated per run before failing")
+    ap.add_argument("--pinned-latents", type=int, default=None,
+                    help="pinned latents of the random model (default: a quarter of its latents; 0: none)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/bf16_exactness-...)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -126,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     L, N, layers = (256, 32, 2) if args.quick else (1024, 128, 4)
     n = args.tokens or (40 if args.quick else 300)
     P = L - n // 2  # prompt + output > context: the context start slides as well as the latents
-    model32 = random_model(device, L, N, layers)
-    model16 = random_model(device, L, N, layers).to(torch.bfloat16)
+    pinned = N // 4 if args.pinned_latents is None else args.pinned_latents
+    model32 = random_model(device, L, N, layers, pinned)
+    model16 = random_model(device, L, N, layers, pinned).to(torch.bfloat16)
     runs, ok = [], True
     for seed in range(args.seeds):
         prompt = prompt_ids(P, seed)
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec["bf16_vs_fp32_cached_first_mismatch"] = first_mismatch(c16, c32)
         runs.append(rec)
         print(rec, flush=True)
-    fields = dict(ok=bool(ok), config=dict(context_len=L, n_latents=N, n_layers=layers, head_dim=64),
+    fields = dict(ok=bool(ok), config=dict(context_len=L, n_latents=N, n_layers=layers, head_dim=64, pinned_latents=pinned),
                   tie_factor=args.tie_factor, runs=runs,
                   attention_backend="triton" if device.type == "cuda" else "reference")
     save_result("bf16_exactness", device, fields, out=args.out)

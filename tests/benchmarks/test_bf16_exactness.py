@@ -12,6 +12,7 @@ def test_cpu_run_passes_and_checks_its_window_claim(tmp_path):
     assert bf16_exactness.main(["--device", "cpu", "--quick", "--tokens", "12", "--seeds", "1", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["ok"] is True and result["attention_backend"] == "reference"
+    assert result["config"]["pinned_latents"] == 8  # a quarter of the 32 latents, as the bundled emoji pins some
     (run,) = result["runs"]
     # fp32: cached == uncached at both strides; the forward-pass reproduction of each step holds.
     assert run["fp32_stride1_first_mismatch"] is None and run["fp32_default_stride_first_mismatch"] is None
