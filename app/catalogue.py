@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from perceiverar.checkpoint import CheckpointError, read_checkpoint_config
+from perceiverar.pipeline import trained_prompt_tokens
 
 log = logging.getLogger("perceiverar.app")
 
@@ -178,6 +179,7 @@ class Catalogue:
         self.problems: dict[str, str] = {}  # checkpoints not listed, and why
         self._loaded: dict[str, Any] = {}
         self._caps: dict[str, Capabilities] = {}
+        self._prompt_limits: dict[str, int | None] = {}  # trained_prompt_tokens, by name
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
         for name, path in discover_checkpoints(folders).items():
@@ -211,18 +213,22 @@ class Catalogue:
                 if modality in e.modalities and (not e.demo or modality in self._demo_tabs)]  # fmt: skip
 
     def trained_prompt_tokens(self, name: str) -> int | None:
-        """A checkpoint's ``trained_prompt_tokens`` (``Pipeline.trained_prompt_tokens``), read from its config.json
-        without loading its weights; None when not recorded or unreadable."""
-        e = self.entries.get(name)
-        if e is None or e.demo:
-            return None
-        if e.path is None:
-            return self._loaded[name].trained_prompt_tokens
-        try:
-            v = (read_checkpoint_config(e.path).get("tokenizer") or {}).get("trained_prompt_tokens")
-        except CheckpointError:
-            return None
-        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+        """A checkpoint's ``trained_prompt_tokens`` (``Pipeline.trained_prompt_tokens``), read once from its
+        config.json without loading its weights (the live token counter asks on every keystroke); None when not
+        recorded or unreadable."""
+        if name not in self._prompt_limits:
+            e = self.entries.get(name)
+            if e is None or e.demo:
+                return None
+            if e.path is None:
+                limit = self._loaded[name].trained_prompt_tokens
+            else:
+                try:
+                    limit = trained_prompt_tokens(read_checkpoint_config(e.path).get("tokenizer") or {})
+                except CheckpointError:
+                    limit = None
+            self._prompt_limits[name] = limit
+        return self._prompt_limits[name]
 
     def for_long_prompts(self, modality: str, n: int, *, besides: str | None = None) -> list[str]:
         """The checkpoints of ``modality`` (other than ``besides``) trained with prompts of at least ``n`` tokens."""

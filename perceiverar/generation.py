@@ -154,10 +154,10 @@ def prefill(model: PerceiverAR, stream: Stream, prev: Window | None, window: Win
     if prev is None or prev.start != s:
         c.clear()  # new rotary positions: the context K/V and everything after must be recomputed
     fill_context(model, stream, s, end)
-    P = model.num_pinned(a - s)
+    P, old_P = model.num_pinned(a - s), c.pinned_filled  # old_P is 0 after a clear
     have = a  # cross outputs of positions [a, have) are already in the cache
     if c.latents_filled:  # they depend on s but not on a: keep the ones the new window shares with the old
-        old_a, old_P = prev.first_latent, c.pinned_filled
+        old_a = prev.first_latent
         keep = old_a + c.latents_filled - a
         if keep > 0:
             if a - old_a + old_P != P:
@@ -166,7 +166,7 @@ def prefill(model: PerceiverAR, stream: Stream, prev: Window | None, window: Win
             have = a + keep
     if have < end:
         c.cross_out[:, P + have - a : P + end - a] = cross_latents(model, stream, s, have, end)
-    if P:  # they depend on s only, but cost little: recomputed on every slide
+    if P != old_P:  # positions s.. s + P - 1 depend on s only: kept while s stays and P has stopped growing
         c.cross_out[:, :P] = cross_latents(model, stream, s, s, s + P)
     c.latents_filled, c.pinned_filled = end - a, P
     c.context_pos.fill_(end - s)  # the next position, ``end``, in this window

@@ -100,6 +100,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def trained_prompt_tokens(tokenizer_config: dict) -> int | None:
+    """The ``trained_prompt_tokens`` a checkpoint's tokenizer config records (``Pipeline.trained_prompt_tokens``);
+    None when it records none, or a malformed value (an advisory hint)."""
+    v = tokenizer_config.get("trained_prompt_tokens")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -224,9 +231,7 @@ class Pipeline:
         it is outside what the model learnt. (The bundled emoji model was trained with prompts up to its context:
         it reads a caption that opens a long prompt, through its pinned latents, but hardly one behind thousands of
         tokens of other text; ``benchmarks/long_prompt.py``, the README's long-context section.)"""
-        v = self.config.get("trained_prompt_tokens")
-        ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
-        return v if ok else None  # an advisory hint: a malformed value counts as none
+        return trained_prompt_tokens(self.config)
 
     def prompt_note(self, prompt: str) -> str | None:
         """A warning when ``prompt`` is longer than any the checkpoint was trained with, else None."""
